@@ -1,0 +1,195 @@
+#!/usr/bin/env python3
+"""Submit tasks to the dispatcher.
+
+    python3 add_task.py COUNT LIMIT [ALGORITHM]       COUNT prime tasks up to LIMIT
+    python3 add_task.py --type sleep --params '{"seconds": 3}'
+    python3 add_task.py 10 1000000 --wait             live progress, then a table of results
+
+Prints the created task ids. Exits 1 with a one-line message when the dispatcher is
+unreachable or refuses the request, 3 when --wait times out, 4 when a waited task failed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+_REPO = Path(__file__).resolve().parent
+_VENV_PYTHON = _REPO / ".venv" / "bin" / "python"
+
+try:
+    import requests
+    from tqdm import tqdm
+except ImportError:  # run with a bare python3: re-run inside the project's virtualenv
+    if _VENV_PYTHON.exists() and Path(sys.executable).resolve() != _VENV_PYTHON.resolve():
+        os.execv(str(_VENV_PYTHON), [str(_VENV_PYTHON), __file__, *sys.argv[1:]])
+    sys.exit("error: dependencies missing; run ./quickstart.sh or "
+             "'python3 -m pip install -r requirements.txt' first")
+
+sys.path.insert(0, str(_REPO))
+from shared.config import ConfigError, load_config  # noqa: E402
+
+FINISHED = ("completed", "failed", "cancelled")
+BATCH_SIZE = 1000
+EXIT_ERROR, EXIT_TIMEOUT, EXIT_TASK_FAILED = 1, 3, 4
+
+
+class CliError(Exception):
+    """A one-line message for the user; the CLI exits non-zero with it."""
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    """Command-line arguments; COUNT/LIMIT/ALGORITHM positional as in the spec."""
+    parser = argparse.ArgumentParser(
+        description="Submit tasks to the task queue dispatcher.",
+        epilog="examples: add_task.py 5 100000 | add_task.py 1 10000000 trial_division --wait"
+               " | add_task.py --type monte_carlo_pi --params '{\"samples\": 1000000}'",
+    )
+    parser.add_argument("count", nargs="?", type=int, default=1, help="number of tasks (1)")
+    parser.add_argument("limit", nargs="?", type=int, help="primes up to LIMIT")
+    parser.add_argument("algorithm", nargs="?", help="sieve (default) or trial_division")
+    parser.add_argument("--type", dest="task_type", default="primes", help="task type (primes)")
+    parser.add_argument("--params", help="task params as a JSON object")
+    parser.add_argument("--priority", type=int, default=0, help="higher runs first (0)")
+    parser.add_argument("--wait", action="store_true", help="show progress, then the results")
+    parser.add_argument("--timeout", type=float, default=3600.0, help="--wait limit, s (3600)")
+    parser.add_argument("--json", action="store_true", help="print JSON instead of text")
+    parser.add_argument("--url", help="dispatcher URL (default DISPATCHER_URL)")
+    return parser.parse_args(argv)
+
+
+def build_tasks(args: argparse.Namespace) -> list[dict[str, Any]]:
+    """The task bodies to submit; the dispatcher does the real validation."""
+    if args.count < 1:
+        raise CliError(f"COUNT must be at least 1, got {args.count}")
+    params: dict[str, Any] = {}
+    if args.params:
+        try:
+            params = json.loads(args.params)
+        except json.JSONDecodeError as exc:
+            raise CliError(f"--params is not valid JSON: {exc}") from None
+        if not isinstance(params, dict):
+            raise CliError("--params must be a JSON object")
+    if args.limit is not None:
+        params["limit"] = args.limit
+    if args.algorithm is not None:
+        params["algorithm"] = args.algorithm
+    if args.task_type == "primes" and "limit" not in params:
+        raise CliError("give LIMIT (add_task.py COUNT LIMIT [ALGORITHM]) or --params")
+    body = {"task_type": args.task_type, "params": params, "priority": args.priority}
+    return [body] * args.count
+
+
+def _request(session: requests.Session, method: str, url: str, **kwargs: Any) -> Any:
+    try:
+        resp = session.request(method, url, timeout=kwargs.pop("timeout", 30), **kwargs)
+    except requests.ConnectionError:
+        raise CliError(f"cannot reach the dispatcher ({url}); is it running?") from None
+    except requests.RequestException as exc:
+        raise CliError(f"request to the dispatcher failed: {exc}") from None
+    if resp.status_code >= 400:
+        try:
+            message = resp.json()["error"]["message"]
+        except (ValueError, KeyError, TypeError):
+            message = resp.text.strip()[:200] or resp.reason
+        raise CliError(f"dispatcher refused the request ({resp.status_code}): {message}")
+    return resp.json()
+
+
+def submit(session: requests.Session, url: str, tasks: list[dict[str, Any]]) -> list[int]:
+    """Submit in batches; return every created id."""
+    ids: list[int] = []
+    for start in range(0, len(tasks), BATCH_SIZE):
+        chunk = tasks[start:start + BATCH_SIZE]
+        answer = _request(session, "POST", f"{url}/submit-task", json={"tasks": chunk})
+        ids.extend(answer["task_ids"])
+    return ids
+
+
+def wait_all(
+    session: requests.Session, url: str, ids: list[int], timeout: float, quiet: bool
+) -> dict[int, dict[str, Any]]:
+    """Long-poll each task until all finish (or the timeout); a progress bar on stderr."""
+    deadline = time.monotonic() + timeout
+    views: dict[int, dict[str, Any]] = {}
+    with tqdm(total=len(ids), unit="task", disable=quiet, file=sys.stderr) as bar:
+        for task_id in ids:
+            while True:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return views
+                view = _request(session, "GET", f"{url}/task/{task_id}",
+                                params={"wait": min(remaining, 10)}, timeout=40)
+                if view["status"] in FINISHED:
+                    views[task_id] = view
+                    bar.update(1)
+                    break
+                bar.set_postfix_str(f"task {task_id} {view['status']} "
+                                    f"{view['progress'] * 100:.0f}%")
+    return views
+
+
+def summarize(result: Any) -> str:
+    """A short text form of a result for the table."""
+    if not isinstance(result, dict):
+        return json.dumps(result)[:60]
+    if "prime_count" in result:
+        return (f"count={result['prime_count']} largest={result['largest_prime']} "
+                f"sum={result['sum_of_primes']} in {result.get('elapsed_seconds', 0):.3f}s")
+    shown = {k: v for k, v in result.items() if not isinstance(v, (list, dict))}
+    return json.dumps(shown)[:80]
+
+
+def print_table(views: dict[int, dict[str, Any]]) -> None:
+    """One row per task: id, status, worker, attempt, result or error."""
+    print(f"{'task':>6}  {'status':<10} {'worker':<12} {'try':>3}  result")
+    for task_id, view in sorted(views.items()):
+        outcome = summarize(view["result"]) if view["status"] == "completed" else view["error"]
+        print(f"{task_id:>6}  {view['status']:<10} {str(view['worker_id']):<12} "
+              f"{view['attempt']:>3}  {outcome}")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Submit, optionally wait, print; return the exit code."""
+    url = (args.url or load_config().dispatcher_url).rstrip("/")
+    tasks = build_tasks(args)
+    with requests.Session() as session:
+        ids = submit(session, url, tasks)
+        if not args.json:
+            print(f"submitted {len(ids)} task(s): {' '.join(map(str, ids))}")
+        if not args.wait:
+            if args.json:
+                print(json.dumps({"task_ids": ids}))
+            return 0
+        views = wait_all(session, url, ids, args.timeout, quiet=args.json)
+    if args.json:
+        print(json.dumps({"task_ids": ids, "tasks": [views[i] for i in sorted(views)]}))
+    else:
+        print_table(views)
+    if len(views) < len(ids):
+        print(f"error: {len(ids) - len(views)} task(s) not finished after {args.timeout}s",
+              file=sys.stderr)
+        return EXIT_TIMEOUT
+    failed = [v for v in views.values() if v["status"] != "completed"]
+    return EXIT_TASK_FAILED if failed else 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point."""
+    args = parse_args(argv)
+    try:
+        return run(args)
+    except (CliError, ConfigError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""The dispatcher: a Flask app over a task store, with a heartbeat monitor."""

@@ -1,0 +1,664 @@
+"""The store: every query of the dispatcher, named, executed by one class per backend.
+
+Each queue operation (submit, claim, heartbeat, checkpoint, complete, release, sweep) is one
+write transaction. Times are always passed in by the caller (the dispatcher's clock), so tests
+can inject time and no query reads the wall clock itself.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sqlite3
+import threading
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from dispatcher.models import (
+    FINISHED,
+    SCHEMA,
+    SCHEMA_VERSION,
+    Checkpoint,
+    Lease,
+    NewTask,
+    Outcome,
+    Reclaim,
+    ReclaimCause,
+    Task,
+    TaskStatus,
+    dumps,
+)
+
+log = logging.getLogger(__name__)
+
+
+class StoreError(Exception):
+    """Base of the errors the store raises on purpose."""
+
+
+class StorageUnavailable(StoreError):
+    """The database is locked past the busy timeout, or the disk is full; retry later."""
+
+
+class NotFound(StoreError):
+    """No task with that id."""
+
+
+class StaleLease(StoreError):
+    """The caller does not hold the task at that attempt (fencing token mismatch)."""
+
+    def __init__(self, message: str, code: str = "stale_lease") -> None:
+        super().__init__(message)
+        self.code = code
+
+
+Held = tuple[int, int]  # (task_id, attempt)
+
+QUERIES: dict[str, str] = {
+    # Claim: the oldest highest-priority pending tasks, leased in one statement.
+    "claim": """
+        UPDATE tasks
+           SET status = 'in-progress', attempt = attempt + 1, worker_id = :worker_id,
+               worker_instance = :instance_id, lease_expires_at = :lease_expires_at,
+               claimed_at = :now, started_at = COALESCE(started_at, :now)
+         WHERE task_id IN (SELECT task_id FROM tasks WHERE status = 'pending'
+                           ORDER BY priority DESC, task_id LIMIT :limit)
+        RETURNING task_id, task_type, params, attempt, lease_expires_at""",
+    "insert_task": """
+        INSERT INTO tasks (task_type, params, priority, max_attempts, idempotency_key, created_at)
+        VALUES (?, ?, ?, ?, ?, ?)""",
+    "task_by_key": "SELECT task_id, status FROM tasks WHERE idempotency_key = ?",
+    "task_view": """
+        SELECT t.*, r.result FROM tasks t LEFT JOIN task_results r USING (task_id)
+         WHERE t.task_id = ?""",
+    "task_list": """
+        SELECT t.*, r.result FROM tasks t LEFT JOIN task_results r USING (task_id)
+         WHERE (:status IS NULL OR t.status = :status)
+         ORDER BY t.task_id DESC LIMIT :limit""",
+    "task_lease": "SELECT status, attempt, worker_id FROM tasks WHERE task_id = ?",
+    "checkpoint_get": "SELECT * FROM checkpoints WHERE task_id = ?",
+    "checkpoint_put": """
+        INSERT INTO checkpoints (task_id, attempt, worker_id, state, progress, saved_at)
+        VALUES (:task_id, :attempt, :worker_id, :state, :progress, :now)
+        ON CONFLICT (task_id) DO UPDATE SET attempt = excluded.attempt,
+            worker_id = excluded.worker_id, state = excluded.state,
+            progress = excluded.progress, saved_at = excluded.saved_at""",
+    "renew_lease": """
+        UPDATE tasks SET progress = :progress, lease_expires_at = :lease_expires_at
+         WHERE task_id = :task_id""",
+    "set_progress": "UPDATE tasks SET progress = ? WHERE task_id = ?",
+    "result_get": "SELECT attempt, worker_id, result FROM task_results WHERE task_id = ?",
+    "result_put": """
+        INSERT INTO task_results (task_id, attempt, worker_id, result, created_at)
+        VALUES (?, ?, ?, ?, ?)""",
+    "mark_completed": """
+        UPDATE tasks SET status = 'completed', progress = 1.0, lease_expires_at = NULL,
+               finished_at = ? WHERE task_id = ?""",
+    "mark_failed": """
+        UPDATE tasks SET status = 'failed', error = ?, lease_expires_at = NULL,
+               finished_at = ? WHERE task_id = ?""",
+    "mark_cancelled": """
+        UPDATE tasks SET status = 'cancelled', lease_expires_at = NULL, finished_at = ?
+         WHERE task_id = ? AND status IN ('pending', 'in-progress')""",
+    "checkpoint_drop": "DELETE FROM checkpoints WHERE task_id = ?",
+    "worker_get": "SELECT instance_id, status FROM workers WHERE worker_id = ?",
+    "worker_upsert": """
+        INSERT INTO workers (worker_id, instance_id, status, last_heartbeat, registered_at)
+        VALUES (:worker_id, :instance_id, 'alive', :now, :now)
+        ON CONFLICT (worker_id) DO UPDATE SET instance_id = excluded.instance_id,
+            status = 'alive', last_heartbeat = excluded.last_heartbeat""",
+    "worker_touch": "UPDATE workers SET last_heartbeat = ?, status = 'alive' WHERE worker_id = ?",
+    "worker_completed": """
+        UPDATE workers SET tasks_completed = tasks_completed + 1 WHERE worker_id = ?""",
+    "worker_mark": "UPDATE workers SET status = ? WHERE worker_id = ?",
+    "workers_silent": """
+        SELECT worker_id FROM workers WHERE status = 'alive' AND last_heartbeat < ?""",
+    "workers_all": "SELECT * FROM workers ORDER BY worker_id",
+    "held_by_worker": """
+        SELECT task_id, attempt FROM tasks WHERE status = 'in-progress' AND worker_id = ?""",
+    "held_by_other_instance": """
+        SELECT task_id, attempt FROM tasks
+         WHERE status = 'in-progress' AND worker_id = ? AND worker_instance IS NOT ?""",
+    "expired_leases": """
+        SELECT task_id, attempt, worker_id FROM tasks
+         WHERE status = 'in-progress' AND lease_expires_at < ?""",
+    # Requeue one task; out of attempts means failed instead of pending.
+    "requeue": """
+        UPDATE tasks
+           SET status = CASE WHEN attempt >= max_attempts AND :counts THEN 'failed'
+                             ELSE 'pending' END,
+               error = CASE WHEN attempt >= max_attempts AND :counts
+                            THEN 'gave up after ' || attempt || ' attempts (last: ' || :cause || ')'
+                            ELSE error END,
+               finished_at = CASE WHEN attempt >= max_attempts AND :counts THEN :now END,
+               lease_expires_at = NULL
+         WHERE task_id = :task_id AND status = 'in-progress' AND attempt = :attempt
+        RETURNING status""",
+    "extend_leases": """
+        UPDATE tasks SET lease_expires_at = MAX(lease_expires_at, ?)
+         WHERE status = 'in-progress'""",
+    "status_counts": "SELECT status, COUNT(*) AS n FROM tasks GROUP BY status",
+    "finished_since": """
+        SELECT COUNT(*) FROM tasks WHERE finished_at >= ? AND status = 'completed'""",
+    "counter_add": """
+        INSERT INTO counters (name, value) VALUES (?, ?)
+        ON CONFLICT (name) DO UPDATE SET value = value + excluded.value""",
+    "counters_all": "SELECT name, value FROM counters",
+    "in_progress_all": """
+        SELECT task_id, worker_id, attempt FROM tasks WHERE status = 'in-progress'""",
+}
+
+
+class SQLiteStore:
+    """The task store on an embedded SQLite database (WAL, synchronous=FULL).
+
+    One connection per thread. Writers serialise on a process lock first, so threads of this
+    dispatcher queue in Python instead of in SQLite's sleeping busy handler; the busy timeout
+    still covers other processes that hold the database.
+    """
+
+    def __init__(self, path: Path, busy_timeout_ms: int = 5000) -> None:
+        self.path = Path(path)
+        self.busy_timeout_ms = busy_timeout_ms
+        self._local = threading.local()
+        self._write_lock = threading.Lock()
+        self._connections: list[sqlite3.Connection] = []
+        self._connections_lock = threading.Lock()
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._create_schema()
+
+    # -- connections and transactions ------------------------------------------------------
+
+    def _connect(self) -> sqlite3.Connection:
+        conn = sqlite3.connect(
+            self.path,
+            timeout=self.busy_timeout_ms / 1000,
+            isolation_level=None,
+            check_same_thread=False,
+        )
+        conn.row_factory = sqlite3.Row
+        conn.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout_ms)}")
+        conn.execute("PRAGMA journal_mode = WAL")
+        conn.execute("PRAGMA synchronous = FULL")
+        conn.execute("PRAGMA foreign_keys = ON")
+        with self._connections_lock:
+            self._connections.append(conn)
+        return conn
+
+    def _conn(self) -> sqlite3.Connection:
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = self._local.conn = self._connect()
+        return conn
+
+    @contextmanager
+    def _write(self) -> Iterator[sqlite3.Connection]:
+        """One write transaction: BEGIN IMMEDIATE, commit, or roll back on any error."""
+        conn = self._conn()
+        with self._write_lock, _storage_errors():
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield conn
+                conn.execute("COMMIT")
+            except BaseException:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise
+
+    @contextmanager
+    def _read(self) -> Iterator[sqlite3.Connection]:
+        """A consistent read snapshot."""
+        conn = self._conn()
+        with _storage_errors():
+            conn.execute("BEGIN")
+            try:
+                yield conn
+            finally:
+                if conn.in_transaction:
+                    conn.execute("COMMIT")
+
+    def _create_schema(self) -> None:
+        with self._write() as conn:
+            for statement in SCHEMA.split(";"):
+                if statement.strip():
+                    conn.execute(statement)
+            row = conn.execute("SELECT value FROM schema_info WHERE key = 'version'").fetchone()
+            if row is None:
+                conn.execute(
+                    "INSERT INTO schema_info (key, value) VALUES ('version', ?)",
+                    (str(SCHEMA_VERSION),),
+                )
+            elif int(row["value"]) > SCHEMA_VERSION:
+                raise StoreError(
+                    f"database schema version {row['value']} is newer than this code "
+                    f"({SCHEMA_VERSION}); upgrade the dispatcher"
+                )
+
+    def close(self) -> None:
+        """Close every connection this store opened."""
+        with self._connections_lock:
+            for conn in self._connections:
+                conn.close()
+            self._connections.clear()
+        self._local = threading.local()
+
+    def ping(self) -> None:
+        """Raise StorageUnavailable unless the database answers a query."""
+        with _storage_errors():
+            self._conn().execute("SELECT 1 FROM schema_info LIMIT 1").fetchone()
+
+    def integrity_check(self) -> str:
+        """Run SQLite's integrity check; 'ok' when the file is sound."""
+        return self._conn().execute("PRAGMA integrity_check").fetchone()[0]
+
+    # -- submission ------------------------------------------------------------------------
+
+    def submit(self, tasks: Sequence[NewTask], now: float) -> list[tuple[int, bool]]:
+        """Insert tasks in one transaction; return (task_id, created) in order.
+
+        A task whose idempotency key is already stored is not inserted again: its existing id
+        comes back with created=False.
+        """
+        with self._write() as conn:
+            if all(t.idempotency_key is None for t in tasks):
+                return _insert_many(conn, tasks, now)
+            return [_insert_keyed(conn, t, now) for t in tasks]
+
+    # -- workers ---------------------------------------------------------------------------
+
+    def _register(
+        self, conn: sqlite3.Connection, worker_id: str, instance_id: str | None, now: float
+    ) -> list[Reclaim]:
+        """Mark the worker alive; a new instance of a known worker frees the old one's tasks."""
+        row = conn.execute(QUERIES["worker_get"], (worker_id,)).fetchone()
+        reclaimed: list[Reclaim] = []
+        if row is not None and instance_id is not None and row["instance_id"] != instance_id:
+            held = conn.execute(
+                QUERIES["held_by_other_instance"], (worker_id, instance_id)
+            ).fetchall()
+            reclaimed = _requeue_all(
+                conn, held, worker_id, ReclaimCause.WORKER_RESTARTED, now, counts=True
+            )
+        if row is None or instance_id is not None:
+            conn.execute(
+                QUERIES["worker_upsert"],
+                {"worker_id": worker_id, "instance_id": instance_id, "now": now},
+            )
+        else:
+            conn.execute(QUERIES["worker_touch"], (now, worker_id))
+        return reclaimed
+
+    def heartbeat(
+        self, worker_id: str, instance_id: str | None, held: Sequence[Held], now: float
+    ) -> tuple[list[int], list[Reclaim]]:
+        """Record a heartbeat; return the held task ids the worker no longer owns, and reclaims."""
+        with self._write() as conn:
+            reclaimed = self._register(conn, worker_id, instance_id, now)
+            revoked = [
+                task_id
+                for task_id, attempt in held
+                if not _holds(conn, task_id, attempt, worker_id)
+            ]
+        return revoked, reclaimed
+
+    def mark_worker(self, worker_id: str, status: str) -> None:
+        """Set a worker's status ('stopped' when it says it is leaving)."""
+        with self._write() as conn:
+            conn.execute(QUERIES["worker_mark"], (status, worker_id))
+
+    # -- claim, checkpoint, release, complete ----------------------------------------------
+
+    def claim(
+        self,
+        worker_id: str,
+        instance_id: str | None,
+        limit: int,
+        now: float,
+        lease_seconds: float,
+    ) -> tuple[list[Lease], list[Reclaim]]:
+        """Lease up to ``limit`` pending tasks to the worker, each with its latest checkpoint."""
+        with self._write() as conn:
+            reclaimed = self._register(conn, worker_id, instance_id, now)
+            rows = conn.execute(
+                QUERIES["claim"],
+                {
+                    "worker_id": worker_id,
+                    "instance_id": instance_id,
+                    "lease_expires_at": now + lease_seconds,
+                    "now": now,
+                    "limit": limit,
+                },
+            ).fetchall()
+            leases = [_lease(conn, row, lease_seconds) for row in rows]
+        leases.sort(key=lambda lease: lease.task_id)
+        return leases, reclaimed
+
+    def checkpoint(
+        self,
+        worker_id: str,
+        task_id: int,
+        attempt: int,
+        state: dict[str, Any],
+        progress: float,
+        now: float,
+        lease_seconds: float,
+    ) -> float:
+        """Save a checkpoint and renew the lease; return the new lease expiry."""
+        with self._write() as conn:
+            _require_holder(conn, task_id, attempt, worker_id)
+            _save_checkpoint(conn, worker_id, task_id, attempt, state, progress, now)
+            expires = now + lease_seconds
+            conn.execute(
+                QUERIES["renew_lease"],
+                {"progress": progress, "lease_expires_at": expires, "task_id": task_id},
+            )
+            conn.execute(QUERIES["worker_touch"], (now, worker_id))
+        return expires
+
+    def release(
+        self,
+        worker_id: str,
+        task_id: int,
+        attempt: int,
+        state: dict[str, Any] | None,
+        progress: float | None,
+        now: float,
+    ) -> Reclaim:
+        """Return a held task to the queue at once (worker shutdown), saving its state."""
+        with self._write() as conn:
+            _require_holder(conn, task_id, attempt, worker_id)
+            if state is not None:
+                _save_checkpoint(conn, worker_id, task_id, attempt, state, progress or 0.0, now)
+                conn.execute(QUERIES["set_progress"], (progress or 0.0, task_id))
+            done = _requeue_all(
+                conn, [(task_id, attempt)], worker_id, ReclaimCause.RELEASED, now, counts=False
+            )
+        return done[0]
+
+    def complete(
+        self, worker_id: str, items: Sequence[tuple[int, int, Any, str | None]], now: float
+    ) -> list[Outcome]:
+        """Record results ``(task_id, attempt, result, error)`` in one transaction.
+
+        Accepted only from the current (task, attempt, worker); the same result posted again
+        is a duplicate; anything else is stale and changes nothing.
+        """
+        with self._write() as conn:
+            return [_complete_one(conn, worker_id, item, now) for item in items]
+
+    def cancel(self, task_id: int, now: float) -> Task:
+        """Cancel a task that has not finished; raise StaleLease if it already has."""
+        with self._write() as conn:
+            row = conn.execute(QUERIES["task_lease"], (task_id,)).fetchone()
+            if row is None:
+                raise NotFound(f"task {task_id} does not exist")
+            if TaskStatus(row["status"]) in FINISHED:
+                raise StaleLease(
+                    f"task {task_id} is already {row['status']}", code="already_finished"
+                )
+            conn.execute(QUERIES["mark_cancelled"], (now, task_id))
+            conn.execute(QUERIES["checkpoint_drop"], (task_id,))
+        return self.get_task(task_id)
+
+    # -- the heartbeat monitor's sweep ---------------------------------------------------
+
+    def reap_dead_workers(self, silent_since: float, now: float) -> list[Reclaim]:
+        """Mark workers silent since ``silent_since`` dead and requeue their tasks."""
+        if not self._conn().execute(QUERIES["workers_silent"], (silent_since,)).fetchone():
+            return []
+        reclaimed: list[Reclaim] = []
+        with self._write() as conn:
+            for row in conn.execute(QUERIES["workers_silent"], (silent_since,)).fetchall():
+                worker_id = row["worker_id"]
+                conn.execute(QUERIES["worker_mark"], ("dead", worker_id))
+                held = conn.execute(QUERIES["held_by_worker"], (worker_id,)).fetchall()
+                reclaimed += _requeue_all(
+                    conn, held, worker_id, ReclaimCause.DEAD_WORKER, now, counts=True
+                )
+        return reclaimed
+
+    def expire_leases(self, now: float) -> list[Reclaim]:
+        """Requeue in-progress tasks whose lease ran out (no progress for a whole lease)."""
+        if not self._conn().execute(QUERIES["expired_leases"], (now,)).fetchone():
+            return []
+        reclaimed: list[Reclaim] = []
+        with self._write() as conn:
+            for row in conn.execute(QUERIES["expired_leases"], (now,)).fetchall():
+                reclaimed += _requeue_all(
+                    conn,
+                    [(row["task_id"], row["attempt"])],
+                    row["worker_id"],
+                    ReclaimCause.EXPIRED_LEASE,
+                    now,
+                    counts=True,
+                )
+        return reclaimed
+
+    def extend_leases(self, until: float) -> None:
+        """Give every in-progress lease at least until ``until`` (after a dispatcher restart)."""
+        with self._write() as conn:
+            conn.execute(QUERIES["extend_leases"], (until,))
+
+    # -- reads ---------------------------------------------------------------------------
+
+    def get_task(self, task_id: int) -> Task:
+        """The task's view; raise NotFound."""
+        with _storage_errors():
+            row = self._conn().execute(QUERIES["task_view"], (task_id,)).fetchone()
+        if row is None:
+            raise NotFound(f"task {task_id} does not exist")
+        return Task.from_row(row)
+
+    def list_tasks(self, status: TaskStatus | None, limit: int) -> list[Task]:
+        """The newest tasks, optionally of one status."""
+        params = {"status": status.value if status else None, "limit": limit}
+        with _storage_errors():
+            rows = self._conn().execute(QUERIES["task_list"], params).fetchall()
+        return [Task.from_row(row) for row in rows]
+
+    def stats(self, now: float, window_seconds: float = 60.0) -> dict[str, Any]:
+        """Counts per status, workers, throughput over the window, reclaim counters."""
+        with self._read() as conn:
+            counts = {s.value: 0 for s in TaskStatus}
+            for row in conn.execute(QUERIES["status_counts"]):
+                counts[row["status"]] = row["n"]
+            finished = conn.execute(QUERIES["finished_since"], (now - window_seconds,)).fetchone()
+            held = conn.execute(QUERIES["in_progress_all"]).fetchall()
+            workers = [dict(row) for row in conn.execute(QUERIES["workers_all"])]
+            counters = {row["name"]: row["value"] for row in conn.execute(QUERIES["counters_all"])}
+        return {
+            "counts": counts,
+            "completed_last_window": finished[0],
+            "workers": workers,
+            "held": [dict(row) for row in held],
+            "counters": counters,
+        }
+
+
+# -- helpers used inside transactions --------------------------------------------------------
+
+
+@contextmanager
+def _storage_errors() -> Iterator[None]:
+    """Turn SQLite's locked/busy/full errors into StorageUnavailable (a 503, not a 500)."""
+    try:
+        yield
+    except sqlite3.OperationalError as exc:
+        text = str(exc).lower()
+        if any(word in text for word in ("locked", "busy", "full", "disk i/o")):
+            raise StorageUnavailable(str(exc)) from exc
+        raise
+    except sqlite3.DatabaseError as exc:
+        if "full" in str(exc).lower():
+            raise StorageUnavailable(str(exc)) from exc
+        raise
+
+
+def _insert_many(
+    conn: sqlite3.Connection, tasks: Sequence[NewTask], now: float
+) -> list[tuple[int, bool]]:
+    rows = [(t.task_type, dumps(t.params), t.priority, t.max_attempts, None, now) for t in tasks]
+    conn.executemany(QUERIES["insert_task"], rows)
+    # One writer at a time, so AUTOINCREMENT hands this batch consecutive ids.
+    last = conn.execute("SELECT last_insert_rowid()").fetchone()[0]
+    first = last - len(rows) + 1
+    return [(task_id, True) for task_id in range(first, last + 1)]
+
+
+def _insert_keyed(conn: sqlite3.Connection, task: NewTask, now: float) -> tuple[int, bool]:
+    if task.idempotency_key is not None:
+        row = conn.execute(QUERIES["task_by_key"], (task.idempotency_key,)).fetchone()
+        if row is not None:
+            return row["task_id"], False
+    cursor = conn.execute(
+        QUERIES["insert_task"],
+        (
+            task.task_type,
+            dumps(task.params),
+            task.priority,
+            task.max_attempts,
+            task.idempotency_key,
+            now,
+        ),
+    )
+    return cursor.lastrowid, True
+
+
+def _holds(conn: sqlite3.Connection, task_id: int, attempt: int, worker_id: str) -> bool:
+    row = conn.execute(QUERIES["task_lease"], (task_id,)).fetchone()
+    return (
+        row is not None
+        and row["status"] == TaskStatus.IN_PROGRESS.value
+        and row["attempt"] == attempt
+        and row["worker_id"] == worker_id
+    )
+
+
+def _require_holder(conn: sqlite3.Connection, task_id: int, attempt: int, worker_id: str) -> None:
+    row = conn.execute(QUERIES["task_lease"], (task_id,)).fetchone()
+    if row is None:
+        raise NotFound(f"task {task_id} does not exist")
+    if not _holds(conn, task_id, attempt, worker_id):
+        raise StaleLease(
+            f"task {task_id} attempt {attempt} is not held by {worker_id} "
+            f"(task is {row['status']} at attempt {row['attempt']} by {row['worker_id']})"
+        )
+
+
+def _save_checkpoint(
+    conn: sqlite3.Connection,
+    worker_id: str,
+    task_id: int,
+    attempt: int,
+    state: dict[str, Any],
+    progress: float,
+    now: float,
+) -> None:
+    previous = conn.execute(QUERIES["checkpoint_get"], (task_id,)).fetchone()
+    if previous is not None and progress < previous["progress"] - 1e-9:
+        raise StaleLease(
+            f"checkpoint progress {progress} for task {task_id} goes back from "
+            f"{previous['progress']}",
+            code="inconsistent_checkpoint",
+        )
+    conn.execute(
+        QUERIES["checkpoint_put"],
+        {
+            "task_id": task_id,
+            "attempt": attempt,
+            "worker_id": worker_id,
+            "state": dumps(state),
+            "progress": progress,
+            "now": now,
+        },
+    )
+
+
+def _lease(conn: sqlite3.Connection, row: sqlite3.Row, lease_seconds: float) -> Lease:
+    cp_row = conn.execute(QUERIES["checkpoint_get"], (row["task_id"],)).fetchone()
+    return Lease(
+        task_id=row["task_id"],
+        task_type=row["task_type"],
+        params=json.loads(row["params"]),
+        attempt=row["attempt"],
+        lease_expires_at=row["lease_expires_at"],
+        lease_seconds=lease_seconds,
+        checkpoint=Checkpoint.from_row(cp_row) if cp_row is not None else None,
+    )
+
+
+def _requeue_all(
+    conn: sqlite3.Connection,
+    held: Sequence[Any],
+    worker_id: str | None,
+    cause: ReclaimCause,
+    now: float,
+    counts: bool,
+) -> list[Reclaim]:
+    """Requeue each (task_id, attempt); ``counts`` says whether the attempt counts as used."""
+    reclaimed = []
+    for task_id, attempt in held:
+        row = conn.execute(
+            QUERIES["requeue"],
+            {"task_id": task_id, "attempt": attempt, "cause": cause.value, "now": now,
+             "counts": counts},
+        ).fetchone()
+        if row is not None:
+            failed = row["status"] == TaskStatus.FAILED.value
+            reclaimed.append(Reclaim(task_id, worker_id, attempt, cause, failed))
+    if reclaimed:
+        conn.execute(QUERIES["counter_add"], (cause.value, len(reclaimed)))
+    return reclaimed
+
+
+def _complete_one(
+    conn: sqlite3.Connection,
+    worker_id: str,
+    item: tuple[int, int, Any, str | None],
+    now: float,
+) -> Outcome:
+    task_id, attempt, result, error = item
+    row = conn.execute(QUERIES["task_lease"], (task_id,)).fetchone()
+    if row is None:
+        return Outcome(task_id, "not_found", None)
+    status = TaskStatus(row["status"])
+    if status in FINISHED:
+        return Outcome(task_id, _repeat_outcome(conn, worker_id, item, status), status)
+    if status is not TaskStatus.IN_PROGRESS or row["attempt"] != attempt \
+            or row["worker_id"] != worker_id:
+        return Outcome(task_id, "stale", status)
+    if error is not None:
+        conn.execute(QUERIES["mark_failed"], (error, now, task_id))
+        new_status = TaskStatus.FAILED
+    else:
+        conn.execute(QUERIES["result_put"], (task_id, attempt, worker_id, dumps(result), now))
+        conn.execute(QUERIES["mark_completed"], (now, task_id))
+        conn.execute(QUERIES["worker_completed"], (worker_id,))
+        new_status = TaskStatus.COMPLETED
+    conn.execute(QUERIES["checkpoint_drop"], (task_id,))
+    return Outcome(task_id, "accepted", new_status)
+
+
+def _repeat_outcome(
+    conn: sqlite3.Connection,
+    worker_id: str,
+    item: tuple[int, int, Any, str | None],
+    status: TaskStatus,
+) -> str:
+    """A result for a finished task: 'duplicate' if it is the one recorded, else 'stale'."""
+    task_id, attempt, result, error = item
+    if status is TaskStatus.COMPLETED and error is None:
+        stored = conn.execute(QUERIES["result_get"], (task_id,)).fetchone()
+        same = (
+            stored["attempt"] == attempt
+            and stored["worker_id"] == worker_id
+            and stored["result"] == dumps(result)
+        )
+        return "duplicate" if same else "stale"
+    if status is TaskStatus.FAILED and error is not None:
+        row = conn.execute(QUERIES["task_lease"], (task_id,)).fetchone()
+        if row["attempt"] == attempt and row["worker_id"] == worker_id:
+            return "duplicate"
+    return "stale"

@@ -1,0 +1,260 @@
+"""Database schema and the domain records built from its rows."""
+
+from __future__ import annotations
+
+import enum
+import json
+from dataclasses import dataclass
+from typing import Any
+
+SCHEMA_VERSION = 1
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS schema_info (
+    key   TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS tasks (
+    task_id          INTEGER PRIMARY KEY AUTOINCREMENT,
+    task_type        TEXT    NOT NULL,
+    params           TEXT    NOT NULL,
+    status           TEXT    NOT NULL DEFAULT 'pending'
+                     CHECK (status IN ('pending', 'in-progress', 'completed', 'failed', 'cancelled')),
+    priority         INTEGER NOT NULL DEFAULT 0,
+    attempt          INTEGER NOT NULL DEFAULT 0,
+    max_attempts     INTEGER NOT NULL,
+    worker_id        TEXT,
+    worker_instance  TEXT,
+    lease_expires_at REAL,
+    progress         REAL    NOT NULL DEFAULT 0,
+    error            TEXT,
+    idempotency_key  TEXT UNIQUE,
+    created_at       REAL    NOT NULL,
+    started_at       REAL,
+    claimed_at       REAL,
+    finished_at      REAL
+);
+CREATE INDEX IF NOT EXISTS tasks_pending_idx
+    ON tasks (priority DESC, task_id) WHERE status = 'pending';
+CREATE INDEX IF NOT EXISTS tasks_held_idx
+    ON tasks (worker_id) WHERE status = 'in-progress';
+CREATE INDEX IF NOT EXISTS tasks_lease_idx
+    ON tasks (lease_expires_at) WHERE status = 'in-progress';
+CREATE INDEX IF NOT EXISTS tasks_finished_idx
+    ON tasks (finished_at) WHERE finished_at IS NOT NULL;
+CREATE TABLE IF NOT EXISTS task_results (
+    task_id    INTEGER PRIMARY KEY REFERENCES tasks (task_id),
+    attempt    INTEGER NOT NULL,
+    worker_id  TEXT    NOT NULL,
+    result     TEXT    NOT NULL,
+    created_at REAL    NOT NULL
+);
+CREATE TABLE IF NOT EXISTS checkpoints (
+    task_id   INTEGER PRIMARY KEY REFERENCES tasks (task_id),
+    attempt   INTEGER NOT NULL,
+    worker_id TEXT    NOT NULL,
+    state     TEXT    NOT NULL,
+    progress  REAL    NOT NULL,
+    saved_at  REAL    NOT NULL
+);
+CREATE TABLE IF NOT EXISTS workers (
+    worker_id       TEXT PRIMARY KEY,
+    instance_id     TEXT,
+    status          TEXT NOT NULL CHECK (status IN ('alive', 'dead', 'stopped')),
+    last_heartbeat  REAL NOT NULL,
+    registered_at   REAL NOT NULL,
+    tasks_completed INTEGER NOT NULL DEFAULT 0
+);
+CREATE TABLE IF NOT EXISTS counters (
+    name  TEXT PRIMARY KEY,
+    value INTEGER NOT NULL
+);
+"""
+
+
+class TaskStatus(str, enum.Enum):
+    """Where a task is in its life; the values are the spec's strings."""
+
+    PENDING = "pending"  # waiting for a worker (new, or returned to the queue)
+    IN_PROGRESS = "in-progress"  # leased to one worker for one attempt
+    COMPLETED = "completed"  # a result is stored in task_results
+    FAILED = "failed"  # the task raised, or it ran out of attempts
+    CANCELLED = "cancelled"  # a user cancelled it before it finished
+
+    @property
+    def finished(self) -> bool:
+        """True for the terminal states."""
+        return self in FINISHED
+
+
+FINISHED = frozenset({TaskStatus.COMPLETED, TaskStatus.FAILED, TaskStatus.CANCELLED})
+
+TRANSITIONS: dict[TaskStatus, frozenset[TaskStatus]] = {
+    TaskStatus.PENDING: frozenset({TaskStatus.IN_PROGRESS, TaskStatus.CANCELLED}),
+    TaskStatus.IN_PROGRESS: frozenset(
+        {TaskStatus.PENDING, TaskStatus.COMPLETED, TaskStatus.FAILED, TaskStatus.CANCELLED}
+    ),
+    TaskStatus.COMPLETED: frozenset(),
+    TaskStatus.FAILED: frozenset(),
+    TaskStatus.CANCELLED: frozenset(),
+}
+"""Allowed moves. Only an in-progress task completes: once a lease is revoked (worker dead,
+lease expired, released), a result for that attempt is stale even before anyone claims again.
+in-progress -> pending is a reclaim; it becomes failed instead when attempts run out."""
+
+
+class ReclaimCause(str, enum.Enum):
+    """Why an in-progress task went back to the queue; each has a counter in /stats."""
+
+    DEAD_WORKER = "dead_worker"
+    EXPIRED_LEASE = "expired_lease"
+    RELEASED = "released_on_shutdown"
+    WORKER_RESTARTED = "worker_restarted"
+
+
+def dumps(value: Any) -> str:
+    """Canonical JSON used for everything stored, so equal values compare equal as text."""
+    return json.dumps(value, sort_keys=True, separators=(",", ":"))
+
+
+@dataclass(frozen=True)
+class Task:
+    """One row of ``tasks`` joined with its result and latest checkpoint."""
+
+    task_id: int
+    task_type: str
+    params: dict[str, Any]
+    status: TaskStatus
+    priority: int
+    attempt: int
+    max_attempts: int
+    worker_id: str | None
+    progress: float
+    result: Any
+    error: str | None
+    created_at: float
+    started_at: float | None
+    finished_at: float | None
+    lease_expires_at: float | None
+
+    @classmethod
+    def from_row(cls, row: Any) -> "Task":
+        """Build from a row with the ``tasks`` columns plus ``result``."""
+        result = row["result"]
+        return cls(
+            task_id=row["task_id"],
+            task_type=row["task_type"],
+            params=json.loads(row["params"]),
+            status=TaskStatus(row["status"]),
+            priority=row["priority"],
+            attempt=row["attempt"],
+            max_attempts=row["max_attempts"],
+            worker_id=row["worker_id"],
+            progress=row["progress"],
+            result=json.loads(result) if result is not None else None,
+            error=row["error"],
+            created_at=row["created_at"],
+            started_at=row["started_at"],
+            finished_at=row["finished_at"],
+            lease_expires_at=row["lease_expires_at"],
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON view served by ``GET /task/<id>``."""
+        return {
+            "task_id": self.task_id,
+            "task_type": self.task_type,
+            "params": self.params,
+            "status": self.status.value,
+            "priority": self.priority,
+            "attempt": self.attempt,
+            "max_attempts": self.max_attempts,
+            "worker_id": self.worker_id,
+            "progress": self.progress,
+            "result": self.result,
+            "error": self.error,
+            "created_at": self.created_at,
+            "started_at": self.started_at,
+            "finished_at": self.finished_at,
+            "lease_expires_at": self.lease_expires_at,
+        }
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """The latest accepted checkpoint of a task."""
+
+    state: dict[str, Any]
+    progress: float
+    attempt: int
+    saved_at: float
+
+    @classmethod
+    def from_row(cls, row: Any) -> "Checkpoint":
+        """Build from a ``checkpoints`` row."""
+        return cls(json.loads(row["state"]), row["progress"], row["attempt"], row["saved_at"])
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON form sent to a worker with its claim."""
+        return {
+            "state": self.state,
+            "progress": self.progress,
+            "attempt": self.attempt,
+            "saved_at": self.saved_at,
+        }
+
+
+@dataclass(frozen=True)
+class Lease:
+    """A task handed to a worker: what the worker needs to run and fence it."""
+
+    task_id: int
+    task_type: str
+    params: dict[str, Any]
+    attempt: int
+    lease_expires_at: float
+    lease_seconds: float
+    checkpoint: Checkpoint | None
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON form returned by ``POST /get-task``."""
+        return {
+            "task_id": self.task_id,
+            "task_type": self.task_type,
+            "params": self.params,
+            "attempt": self.attempt,
+            "lease_expires_at": self.lease_expires_at,
+            "lease_seconds": self.lease_seconds,
+            "checkpoint": self.checkpoint.to_dict() if self.checkpoint else None,
+        }
+
+
+@dataclass(frozen=True)
+class NewTask:
+    """A validated submission, ready to insert."""
+
+    task_type: str
+    params: dict[str, Any]
+    priority: int
+    max_attempts: int
+    idempotency_key: str | None = None
+
+
+@dataclass(frozen=True)
+class Reclaim:
+    """One task returned to the queue (or failed for lack of attempts) by the store."""
+
+    task_id: int
+    worker_id: str | None
+    attempt: int
+    cause: ReclaimCause
+    failed: bool
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What the store did with one posted result."""
+
+    task_id: int
+    outcome: str  # accepted | duplicate | stale | not_found
+    status: TaskStatus | None

@@ -1,0 +1,236 @@
+"""REST endpoints: validate the request, call one dispatcher operation, answer JSON."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flask import Blueprint, Response, current_app, jsonify, request
+
+from dispatcher.db import NotFound, StaleLease
+from dispatcher.models import NewTask, TaskStatus
+from dispatcher.schemas import (
+    GetTask,
+    Heartbeat,
+    Release,
+    SaveCheckpoint,
+    SubmitBatch,
+    SubmitResult,
+    SubmitResults,
+    SubmitTask,
+)
+from dispatcher.service import Dispatcher
+from dispatcher.utils import ApiError, json_body, parse
+from tasks import validate_task
+from tasks.base import InvalidParams
+
+api = Blueprint("api", __name__)
+
+IDEMPOTENCY_HEADER = "Idempotency-Key"
+MAX_LIST_LIMIT = 1000
+
+
+def _dispatcher() -> Dispatcher:
+    return current_app.extensions["taskqueue"]
+
+
+def _new_task(raw: Any, prefix: str, key: str | None) -> NewTask:
+    body = parse(SubmitTask, raw, prefix)
+    try:
+        params = validate_task(body.task_type, body.params)
+    except InvalidParams as exc:
+        raise ApiError(400, "invalid_field", f"{prefix}{exc.field}: {exc.message}") from None
+    max_attempts = body.max_attempts or _dispatcher().config.max_attempts
+    return NewTask(body.task_type, params, body.priority, max_attempts, key)
+
+
+def _idempotency_key() -> str | None:
+    key = request.headers.get(IDEMPOTENCY_HEADER)
+    if key is not None and not 1 <= len(key) <= 200:
+        raise ApiError(400, "invalid_field", f"{IDEMPOTENCY_HEADER}: must be 1-200 characters")
+    return key
+
+
+@api.post("/submit-task")
+def submit_task() -> tuple[Response, int]:
+    """Submit one task, or a batch as {"tasks": [...]}."""
+    body = json_body(request)
+    key = _idempotency_key()
+    if "tasks" in body:
+        return _submit_batch(body, key)
+    [(task_id, created)] = _dispatcher().submit([_new_task(body, "", key)])
+    if created:
+        return jsonify(task_id=task_id, status=TaskStatus.PENDING.value), 201
+    task = _dispatcher().get_task(task_id)
+    return jsonify(task_id=task_id, status=task.status.value, duplicate=True), 200
+
+
+def _submit_batch(body: dict[str, Any], key: str | None) -> tuple[Response, int]:
+    batch = parse(SubmitBatch, body)
+    limit = _dispatcher().config.max_batch_size
+    if len(batch.tasks) > limit:
+        raise ApiError(400, "invalid_field", f"tasks: at most {limit} tasks per batch")
+    new = [
+        _new_task(raw, f"tasks[{i}].", f"{key}:{i}" if key else None)
+        for i, raw in enumerate(batch.tasks)
+    ]
+    created = _dispatcher().submit(new)
+    status = 201 if any(flag for _, flag in created) else 200
+    return jsonify(task_ids=[task_id for task_id, _ in created], status="pending"), status
+
+
+@api.post("/get-task")
+def get_task() -> tuple[Response | str, int]:
+    """Lease pending work to a worker (long poll with "wait")."""
+    body = parse(GetTask, json_body(request))
+    leases = _dispatcher().claim(
+        body.worker_id, body.instance_id, body.max_tasks or 1, body.wait
+    )
+    if not leases:
+        return "", 204
+    if body.max_tasks is None:
+        return jsonify(task=leases[0].to_dict()), 200
+    return jsonify(tasks=[lease.to_dict() for lease in leases]), 200
+
+
+@api.post("/heartbeat")
+def heartbeat() -> tuple[Response, int]:
+    """Record a worker's heartbeat; 409 listing the leases it no longer holds."""
+    body = parse(Heartbeat, json_body(request))
+    held = [(t.task_id, t.attempt) for t in body.tasks]
+    revoked = _dispatcher().heartbeat(body.worker_id, body.instance_id, held, body.stopping)
+    if revoked:
+        raise ApiError(
+            409, "stale_lease", f"tasks {revoked} are no longer held by {body.worker_id}",
+            {"revoked": revoked},
+        )
+    return jsonify(status="ok", revoked=[]), 200
+
+
+@api.post("/checkpoint")
+def checkpoint() -> tuple[Response, int]:
+    """Save a task's resume state and renew its lease."""
+    body = parse(SaveCheckpoint, json_body(request))
+    expires = _dispatcher().checkpoint(
+        body.worker_id, body.task_id, body.attempt, body.state, body.progress
+    )
+    return jsonify(task_id=body.task_id, lease_expires_at=expires), 200
+
+
+@api.post("/release-task")
+def release_task() -> tuple[Response, int]:
+    """Give a held task back to the queue (worker shutdown)."""
+    body = parse(Release, json_body(request))
+    _dispatcher().release(body.worker_id, body.task_id, body.attempt, body.state, body.progress)
+    return jsonify(task_id=body.task_id, status=TaskStatus.PENDING.value), 200
+
+
+@api.post("/submit-result")
+def submit_result() -> tuple[Response, int]:
+    """Record a task's result or error; a batch as {"results": [...]}."""
+    data = json_body(request)
+    if "results" in data:
+        batch = parse(SubmitResults, data)
+        items = [(r.task_id, r.attempt, r.result, r.error) for r in batch.results]
+        outcomes = _dispatcher().complete(batch.worker_id, items)
+        return jsonify(results=[{"task_id": o.task_id, "outcome": o.outcome}
+                                for o in outcomes]), 200
+    body = parse(SubmitResult, data)
+    [outcome] = _dispatcher().complete(
+        body.worker_id, [(body.task_id, body.attempt, body.result, body.error)]
+    )
+    if outcome.outcome == "not_found":
+        raise ApiError(404, "not_found", f"task {body.task_id} does not exist")
+    if outcome.outcome == "stale":
+        raise ApiError(
+            409, "stale_lease",
+            f"task {body.task_id} attempt {body.attempt} from {body.worker_id} is not the "
+            f"current lease (task is {outcome.status.value})",
+        )
+    return jsonify(task_id=body.task_id, status=outcome.status.value,
+                   duplicate=outcome.outcome == "duplicate"), 200
+
+
+def _wait_arg() -> float:
+    raw = request.args.get("wait", "0")
+    try:
+        wait = float(raw)
+    except ValueError:
+        raise ApiError(400, "invalid_field", f"wait: must be a number of seconds, got {raw!r}")
+    if not 0 <= wait <= 3600:
+        raise ApiError(400, "invalid_field", "wait: must be between 0 and 3600 seconds")
+    return wait
+
+
+@api.get("/task/<int:task_id>")
+def task_status(task_id: int) -> tuple[Response, int]:
+    """A task's status, progress and result; ?wait=SECONDS answers when it finishes."""
+    return jsonify(_dispatcher().get_task(task_id, _wait_arg()).to_dict()), 200
+
+
+@api.post("/task/<int:task_id>/cancel")
+def cancel_task(task_id: int) -> tuple[Response, int]:
+    """Cancel a task that has not finished."""
+    return jsonify(_dispatcher().cancel(task_id).to_dict()), 200
+
+
+@api.get("/tasks")
+def list_tasks() -> tuple[Response, int]:
+    """The newest tasks, ?status=...&limit=N."""
+    raw_status = request.args.get("status")
+    try:
+        status = TaskStatus(raw_status) if raw_status else None
+    except ValueError:
+        known = ", ".join(s.value for s in TaskStatus)
+        raise ApiError(400, "invalid_field", f"status: must be one of {known}") from None
+    raw_limit = request.args.get("limit", "100")
+    if not raw_limit.isdigit() or not 1 <= int(raw_limit) <= MAX_LIST_LIMIT:
+        raise ApiError(400, "invalid_field", f"limit: must be 1-{MAX_LIST_LIMIT}")
+    tasks = _dispatcher().list_tasks(status, int(raw_limit))
+    return jsonify(tasks=[t.to_dict() for t in tasks]), 200
+
+
+@api.get("/stats")
+def stats() -> tuple[Response, int]:
+    """Counts, workers, throughput and reclaim counters."""
+    return jsonify(_dispatcher().stats()), 200
+
+
+@api.get("/health")
+def health() -> tuple[Response, int]:
+    """200 once the database answers (503 otherwise, via the error handler)."""
+    return jsonify(_dispatcher().health()), 200
+
+
+def register_error_handlers(app: Any) -> None:
+    """Map every error to the JSON error body; tracebacks go to the log only."""
+    from werkzeug.exceptions import HTTPException
+
+    from dispatcher.db import StorageUnavailable
+
+    @app.errorhandler(ApiError)
+    def _api_error(exc: ApiError) -> tuple[Response, int]:
+        return jsonify(exc.to_dict()), exc.status
+
+    @app.errorhandler(NotFound)
+    def _not_found(exc: NotFound) -> tuple[Response, int]:
+        return jsonify(error={"code": "not_found", "message": str(exc)}), 404
+
+    @app.errorhandler(StaleLease)
+    def _stale(exc: StaleLease) -> tuple[Response, int]:
+        return jsonify(error={"code": exc.code, "message": str(exc)}), 409
+
+    @app.errorhandler(StorageUnavailable)
+    def _unavailable(exc: StorageUnavailable) -> tuple[Response, int, dict[str, str]]:
+        app.logger.warning("storage unavailable: %s", exc)
+        body = {"code": "storage_unavailable", "message": f"storage unavailable: {exc}"}
+        return jsonify(error=body), 503, {"Retry-After": "1"}
+
+    @app.errorhandler(HTTPException)
+    def _http(exc: HTTPException) -> tuple[Response, int]:
+        code = (exc.name or "error").lower().replace(" ", "_")
+        return jsonify(error={"code": code, "message": exc.description}), exc.code or 500
+
+    @app.errorhandler(Exception)
+    def _unexpected(exc: Exception) -> tuple[Response, int]:
+        app.logger.exception("unexpected error on %s %s", request.method, request.path)
+        return jsonify(error={"code": "internal_error", "message": "internal error"}), 500

@@ -1,0 +1,104 @@
+"""Request bodies of the HTTP API, validated strictly (no silent coercion, unknown fields refused)."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
+
+Name = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9._:@-]{0,127}$")]
+TaskId = Annotated[int, Field(ge=1, le=2**62)]
+Attempt = Annotated[int, Field(ge=1, le=2**31)]
+
+
+class _Body(BaseModel):
+    model_config = ConfigDict(strict=True, extra="forbid", allow_inf_nan=False)
+
+
+class SubmitTask(_Body):
+    """One task submission (the params are validated by the task registry)."""
+
+    task_type: Annotated[str, StringConstraints(min_length=1, max_length=64)]
+    params: dict[str, Any] = Field(default_factory=dict)
+    priority: Annotated[int, Field(ge=-1000, le=1000)] = 0
+    max_attempts: Annotated[int, Field(ge=1, le=1000)] | None = None
+
+
+class SubmitBatch(_Body):
+    """A batch submission; each item is validated as a SubmitTask."""
+
+    tasks: Annotated[list[Any], Field(min_length=1)]
+
+
+class GetTask(_Body):
+    """A worker asking for work, optionally waiting for some (long poll)."""
+
+    worker_id: Name
+    instance_id: Name | None = None
+    wait: Annotated[float, Field(ge=0, le=3600)] = 0.0
+    max_tasks: Annotated[int, Field(ge=1, le=1000)] | None = None
+
+
+class HeldTask(_Body):
+    """A (task, attempt) lease a worker believes it holds."""
+
+    task_id: TaskId
+    attempt: Attempt
+
+
+class Heartbeat(_Body):
+    """A worker's sign of life, with the leases it holds."""
+
+    worker_id: Name
+    instance_id: Name | None = None
+    tasks: list[HeldTask] = Field(default_factory=list, max_length=10_000)
+    stopping: bool = False
+
+
+class SaveCheckpoint(_Body):
+    """A task's resume state; renews its lease."""
+
+    worker_id: Name
+    task_id: TaskId
+    attempt: Attempt
+    state: dict[str, Any]
+    progress: Annotated[float, Field(ge=0, le=1)] = 0.0
+
+
+class Release(_Body):
+    """A worker giving a task back (shutdown), optionally with its latest state."""
+
+    worker_id: Name
+    task_id: TaskId
+    attempt: Attempt
+    state: dict[str, Any] | None = None
+    progress: Annotated[float, Field(ge=0, le=1)] | None = None
+
+
+class ResultItem(_Body):
+    """One result: exactly one of ``result`` (success) or ``error`` (the task raised)."""
+
+    task_id: TaskId
+    attempt: Attempt
+    result: Any = None
+    error: Annotated[str, StringConstraints(max_length=10_000)] | None = None
+
+    @model_validator(mode="after")
+    def _one_outcome(self) -> "ResultItem":
+        has_result = "result" in self.model_fields_set
+        if has_result == (self.error is not None):
+            raise ValueError("give exactly one of result or error")
+        return self
+
+
+class SubmitResult(ResultItem):
+    """A single result posted by a worker."""
+
+    worker_id: Name
+
+
+class SubmitResults(_Body):
+    """A batch of results posted by one worker."""
+
+    worker_id: Name
+    results: Annotated[list[ResultItem], Field(min_length=1, max_length=10_000)]

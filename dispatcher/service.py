@@ -1,0 +1,223 @@
+"""The dispatcher's operations: the store plus the clock, long-poll wake-ups and the monitor.
+
+Routes call exactly one method here per request. Everything time-related reads ``clock``
+(the dispatcher's clock, injectable for tests); waits use ``time.monotonic``.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from dispatcher.db import SQLiteStore
+from dispatcher.heartbeat_monitor import HeartbeatMonitor
+from dispatcher.models import Lease, NewTask, Outcome, Reclaim, Task, TaskStatus
+from dispatcher.utils import Notifier
+from shared.config import Config
+
+log = logging.getLogger(__name__)
+
+THROUGHPUT_WINDOW_SECONDS = 60.0
+
+
+class Dispatcher:
+    """Owns the store and coordinates waiting requests with changes to the queue."""
+
+    def __init__(self, store: SQLiteStore, config: Config, clock: Callable[[], float]) -> None:
+        self.store = store
+        self.config = config
+        self.clock = clock
+        self.started_at = clock()
+        self.tasks_available = Notifier()
+        self.tasks_finished = Notifier()
+        self.monitor = HeartbeatMonitor(
+            store=store,
+            heartbeat_timeout=config.heartbeat_timeout,
+            interval=min(config.monitor_interval, config.heartbeat_timeout / 4),
+            clock=clock,
+            on_reclaim=self._after_reclaim,
+        )
+        self._stop = threading.Event()
+        self._monitor_thread: threading.Thread | None = None
+        # The outage kept workers from renewing leases: restart every lease from now.
+        store.extend_leases(self.started_at + config.lease_duration)
+
+    # -- lifecycle --------------------------------------------------------------------------
+
+    def start_monitor(self) -> None:
+        """Start the heartbeat monitor thread (once)."""
+        if self._monitor_thread is None:
+            self._monitor_thread = self.monitor.start(self._stop)
+
+    def close(self) -> None:
+        """Stop the monitor and close the store."""
+        self._stop.set()
+        if self._monitor_thread is not None:
+            self._monitor_thread.join(timeout=5)
+        self.store.close()
+
+    # -- operations -------------------------------------------------------------------------
+
+    def submit(self, tasks: Sequence[NewTask]) -> list[tuple[int, bool]]:
+        """Store new tasks durably and wake idle workers."""
+        created = self.store.submit(tasks, self.clock())
+        if any(flag for _, flag in created):
+            self.tasks_available.notify()
+        return created
+
+    def claim(
+        self, worker_id: str, instance_id: str | None, limit: int, wait_seconds: float
+    ) -> list[Lease]:
+        """Lease up to ``limit`` tasks, waiting up to ``wait_seconds`` for one to appear."""
+        deadline = time.monotonic() + min(wait_seconds, self.config.max_wait_seconds)
+        while True:
+            seen = self.tasks_available.generation
+            leases, reclaimed = self.store.claim(
+                worker_id, instance_id, limit, self.clock(), self.config.lease_duration
+            )
+            self._after_reclaim(reclaimed)
+            remaining = deadline - time.monotonic()
+            if leases or remaining <= 0:
+                for lease in leases:
+                    log.debug("task %s attempt %s leased to worker %s",
+                              lease.task_id, lease.attempt, worker_id)
+                return leases
+            self.tasks_available.wait(seen, remaining)
+
+    def heartbeat(
+        self, worker_id: str, instance_id: str | None, held: Sequence[tuple[int, int]],
+        stopping: bool = False,
+    ) -> list[int]:
+        """Record a heartbeat; return the held task ids that are no longer this worker's."""
+        revoked, reclaimed = self.store.heartbeat(worker_id, instance_id, held, self.clock())
+        self._after_reclaim(reclaimed)
+        if stopping:
+            self.store.mark_worker(worker_id, "stopped")
+        for task_id in revoked:
+            log.info("heartbeat from worker %s: task %s is no longer its lease", worker_id,
+                     task_id)
+        return revoked
+
+    def checkpoint(
+        self, worker_id: str, task_id: int, attempt: int, state: dict[str, Any], progress: float
+    ) -> float:
+        """Save a checkpoint and renew the lease; return the new expiry."""
+        return self.store.checkpoint(
+            worker_id, task_id, attempt, state, progress, self.clock(),
+            self.config.lease_duration,
+        )
+
+    def release(
+        self, worker_id: str, task_id: int, attempt: int, state: dict[str, Any] | None,
+        progress: float | None,
+    ) -> Reclaim:
+        """Give a task back to the queue at once, keeping its latest state."""
+        reclaim = self.store.release(worker_id, task_id, attempt, state, progress, self.clock())
+        log.info("worker %s released task %s (attempt %s)", worker_id, task_id, attempt)
+        self.tasks_available.notify()
+        return reclaim
+
+    def complete(
+        self, worker_id: str, items: Sequence[tuple[int, int, Any, str | None]]
+    ) -> list[Outcome]:
+        """Record results; wake anyone waiting on a task that finished."""
+        outcomes = self.store.complete(worker_id, items, self.clock())
+        for outcome in outcomes:
+            if outcome.outcome == "stale":
+                log.warning("stale result for task %s from worker %s refused", outcome.task_id,
+                            worker_id)
+        if any(o.outcome == "accepted" for o in outcomes):
+            self.tasks_finished.notify()
+        return outcomes
+
+    def cancel(self, task_id: int) -> Task:
+        """Cancel an unfinished task."""
+        task = self.store.cancel(task_id, self.clock())
+        self.tasks_finished.notify()
+        return task
+
+    def get_task(self, task_id: int, wait_seconds: float = 0.0) -> Task:
+        """The task's view; with a wait, answer as soon as it finishes (or the wait ends)."""
+        deadline = time.monotonic() + min(wait_seconds, self.config.max_wait_seconds)
+        while True:
+            seen = self.tasks_finished.generation
+            task = self.store.get_task(task_id)
+            remaining = deadline - time.monotonic()
+            if task.status.finished or remaining <= 0:
+                return task
+            self.tasks_finished.wait(seen, remaining)
+
+    def list_tasks(self, status: TaskStatus | None, limit: int) -> list[Task]:
+        """The newest tasks, optionally filtered by status."""
+        return self.store.list_tasks(status, limit)
+
+    def stats(self) -> dict[str, Any]:
+        """The /stats document."""
+        now = self.clock()
+        raw = self.store.stats(now, THROUGHPUT_WINDOW_SECONDS)
+        return _format_stats(raw, now, self)
+
+    def health(self) -> dict[str, Any]:
+        """Raise StorageUnavailable unless the database answers."""
+        self.store.ping()
+        return {"status": "ok"}
+
+    # -- internals ------------------------------------------------------------------------
+
+    def _after_reclaim(self, reclaimed: list[Reclaim]) -> None:
+        if not reclaimed:
+            return
+        if any(not r.failed for r in reclaimed):
+            self.tasks_available.notify()
+        if any(r.failed for r in reclaimed):
+            self.tasks_finished.notify()
+
+
+def _format_stats(raw: dict[str, Any], now: float, dispatcher: Dispatcher) -> dict[str, Any]:
+    timeout = dispatcher.config.heartbeat_timeout
+    held_by: dict[str, list[int]] = {}
+    for row in raw["held"]:
+        held_by.setdefault(row["worker_id"], []).append(row["task_id"])
+    workers = []
+    for row in raw["workers"]:
+        age = now - row["last_heartbeat"]
+        workers.append({
+            "worker_id": row["worker_id"],
+            "status": row["status"],
+            "alive": row["status"] == "alive" and age <= timeout,
+            "seconds_since_heartbeat": round(age, 3),
+            "current_tasks": held_by.get(row["worker_id"], []),
+            "tasks_completed": row["tasks_completed"],
+        })
+    counts = raw["counts"]
+    counters = raw["counters"]
+    completed = raw["completed_last_window"]
+    monitor = dispatcher.monitor
+    return {
+        "tasks": {**counts, "total": sum(counts.values())},
+        "workers": {
+            "alive": sum(1 for w in workers if w["alive"]),
+            "dead": sum(1 for w in workers if w["status"] == "dead"),
+            "total": len(workers),
+            "details": workers,
+        },
+        "throughput": {
+            "window_seconds": THROUGHPUT_WINDOW_SECONDS,
+            "completed": completed,
+            "tasks_per_second": round(completed / THROUGHPUT_WINDOW_SECONDS, 3),
+        },
+        "reclaims": {
+            cause: counters.get(cause, 0)
+            for cause in ("dead_worker", "expired_lease", "released_on_shutdown",
+                          "worker_restarted")
+        },
+        "monitor": {
+            "sweeps": monitor.stats.sweeps,
+            "errors": monitor.stats.errors,
+            "in_grace_period": now < monitor.grace_until,
+        },
+        "uptime_seconds": round(now - dispatcher.started_at, 3),
+    }

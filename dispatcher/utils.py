@@ -1,0 +1,82 @@
+"""Small helpers of the dispatcher: the API error type, request parsing, wake-ups."""
+
+from __future__ import annotations
+
+import threading
+from typing import Any, TypeVar
+
+from flask import Request
+from pydantic import BaseModel, ValidationError
+
+M = TypeVar("M", bound=BaseModel)
+
+
+class ApiError(Exception):
+    """An error answered as ``{"error": {"code", "message"}}`` with an HTTP status."""
+
+    def __init__(
+        self, status: int, code: str, message: str, extra: dict[str, Any] | None = None
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+        self.extra = extra or {}
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON body of the error response."""
+        return {"error": {"code": self.code, "message": self.message}, **self.extra}
+
+
+def json_body(request: Request) -> dict[str, Any]:
+    """The request's JSON object; 400 naming the problem when it is not one."""
+    data = request.get_json(silent=True, force=True)
+    if data is None:
+        raise ApiError(400, "invalid_json", "request body must be valid JSON")
+    if not isinstance(data, dict):
+        raise ApiError(400, "invalid_json", "request body must be a JSON object")
+    return data
+
+
+def parse(model: type[M], data: Any, prefix: str = "") -> M:
+    """Validate ``data`` with a pydantic model; 400 naming the first bad field."""
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        loc = ".".join(str(part) for part in first["loc"])
+        field = f"{prefix}{loc}" if loc else prefix.rstrip(".") or "body"
+        message = first["msg"].removeprefix("Value error, ")
+        if first["type"] == "missing":
+            message = "is required"
+        elif first["type"] == "extra_forbidden":
+            message = "is not a known field"
+        raise ApiError(400, "invalid_field", f"{field}: {message}") from None
+
+
+class Notifier:
+    """Wakes waiting request threads when something changed (new tasks, finished tasks).
+
+    A generation counter makes wake-ups impossible to miss: read ``generation`` before
+    looking, then ``wait(generation, ...)`` returns at once if anything happened since.
+    """
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._generation = 0
+
+    @property
+    def generation(self) -> int:
+        """The number of notifications so far."""
+        return self._generation
+
+    def notify(self) -> None:
+        """Wake every waiter."""
+        with self._cond:
+            self._generation += 1
+            self._cond.notify_all()
+
+    def wait(self, seen: int, timeout: float) -> bool:
+        """Block until a notification after ``seen`` or the timeout; True if notified."""
+        with self._cond:
+            return self._cond.wait_for(lambda: self._generation != seen, timeout)

@@ -1,0 +1,65 @@
+#!/usr/bin/env bash
+# One command on a fresh clone: set up .venv, start a dispatcher and two workers on the
+# SQLite default, submit a batch of prime tasks (both algorithms), show live progress and the
+# results, print /stats, then stop exactly the processes this script started.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")"
+source scripts/common.sh
+ensure_venv
+RUN="$(run_dir)"
+LOGS="$RUN/logs"
+mkdir -p "$LOGS"
+URL="$("$PYTHON" -c 'from shared.config import load_config; print(load_config().dispatcher_url)')"
+
+dispatcher_pid=""
+worker_pids=()
+stop_started() {
+    for pid in "${worker_pids[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
+    for pid in "${worker_pids[@]}"; do wait "$pid" 2>/dev/null || true; done
+    if [ -n "$dispatcher_pid" ]; then
+        kill -TERM "$dispatcher_pid" 2>/dev/null || true
+        wait "$dispatcher_pid" 2>/dev/null || true
+    fi
+    echo "stopped the dispatcher and workers this script started (logs in $LOGS)"
+}
+trap stop_started EXIT
+
+echo "== starting the dispatcher on $URL (log: $LOGS/dispatcher.log)"
+./start_dispatcher.sh > "$LOGS/dispatcher.log" 2>&1 &
+dispatcher_pid=$!
+if ! "$PYTHON" -c "
+import sys
+from shared.cluster import wait_until
+import requests
+def up():
+    try:
+        return requests.get('$URL/health', timeout=1).ok
+    except requests.RequestException:
+        return False
+wait_until(up, 30, 0.1, 'dispatcher health')
+" 2>/dev/null; then
+    echo "error: the dispatcher did not come up; last lines of its log:" >&2
+    tail -n 5 "$LOGS/dispatcher.log" >&2
+    exit 1
+fi
+
+for id in worker-1 worker-2; do
+    echo "== starting $id (log: $LOGS/$id.log)"
+    ./start_worker.sh "$id" > "$LOGS/$id.log" 2>&1 &
+    worker_pids+=($!)
+done
+
+echo "== submitting 6 sieve tasks up to 10^9, then 4 trial-division tasks up to 10^7"
+"$PYTHON" add_task.py 6 1000000000 sieve --wait --timeout 600
+"$PYTHON" add_task.py 4 10000000 trial_division --wait --timeout 600
+
+echo "== /stats"
+"$PYTHON" - "$URL" <<'PY'
+import json, sys, requests
+stats = requests.get(sys.argv[1] + "/stats", timeout=10).json()
+print(json.dumps({k: stats[k] for k in ("tasks", "throughput", "reclaims")}, indent=2))
+for w in stats["workers"]["details"]:
+    print(f"worker {w['worker_id']}: {w['status']}, {w['tasks_completed']} tasks completed")
+PY
+echo "== done. Run it yourself: ./start_dispatcher.sh, ./start_worker.sh worker-1,"
+echo "   python3 add_task.py 5 100000, curl $URL/stats, ./cleanup.sh"

@@ -1,0 +1,1 @@
+"""Configuration and helpers shared by the dispatcher, the workers and the clients."""

@@ -1,0 +1,178 @@
+"""Real dispatcher and worker processes on loopback, for tests, analysis and chaos runs.
+
+Everything started here is stopped here, by PID; nothing is looked up by name.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any, TypeVar
+
+import requests
+
+from shared.config import REPO_ROOT
+from shared.utils import free_port
+
+T = TypeVar("T")
+
+
+class WaitTimeout(AssertionError):
+    """A condition did not become true before its deadline."""
+
+
+def wait_until(
+    predicate: Callable[[], T], timeout: float, interval: float = 0.02, message: str = ""
+) -> T:
+    """Poll ``predicate`` until it returns something truthy; return it, or raise WaitTimeout."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() >= deadline:
+            raise WaitTimeout(f"timed out after {timeout}s waiting for {message or predicate}")
+        time.sleep(interval)
+
+
+class LocalCluster:
+    """One dispatcher and any number of workers in a scratch directory on a free port."""
+
+    def __init__(self, workdir: Path, env: Mapping[str, str] | None = None) -> None:
+        self.workdir = Path(workdir)
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        (self.workdir / "logs").mkdir(exist_ok=True)
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.db_path = self.workdir / "tasks.db"
+        self.env = {
+            **os.environ,
+            "DISPATCHER_HOST": "127.0.0.1",
+            "DISPATCHER_PORT": str(self.port),
+            "DISPATCHER_URL": self.url,
+            "DATABASE_URL": f"sqlite:///{self.db_path}",
+            "RUN_DIR": str(self.workdir / "run"),
+            "PYTHONUNBUFFERED": "1",
+            **(env or {}),
+        }
+        self.dispatcher: subprocess.Popen[bytes] | None = None
+        self.workers: dict[str, subprocess.Popen[bytes]] = {}
+        self.http = requests.Session()
+
+    # -- processes ------------------------------------------------------------------------
+
+    def _spawn(self, name: str, args: list[str]) -> subprocess.Popen[bytes]:
+        log = open(self.workdir / "logs" / f"{name}.log", "ab")  # noqa: SIM115 - owned by Popen
+        try:
+            return subprocess.Popen(
+                [sys.executable, *args], cwd=REPO_ROOT, env=self.env, stdout=log,
+                stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            )
+        finally:
+            log.close()
+
+    def start_dispatcher(self, timeout: float = 20.0) -> subprocess.Popen[bytes]:
+        """Start the dispatcher and wait until /health answers."""
+        self.dispatcher = self._spawn("dispatcher", ["-m", "dispatcher.app"])
+        wait_until(self.healthy, timeout, interval=0.05, message="dispatcher /health")
+        return self.dispatcher
+
+    def start_worker(self, worker_id: str, *args: str) -> subprocess.Popen[bytes]:
+        """Start one worker process (it registers with its first claim or heartbeat)."""
+        proc = self._spawn(f"worker-{worker_id}", ["-m", "worker", worker_id, *args])
+        self.workers[worker_id] = proc
+        return proc
+
+    def signal_worker(self, worker_id: str, sig: int) -> None:
+        """Send a signal to one worker we started."""
+        self.workers[worker_id].send_signal(sig)
+
+    def kill_worker(self, worker_id: str) -> None:
+        """SIGKILL a worker and reap it."""
+        proc = self.workers[worker_id]
+        proc.kill()
+        proc.wait(timeout=10)
+
+    def kill_dispatcher(self) -> None:
+        """SIGKILL the dispatcher and reap it."""
+        if self.dispatcher is not None:
+            self.dispatcher.kill()
+            self.dispatcher.wait(timeout=10)
+            self.dispatcher = None
+
+    def healthy(self) -> bool:
+        """True when the dispatcher answers /health with 200."""
+        try:
+            return self.http.get(f"{self.url}/health", timeout=1).status_code == 200
+        except requests.RequestException:
+            return False
+
+    def close(self, grace: float = 10.0) -> None:
+        """Stop every process this cluster started: SIGTERM, then SIGKILL after ``grace``."""
+        procs = list(self.workers.values()) + ([self.dispatcher] if self.dispatcher else [])
+        for proc in procs:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + grace
+        for proc in procs:
+            try:
+                proc.wait(timeout=max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(timeout=10)
+        self.http.close()
+
+    def __enter__(self) -> "LocalCluster":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- HTTP helpers ---------------------------------------------------------------------
+
+    def post(self, path: str, body: Any, **kwargs: Any) -> requests.Response:
+        """POST JSON to the dispatcher."""
+        return self.http.post(f"{self.url}{path}", json=body, timeout=kwargs.pop("timeout", 35),
+                              **kwargs)
+
+    def get(self, path: str, **kwargs: Any) -> requests.Response:
+        """GET from the dispatcher."""
+        return self.http.get(f"{self.url}{path}", timeout=kwargs.pop("timeout", 35), **kwargs)
+
+    def submit(self, task_type: str, params: dict[str, Any], **extra: Any) -> int:
+        """Submit one task; return its id."""
+        resp = self.post("/submit-task", {"task_type": task_type, "params": params, **extra})
+        resp.raise_for_status()
+        return resp.json()["task_id"]
+
+    def submit_many(self, tasks: list[dict[str, Any]]) -> list[int]:
+        """Submit a batch; return the ids."""
+        resp = self.post("/submit-task", {"tasks": tasks})
+        resp.raise_for_status()
+        return resp.json()["task_ids"]
+
+    def task(self, task_id: int) -> dict[str, Any]:
+        """The task's current view."""
+        resp = self.get(f"/task/{task_id}")
+        resp.raise_for_status()
+        return resp.json()
+
+    def wait_finished(self, task_id: int, timeout: float) -> dict[str, Any]:
+        """Long-poll until the task finishes; raise WaitTimeout otherwise."""
+        deadline = time.monotonic() + timeout
+        while True:
+            remaining = deadline - time.monotonic()
+            view = self.get(f"/task/{task_id}", params={"wait": max(0, min(remaining, 10))}).json()
+            if view["status"] in ("completed", "failed", "cancelled"):
+                return view
+            if remaining <= 0:
+                raise WaitTimeout(f"task {task_id} still {view['status']} after {timeout}s")
+
+    def stats(self) -> dict[str, Any]:
+        """The /stats document."""
+        return self.get("/stats").json()

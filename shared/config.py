@@ -1,0 +1,152 @@
+"""System-wide configuration: `.env` loaded once, the environment wins, one frozen typed object.
+
+No other module reads ``os.environ``; entry points call :func:`load_config` and pass the
+result down. Every key is documented in ``.env`` and in the README's configuration table.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, fields, replace
+from pathlib import Path
+from typing import Any
+
+from dotenv import dotenv_values
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+
+
+class ConfigError(ValueError):
+    """A configuration value is missing, malformed or out of range; the message names the key."""
+
+
+@dataclass(frozen=True)
+class Config:
+    """Every tunable of the dispatcher, the workers and the clients."""
+
+    dispatcher_host: str = "127.0.0.1"
+    dispatcher_port: int = 5000
+    dispatcher_url: str = "http://127.0.0.1:5000"
+    database_url: str = "sqlite:///data/tasks.db"
+    heartbeat_interval: float = 1.0
+    heartbeat_timeout: float = 2.0
+    lease_duration: float = 100.0
+    checkpoint_interval: float = 2.0
+    monitor_interval: float = 0.25
+    max_attempts: int = 10
+    dispatcher_threads: int = 48
+    max_request_bytes: int = 16 * 1024 * 1024
+    max_batch_size: int = 10_000
+    max_wait_seconds: float = 30.0
+    sqlite_busy_timeout_ms: int = 5_000
+    poll_wait: float = 1.0
+    backoff_max: float = 5.0
+    run_dir: str = "run"
+    log_level: str = "INFO"
+
+    @property
+    def sqlite_path(self) -> Path | None:
+        """Filesystem path of the SQLite database, or None for another backend."""
+        prefix = "sqlite:///"
+        if not self.database_url.startswith(prefix):
+            return None
+        return resolve_path(self.database_url[len(prefix):])
+
+    @property
+    def run_path(self) -> Path:
+        """Directory for PID files, worker caches and logs."""
+        return resolve_path(self.run_dir)
+
+    def with_overrides(self, **changes: Any) -> "Config":
+        """Return a copy with the given fields changed, validated like a loaded config."""
+        new = replace(self, **{k: v for k, v in changes.items() if v is not None})
+        _check(new)
+        return new
+
+
+def resolve_path(raw: str) -> Path:
+    """Resolve a configured path: absolute as given, relative to the repository root."""
+    path = Path(raw).expanduser()
+    return path if path.is_absolute() else REPO_ROOT / path
+
+
+def _positive(value: float) -> bool:
+    return value > 0
+
+
+_RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
+    "dispatcher_port": (lambda v: 1 <= v <= 65535, "must be a port number 1-65535"),
+    "heartbeat_interval": (_positive, "must be > 0"),
+    "heartbeat_timeout": (_positive, "must be > 0"),
+    "lease_duration": (_positive, "must be > 0"),
+    "checkpoint_interval": (_positive, "must be > 0"),
+    "monitor_interval": (_positive, "must be > 0"),
+    "max_attempts": (lambda v: 1 <= v <= 1000, "must be 1-1000"),
+    "dispatcher_threads": (lambda v: 2 <= v <= 1024, "must be 2-1024"),
+    "max_request_bytes": (lambda v: v >= 1024, "must be >= 1024"),
+    "max_batch_size": (lambda v: 1 <= v <= 100_000, "must be 1-100000"),
+    "max_wait_seconds": (lambda v: 0 <= v <= 3600, "must be 0-3600"),
+    "sqlite_busy_timeout_ms": (lambda v: v >= 0, "must be >= 0"),
+    "poll_wait": (lambda v: 0 <= v <= 30, "must be 0-30"),
+    "backoff_max": (_positive, "must be > 0"),
+    "log_level": (lambda v: v in LOG_LEVELS, "must be one of " + ", ".join(LOG_LEVELS)),
+    "database_url": (
+        lambda v: v.startswith(("sqlite:///", "postgresql://", "postgres://")),
+        "must start with sqlite:/// or postgresql://",
+    ),
+    "dispatcher_url": (lambda v: v.startswith(("http://", "https://")), "must be an http(s) URL"),
+}
+
+
+def _check(config: Config) -> None:
+    for name, (ok, problem) in _RULES.items():
+        value = getattr(config, name)
+        if not ok(value):
+            raise ConfigError(f"{name.upper()} {problem}, got {value!r}")
+    if config.heartbeat_timeout <= config.heartbeat_interval:
+        raise ConfigError(
+            f"HEARTBEAT_TIMEOUT ({config.heartbeat_timeout}) must be greater than "
+            f"HEARTBEAT_INTERVAL ({config.heartbeat_interval})"
+        )
+
+
+def _convert(name: str, raw: str, kind: type) -> Any:
+    text = raw.strip()
+    try:
+        if kind is int:
+            return int(text)
+        if kind is float:
+            return float(text)
+    except ValueError:
+        raise ConfigError(f"{name} must be a {kind.__name__}, got {raw!r}") from None
+    return text.upper() if name == "LOG_LEVEL" else text
+
+
+def load_config(
+    env: Mapping[str, str] | None = None, dotenv_path: Path | None = None
+) -> Config:
+    """Load `.env` (if present) overlaid by ``env`` (default: the process environment).
+
+    A key set in the environment wins over the file. ``DISPATCHER_URL`` defaults to the
+    host and port when neither source sets it.
+    """
+    path = dotenv_path if dotenv_path is not None else REPO_ROOT / ".env"
+    merged: dict[str, str] = {}
+    if path.is_file():
+        merged.update({k: v for k, v in dotenv_values(path).items() if v is not None})
+    merged.update(os.environ if env is None else env)
+    values: dict[str, Any] = {}
+    for field in fields(Config):
+        key = field.name.upper()
+        if key in merged and merged[key].strip() != "":
+            values[field.name] = _convert(key, merged[key], type(field.default))
+    if "dispatcher_url" not in values:
+        host = values.get("dispatcher_host", Config.dispatcher_host)
+        host = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
+        port = values.get("dispatcher_port", Config.dispatcher_port)
+        values["dispatcher_url"] = f"http://{host}:{port}"
+    config = Config(**values)
+    _check(config)
+    return config

@@ -1,0 +1,141 @@
+"""The ``primes`` task: count and sum the primes up to a limit, resumably.
+
+numpy loads only when a task runs (see ``run_primes``), so the dispatcher can import this
+module for validation cheaply.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
+from pydantic_core import PydanticCustomError
+
+from tasks.base import CheckpointFn, Stopwatch, TaskType
+
+if TYPE_CHECKING:
+    from tasks.prime_math import PrimeBlock
+
+PRIMES_LIST_CAP = 100_000
+"""The result (and the resume state) lists the primes themselves only when limit <= this."""
+
+MAX_LIMIT = {"sieve": 10**12, "trial_division": 10**10}
+"""Largest accepted limit per algorithm (trial division is far slower)."""
+
+Algorithm = Literal["sieve", "trial_division"]
+
+
+class PrimeParams(BaseModel):
+    """Parameters of a ``primes`` task."""
+
+    model_config = ConfigDict(strict=True, extra="forbid")
+
+    # Declared before limit so that the limit validator can see it.
+    algorithm: Algorithm = "sieve"
+    limit: int = Field(ge=0)
+
+    @field_validator("limit")
+    @classmethod
+    def _within_algorithm_max(cls, limit: int, info: ValidationInfo) -> int:
+        algorithm = info.data.get("algorithm", "sieve")
+        max_limit = MAX_LIMIT[algorithm]
+        if limit > max_limit:
+            raise PydanticCustomError(
+                "limit_too_large",
+                "must be <= {max_limit} for the {algorithm} algorithm",
+                {"max_limit": max_limit, "algorithm": algorithm},
+            )
+        return limit
+
+
+class PrimeProgress(BaseModel):
+    """Resume state: the totals over the numbers up to ``last_checked``."""
+
+    model_config = ConfigDict(strict=True, extra="forbid")
+
+    last_checked: int = Field(ge=0)
+    prime_count: int = Field(ge=0)
+    sum_of_primes: int = Field(ge=0)
+    largest_prime: int | None
+    elapsed_seconds: float = Field(ge=0)
+    primes: list[int] | None = None
+
+    @classmethod
+    def start(cls, limit: int) -> PrimeProgress:
+        """The state before any number is checked; 2, the only even prime, is counted here."""
+        has_two = limit >= 2
+        return cls(
+            last_checked=min(limit, 2),
+            prime_count=int(has_two),
+            sum_of_primes=2 if has_two else 0,
+            largest_prime=2 if has_two else None,
+            elapsed_seconds=0.0,
+            primes=([2] if has_two else []) if limit <= PRIMES_LIST_CAP else None,
+        )
+
+    def add(self, block: PrimeBlock) -> None:
+        """Fold in the primes of the next block."""
+        self.last_checked = block.last_checked
+        self.prime_count += block.count
+        self.sum_of_primes += block.total
+        if block.largest is not None:
+            self.largest_prime = block.largest
+        if self.primes is not None and block.values is not None:
+            self.primes.extend(block.values)
+
+
+def run_primes(
+    params: PrimeParams, resume: dict[str, Any] | None, checkpoint: CheckpointFn
+) -> dict[str, Any]:
+    """Count, sum and (for small limits) list the primes <= params.limit."""
+    progress = _load_progress(params.limit, resume)
+    stopwatch = Stopwatch(progress.elapsed_seconds)
+    for block in _blocks(params, progress):
+        progress.add(block)
+        progress.elapsed_seconds = stopwatch.seconds()
+        checkpoint(progress.model_dump(), progress.last_checked / max(params.limit, 1))
+    return _result(params, progress, stopwatch.seconds())
+
+
+def _load_progress(limit: int, resume: dict[str, Any] | None) -> PrimeProgress:
+    """The progress to start from: fresh, or a validated earlier checkpoint state."""
+    if resume is None:
+        return PrimeProgress.start(limit)
+    progress = PrimeProgress.model_validate(resume)
+    if progress.last_checked > limit or (progress.primes is None) != (limit > PRIMES_LIST_CAP):
+        raise ValueError("resume state does not belong to this task's limit")
+    return progress
+
+
+def _blocks(params: PrimeParams, progress: PrimeProgress) -> Iterator[PrimeBlock]:
+    """The engine of the chosen algorithm, continuing after progress.last_checked."""
+    from tasks import prime_math  # numpy is imported by workers only
+
+    want_values = progress.primes is not None
+    if params.algorithm == "trial_division":
+        return prime_math.trial_division_blocks(progress.last_checked, params.limit, want_values)
+    return prime_math.sieve_blocks(progress.last_checked, params.limit, want_values)
+
+
+def _result(params: PrimeParams, progress: PrimeProgress, elapsed: float) -> dict[str, Any]:
+    """The task's JSON result."""
+    result: dict[str, Any] = {
+        "algorithm": params.algorithm,
+        "limit": params.limit,
+        "prime_count": progress.prime_count,
+        "largest_prime": progress.largest_prime,
+        "sum_of_primes": progress.sum_of_primes,
+        "elapsed_seconds": elapsed,
+    }
+    if progress.primes is not None:
+        result["primes"] = progress.primes
+    return result
+
+
+PRIME_TASK = TaskType(
+    name="primes",
+    params_model=PrimeParams,
+    run=run_primes,
+    description="Count, sum and (up to a cap) list the primes <= limit: sieve or trial_division.",
+)

@@ -1,0 +1,59 @@
+"""Configuration loading: defaults, precedence, derived URL, errors naming the key."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from shared.config import Config, ConfigError, load_config
+
+
+def test_defaults_match_the_spec(tmp_path: Path) -> None:
+    config = load_config(env={}, dotenv_path=tmp_path / "missing.env")
+    assert (config.heartbeat_interval, config.heartbeat_timeout, config.lease_duration) == (
+        1.0, 2.0, 100.0)
+    assert config.dispatcher_host == "127.0.0.1"
+    assert config.dispatcher_url == "http://127.0.0.1:5000"
+
+
+def test_environment_wins_over_dotenv(tmp_path: Path) -> None:
+    dotenv = tmp_path / ".env"
+    dotenv.write_text("DISPATCHER_PORT=6000\nLEASE_DURATION=50\nDISPATCHER_URL=\n")
+    config = load_config(env={"DISPATCHER_PORT": "7000"}, dotenv_path=dotenv)
+    assert config.dispatcher_port == 7000 and config.lease_duration == 50
+    assert config.dispatcher_url == "http://127.0.0.1:7000"
+
+
+def test_repository_dotenv_documents_every_key() -> None:
+    from shared.config import REPO_ROOT
+
+    text = (REPO_ROOT / ".env").read_text()
+    for name in Config.__dataclass_fields__:
+        assert f"\n{name.upper()}=" in text, name
+    assert load_config(env={}) == load_config(env={}, dotenv_path=REPO_ROOT / ".env")
+
+
+@pytest.mark.parametrize(
+    ("env", "key"),
+    [
+        ({"DISPATCHER_PORT": "http"}, "DISPATCHER_PORT"),
+        ({"DISPATCHER_PORT": "70000"}, "DISPATCHER_PORT"),
+        ({"HEARTBEAT_TIMEOUT": "-1"}, "HEARTBEAT_TIMEOUT"),
+        ({"HEARTBEAT_INTERVAL": "3", "HEARTBEAT_TIMEOUT": "2"}, "HEARTBEAT_TIMEOUT"),
+        ({"LOG_LEVEL": "loud"}, "LOG_LEVEL"),
+        ({"DATABASE_URL": "mysql://x"}, "DATABASE_URL"),
+    ],
+)
+def test_bad_values_name_the_key(tmp_path: Path, env: dict[str, str], key: str) -> None:
+    with pytest.raises(ConfigError, match=key):
+        load_config(env=env, dotenv_path=tmp_path / "none")
+
+
+def test_sqlite_path_resolves_relative_to_the_repo(tmp_path: Path) -> None:
+    from shared.config import REPO_ROOT
+
+    assert Config().sqlite_path == REPO_ROOT / "data" / "tasks.db"
+    absolute = Config(database_url=f"sqlite:///{tmp_path}/x.db")
+    assert absolute.sqlite_path == tmp_path / "x.db"
+    assert Config(database_url="postgresql://localhost/test").sqlite_path is None

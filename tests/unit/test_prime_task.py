@@ -1,0 +1,240 @@
+"""The primes task: known values, both engines against a reference, resume, validation, memory."""
+
+from __future__ import annotations
+
+import json
+import tracemalloc
+from functools import cache
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from tasks import prime_math
+from tasks.base import InvalidParams, TaskInterrupted, noop_checkpoint
+from tasks.prime_task import PRIME_TASK, PRIMES_LIST_CAP
+
+ALGORITHMS = ("sieve", "trial_division")
+
+
+@cache
+def reference_primes(limit: int = PRIMES_LIST_CAP) -> tuple[int, ...]:
+    """Primes <= limit by a plain pure-Python sieve."""
+    flags = bytearray([1]) * (limit + 1)
+    flags[:2] = b"\0\0"
+    for n in range(2, int(limit**0.5) + 1):
+        if flags[n]:
+            flags[n * n :: n] = bytes(len(range(n * n, limit + 1, n)))
+    return tuple(n for n in range(limit + 1) if flags[n])
+
+
+def run(
+    limit: int,
+    algorithm: str = "sieve",
+    resume: dict[str, Any] | None = None,
+    checkpoint: Any = noop_checkpoint,
+) -> dict[str, Any]:
+    """Validate and run a primes task."""
+    params = PRIME_TASK.validate({"limit": limit, "algorithm": algorithm})
+    return PRIME_TASK.run(params, resume, checkpoint)
+
+
+def without_elapsed(result: dict[str, Any]) -> dict[str, Any]:
+    """A result minus the only field allowed to differ between runs."""
+    return {key: value for key, value in result.items() if key != "elapsed_seconds"}
+
+
+class Recorder:
+    """A checkpoint callback that keeps each state, as JSON text taken at call time."""
+
+    def __init__(self, interrupt_at: int | None = None) -> None:
+        self.states: list[dict[str, Any]] = []
+        self.texts: list[str] = []
+        self.progress: list[float] = []
+        self.interrupt_at = interrupt_at
+
+    def __call__(self, state: dict[str, Any], progress: float) -> None:
+        self.states.append(state)
+        self.texts.append(json.dumps(state))
+        self.progress.append(progress)
+        if self.interrupt_at is not None and len(self.states) >= self.interrupt_at:
+            raise TaskInterrupted
+
+
+@pytest.fixture
+def small_blocks(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Tiny sieve segments and trial-division blocks, so small limits span many of them."""
+    monkeypatch.setattr(prime_math, "SEGMENT_LEN", 97)
+    monkeypatch.setattr(prime_math, "TRIAL_BLOCK_LEN", 61)
+
+
+@pytest.mark.parametrize("algorithm", ALGORITHMS)
+@pytest.mark.parametrize(
+    ("limit", "count", "total", "largest"),
+    [
+        (0, 0, 0, None),
+        (1, 0, 0, None),
+        (2, 1, 2, 2),
+        (3, 2, 5, 3),
+        (4, 2, 5, 3),
+        (5, 3, 10, 5),
+        (100, 25, 1060, 97),
+        (10**6, 78498, 37550402023, 999983),
+    ],
+)
+def test_known_values(
+    algorithm: str, limit: int, count: int, total: int, largest: int | None
+) -> None:
+    result = run(limit, algorithm)
+    assert (result["prime_count"], result["sum_of_primes"], result["largest_prime"]) == (
+        count,
+        total,
+        largest,
+    )
+    assert result["algorithm"] == algorithm and result["limit"] == limit
+
+
+@pytest.mark.parametrize("algorithm", ALGORITHMS)
+def test_ten_million(algorithm: str) -> None:
+    result = run(10**7, algorithm)
+    assert (result["prime_count"], result["sum_of_primes"], result["largest_prime"]) == (
+        664579,
+        3203324994356,
+        9999991,
+    )
+    assert "primes" not in result
+
+
+@pytest.mark.parametrize("algorithm", ALGORITHMS)
+@pytest.mark.parametrize("limit", [0, 2, 1000, PRIMES_LIST_CAP])
+def test_primes_listed_up_to_cap(algorithm: str, limit: int) -> None:
+    assert run(limit, algorithm)["primes"] == list(reference_primes(limit))
+
+
+@pytest.mark.parametrize("algorithm", ALGORITHMS)
+def test_primes_not_listed_above_cap(algorithm: str) -> None:
+    result = run(PRIMES_LIST_CAP + 1, algorithm)
+    assert "primes" not in result
+    assert result["prime_count"] == len(reference_primes())
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    limit=st.integers(0, PRIMES_LIST_CAP),
+    start_fraction=st.floats(0, 1),
+    block_len=st.integers(1, 3000),
+)
+def test_engines_match_reference(limit: int, start_fraction: float, block_len: int) -> None:
+    last_checked = int(limit * start_fraction)
+    expected = [p for p in reference_primes() if last_checked < p <= limit and p != 2]
+    for engine in (prime_math.sieve_blocks, prime_math.trial_division_blocks):
+        blocks = list(engine(last_checked, limit, True, block_len))
+        assert [p for block in blocks for p in block.values or ()] == expected
+        assert sum(block.count for block in blocks) == len(expected)
+        assert sum(block.total for block in blocks) == sum(expected)
+        assert all(b.largest == (b.values[-1] if b.values else None) for b in blocks)
+        if blocks:
+            assert blocks[-1].last_checked == limit
+
+
+def test_sieve_crosses_off_around_segment_boundaries() -> None:
+    # Segments of 8 odd numbers put boundaries right at squares such as 23**2 and 29**2.
+    limit = 3000
+    for segment_len in (8, 13, 16, 64):
+        blocks = prime_math.sieve_blocks(2, limit, True, segment_len)
+        found = [p for block in blocks for p in block.values or ()]
+        assert found == list(reference_primes(limit))[1:]
+
+
+@pytest.mark.usefixtures("small_blocks")
+@pytest.mark.parametrize("algorithm", ALGORITHMS)
+@pytest.mark.parametrize("limit", [5000, PRIMES_LIST_CAP + 2001])
+def test_resume_from_any_state_gives_same_result(algorithm: str, limit: int) -> None:
+    recorder = Recorder()
+    expected = without_elapsed(run(limit, algorithm, checkpoint=recorder))
+    assert len(recorder.states) > 10
+    assert recorder.texts == [json.dumps(state) for state in recorder.states]  # never mutated
+    assert recorder.progress == sorted(recorder.progress) and recorder.progress[-1] == 1.0
+    for index in (0, 1, len(recorder.states) // 2, len(recorder.states) - 1):
+        state = json.loads(recorder.texts[index])
+        assert without_elapsed(run(limit, algorithm, resume=state)) == expected
+
+
+@pytest.mark.parametrize("algorithm", ALGORITHMS)
+def test_checkpoint_states_are_plain_json(algorithm: str) -> None:
+    recorder = Recorder()
+    run(PRIMES_LIST_CAP, algorithm, checkpoint=recorder)
+    run(3 * 10**6, algorithm, checkpoint=recorder)
+    for state in recorder.states:
+        assert {type(value) for value in state.values()} <= {int, float, list, type(None)}
+        assert all(type(p) is int for p in state.get("primes") or ())
+
+
+@pytest.mark.usefixtures("small_blocks")
+@pytest.mark.parametrize("algorithm", ALGORITHMS)
+def test_elapsed_accumulates_across_resumes(algorithm: str) -> None:
+    recorder = Recorder()
+    run(3000, algorithm, checkpoint=recorder)
+    state = json.loads(recorder.texts[2]) | {"elapsed_seconds": 100.0}
+    assert run(3000, algorithm, resume=state)["elapsed_seconds"] >= 100.0
+
+
+@pytest.mark.usefixtures("small_blocks")
+@pytest.mark.parametrize("algorithm", ALGORITHMS)
+def test_interrupting_checkpoint_stops_the_task(algorithm: str) -> None:
+    recorder = Recorder(interrupt_at=3)
+    with pytest.raises(TaskInterrupted):
+        run(5000, algorithm, checkpoint=recorder)
+    assert len(recorder.states) == 3
+
+
+def test_resume_state_of_another_limit_is_refused() -> None:
+    recorder = Recorder()
+    run(1000, checkpoint=recorder)
+    with pytest.raises(ValueError, match="resume state"):
+        run(500, resume=recorder.states[-1])
+
+
+@pytest.mark.parametrize(
+    ("params", "field"),
+    [
+        ({"limit": "100"}, "params.limit"),
+        ({"limit": 100.0}, "params.limit"),
+        ({"limit": True}, "params.limit"),
+        ({"limit": None}, "params.limit"),
+        ({"limit": -1}, "params.limit"),
+        ({}, "params.limit"),
+        ({"limit": 10**12 + 1}, "params.limit"),
+        ({"limit": 10**10 + 1, "algorithm": "trial_division"}, "params.limit"),
+        ({"limit": 10, "algorithm": "wheel"}, "params.algorithm"),
+        ({"limit": 10, "algorithm": None}, "params.algorithm"),
+        ({"limit": 10, "colour": "blue"}, "params.colour"),
+    ],
+)
+def test_invalid_params_name_the_field(params: dict[str, Any], field: str) -> None:
+    with pytest.raises(InvalidParams) as caught:
+        PRIME_TASK.validate(params)
+    assert caught.value.field == field
+
+
+def test_oversized_limit_message_gives_the_maximum() -> None:
+    with pytest.raises(InvalidParams, match="10000000000 for the trial_division"):
+        PRIME_TASK.validate({"limit": 10**10 + 1, "algorithm": "trial_division"})
+    assert PRIME_TASK.validate({"limit": 10**10 + 1}).model_dump()["limit"] == 10**10 + 1
+
+
+def test_sieve_memory_does_not_grow_with_the_range() -> None:
+    def peak_bytes(last_checked: int, limit: int) -> int:
+        tracemalloc.start()
+        try:
+            for _ in prime_math.sieve_blocks(last_checked, limit, False):
+                pass
+            return tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+
+    short = peak_bytes(10**11 - 4 * 10**6, 10**11)
+    long = peak_bytes(10**11 - 4 * 10**7, 10**11)
+    assert long < 1.2 * short
+    assert long < 16 * 2**20

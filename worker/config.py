@@ -1,0 +1,78 @@
+"""Worker configuration: the shared config plus command-line choices, frozen at start."""
+
+from __future__ import annotations
+
+import re
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+from shared.config import Config, ConfigError
+
+# The dispatcher's (and start_worker.sh's) rule; also safe as the cache's file name.
+_WORKER_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:@-]{0,127}")
+
+
+@dataclass(frozen=True)
+class WorkerConfig:
+    """Everything one worker process needs; built once by the entry point."""
+
+    worker_id: str
+    instance_id: str
+    dispatcher_url: str
+    cache_path: Path
+    heartbeat_interval: float = 1.0
+    checkpoint_interval: float = 2.0
+    poll_wait: float = 1.0
+    backoff_base: float = 0.1
+    backoff_max: float = 5.0
+    request_timeout: float = 5.0
+    max_tasks: int | None = None
+    burst: bool = False
+
+    @property
+    def heartbeat_timeout(self) -> tuple[float, float]:
+        """(connect, read) timeouts of one heartbeat, short so a slow dispatcher never delays the next."""
+        short = min(1.0, self.heartbeat_interval)
+        return (short, short)
+
+    @property
+    def claim_timeout(self) -> tuple[float, float]:
+        """(connect, read) timeouts of a long-poll claim: the wait plus a margin."""
+        return (min(2.0, self.request_timeout), self.poll_wait + self.request_timeout)
+
+    @property
+    def call_timeout(self) -> tuple[float, float]:
+        """(connect, read) timeouts of checkpoint, result and release calls."""
+        return (min(2.0, self.request_timeout), self.request_timeout)
+
+
+def make_worker_config(
+    config: Config,
+    worker_id: str,
+    *,
+    url: str | None = None,
+    max_tasks: int | None = None,
+    burst: bool = False,
+) -> WorkerConfig:
+    """Derive the worker's config from the shared config and its CLI flags (flags win)."""
+    if not _WORKER_ID.fullmatch(worker_id):
+        raise ConfigError(
+            "WORKER_ID must be 1-128 letters, digits and . _ : @ - starting with a letter "
+            f"or digit, got {worker_id!r}"
+        )
+    if max_tasks is not None and max_tasks < 1:
+        raise ConfigError(f"--max-tasks must be >= 1, got {max_tasks}")
+    config = config.with_overrides(dispatcher_url=url)
+    return WorkerConfig(
+        worker_id=worker_id,
+        instance_id=uuid.uuid4().hex,
+        dispatcher_url=config.dispatcher_url.rstrip("/"),
+        cache_path=config.run_path / "cache" / f"{worker_id}.sqlite3",
+        heartbeat_interval=config.heartbeat_interval,
+        checkpoint_interval=config.checkpoint_interval,
+        poll_wait=config.poll_wait,
+        backoff_max=config.backoff_max,
+        max_tasks=max_tasks,
+        burst=burst,
+    )
