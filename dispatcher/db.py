@@ -11,7 +11,7 @@ import json
 import logging
 import sqlite3
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -30,6 +30,7 @@ from dispatcher.models import (
     TaskStatus,
     dumps,
 )
+from tasks.base import InvalidCheckpoint
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +56,8 @@ class StaleLease(StoreError):
 
 
 Held = tuple[int, int]  # (task_id, attempt)
+CheckpointCheck = Callable[[str, dict[str, Any], "dict[str, Any] | None"], None]
+"""Called as check(task_type, new_state, previous_state); raises to refuse a checkpoint."""
 
 QUERIES: dict[str, str] = {
     # Claim: the oldest highest-priority pending tasks, leased in one statement.
@@ -77,7 +80,7 @@ QUERIES: dict[str, str] = {
         SELECT t.*, r.result FROM tasks t LEFT JOIN task_results r USING (task_id)
          WHERE (:status IS NULL OR t.status = :status)
          ORDER BY t.task_id DESC LIMIT :limit""",
-    "task_lease": "SELECT status, attempt, worker_id FROM tasks WHERE task_id = ?",
+    "task_lease": "SELECT status, attempt, worker_id, task_type FROM tasks WHERE task_id = ?",
     "checkpoint_get": "SELECT * FROM checkpoints WHERE task_id = ?",
     "checkpoint_put": """
         INSERT INTO checkpoints (task_id, attempt, worker_id, state, progress, saved_at)
@@ -344,11 +347,16 @@ class SQLiteStore:
         progress: float,
         now: float,
         lease_seconds: float,
+        check: CheckpointCheck | None = None,
     ) -> float:
-        """Save a checkpoint and renew the lease; return the new lease expiry."""
+        """Save a checkpoint and renew the lease; return the new lease expiry.
+
+        ``check`` may refuse the state (InvalidCheckpoint); then nothing changes.
+        """
         with self._write() as conn:
-            _require_holder(conn, task_id, attempt, worker_id)
-            _save_checkpoint(conn, worker_id, task_id, attempt, state, progress, now)
+            task_type = _require_holder(conn, task_id, attempt, worker_id)
+            _save_checkpoint(conn, worker_id, task_id, attempt, state, progress, now,
+                             _bind(check, task_type))
             expires = now + lease_seconds
             conn.execute(
                 QUERIES["renew_lease"],
@@ -365,12 +373,14 @@ class SQLiteStore:
         state: dict[str, Any] | None,
         progress: float | None,
         now: float,
+        check: CheckpointCheck | None = None,
     ) -> Reclaim:
         """Return a held task to the queue at once (worker shutdown), saving its state."""
         with self._write() as conn:
-            _require_holder(conn, task_id, attempt, worker_id)
+            task_type = _require_holder(conn, task_id, attempt, worker_id)
             if state is not None:
-                _save_checkpoint(conn, worker_id, task_id, attempt, state, progress or 0.0, now)
+                _save_checkpoint(conn, worker_id, task_id, attempt, state, progress or 0.0, now,
+                                 _bind(check, task_type))
                 conn.execute(QUERIES["set_progress"], (progress or 0.0, task_id))
             done = _requeue_all(
                 conn, [(task_id, attempt)], worker_id, ReclaimCause.RELEASED, now, counts=False
@@ -536,7 +546,8 @@ def _holds(conn: sqlite3.Connection, task_id: int, attempt: int, worker_id: str)
     )
 
 
-def _require_holder(conn: sqlite3.Connection, task_id: int, attempt: int, worker_id: str) -> None:
+def _require_holder(conn: sqlite3.Connection, task_id: int, attempt: int, worker_id: str) -> str:
+    """Raise NotFound/StaleLease unless the worker holds the task; return its task type."""
     row = conn.execute(QUERIES["task_lease"], (task_id,)).fetchone()
     if row is None:
         raise NotFound(f"task {task_id} does not exist")
@@ -545,6 +556,15 @@ def _require_holder(conn: sqlite3.Connection, task_id: int, attempt: int, worker
             f"task {task_id} attempt {attempt} is not held by {worker_id} "
             f"(task is {row['status']} at attempt {row['attempt']} by {row['worker_id']})"
         )
+    return row["task_type"]
+
+
+def _bind(
+    check: CheckpointCheck | None, task_type: str
+) -> Callable[[dict[str, Any], dict[str, Any] | None], None] | None:
+    if check is None:
+        return None
+    return lambda state, previous: check(task_type, state, previous)
 
 
 def _save_checkpoint(
@@ -555,14 +575,15 @@ def _save_checkpoint(
     state: dict[str, Any],
     progress: float,
     now: float,
+    check: Callable[[dict[str, Any], dict[str, Any] | None], None] | None,
 ) -> None:
     previous = conn.execute(QUERIES["checkpoint_get"], (task_id,)).fetchone()
     if previous is not None and progress < previous["progress"] - 1e-9:
-        raise StaleLease(
-            f"checkpoint progress {progress} for task {task_id} goes back from "
-            f"{previous['progress']}",
-            code="inconsistent_checkpoint",
+        raise InvalidCheckpoint(
+            "progress", f"goes back from {previous['progress']} to {progress} (task {task_id})"
         )
+    if check is not None:
+        check(state, json.loads(previous["state"]) if previous is not None else None)
     conn.execute(
         QUERIES["checkpoint_put"],
         {

@@ -21,7 +21,7 @@ from dispatcher.schemas import (
 from dispatcher.service import Dispatcher
 from dispatcher.utils import ApiError, json_body, parse
 from tasks import validate_task
-from tasks.base import InvalidParams
+from tasks.base import InvalidCheckpoint, InvalidParams
 
 api = Blueprint("api", __name__)
 
@@ -210,6 +210,11 @@ def register_error_handlers(app: Any) -> None:
     @app.errorhandler(ApiError)
     def _api_error(exc: ApiError) -> tuple[Response, int]:
         return jsonify(exc.to_dict()), exc.status
+
+    @app.errorhandler(InvalidCheckpoint)
+    def _bad_checkpoint(exc: InvalidCheckpoint) -> tuple[Response, int]:
+        message = f"{exc.field}: {exc.message}"
+        return jsonify(error={"code": "invalid_checkpoint", "message": message}), 400
 
     @app.errorhandler(NotFound)
     def _not_found(exc: NotFound) -> tuple[Response, int]:

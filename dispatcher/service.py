@@ -17,6 +17,7 @@ from dispatcher.heartbeat_monitor import HeartbeatMonitor
 from dispatcher.models import Lease, NewTask, Outcome, Reclaim, Task, TaskStatus
 from dispatcher.utils import Notifier
 from shared.config import Config
+from tasks import check_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -107,7 +108,7 @@ class Dispatcher:
         """Save a checkpoint and renew the lease; return the new expiry."""
         return self.store.checkpoint(
             worker_id, task_id, attempt, state, progress, self.clock(),
-            self.config.lease_duration,
+            self.config.lease_duration, check_checkpoint,
         )
 
     def release(
@@ -115,7 +116,9 @@ class Dispatcher:
         progress: float | None,
     ) -> Reclaim:
         """Give a task back to the queue at once, keeping its latest state."""
-        reclaim = self.store.release(worker_id, task_id, attempt, state, progress, self.clock())
+        reclaim = self.store.release(
+            worker_id, task_id, attempt, state, progress, self.clock(), check_checkpoint
+        )
         log.info("worker %s released task %s (attempt %s)", worker_id, task_id, attempt)
         self.tasks_available.notify()
         return reclaim

@@ -48,3 +48,10 @@ def validate_task(task_type: Any, params: Any) -> dict[str, Any]:
         raise InvalidParams("task_type", "must be a string")
     model = get_task_type(task_type).validate(params)
     return model.model_dump(mode="json")
+
+
+def check_checkpoint(
+    task_type: str, state: dict[str, Any], previous: dict[str, Any] | None
+) -> None:
+    """Refuse a corrupt checkpoint of a registered task; raise InvalidCheckpoint naming the field."""
+    get_task_type(task_type).check_checkpoint(state, previous)

@@ -47,6 +47,10 @@ class TaskType:
     params_model: type[BaseModel]
     run: TaskRun
     description: str
+    state_model: type[BaseModel] | None = None
+    """The shape of the task's checkpoint state; None accepts any JSON object."""
+    never_decrease: tuple[str, ...] = ()
+    """State fields that measure work done: a checkpoint where one goes down is corrupt."""
 
     def validate(self, params: Any) -> BaseModel:
         """Validate raw JSON params; raise :class:`InvalidParams` naming the field."""
@@ -54,13 +58,31 @@ class TaskType:
             params = {}
         if not isinstance(params, Mapping):
             raise InvalidParams("params", "must be a JSON object")
-        try:
-            return self.params_model.model_validate(dict(params))
-        except ValidationError as exc:
-            first = exc.errors()[0]
-            loc = ".".join(str(part) for part in first["loc"])
-            field = f"params.{loc}" if loc else "params"
-            raise InvalidParams(field, first["msg"]) from None
+        return _validated(self.params_model, dict(params), "params", InvalidParams)
+
+    def check_checkpoint(self, state: dict[str, Any], previous: dict[str, Any] | None) -> None:
+        """Refuse a corrupt checkpoint (wrong shape, or work done going backwards)."""
+        if self.state_model is not None:
+            _validated(self.state_model, state, "state", InvalidCheckpoint)
+        for name in self.never_decrease if previous else ():
+            new, old = state.get(name), previous.get(name)  # type: ignore[union-attr]
+            if isinstance(new, (int, float)) and isinstance(old, (int, float)) and new < old:
+                raise InvalidCheckpoint(f"state.{name}", f"goes back from {old} to {new}")
+
+
+class InvalidCheckpoint(InvalidParams):
+    """A checkpoint state is malformed or inconsistent with the previous one."""
+
+
+def _validated(
+    model: type[BaseModel], data: dict[str, Any], prefix: str, error: type[InvalidParams]
+) -> BaseModel:
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        loc = ".".join(str(part) for part in first["loc"])
+        raise error(f"{prefix}.{loc}" if loc else prefix, first["msg"]) from None
 
 
 def noop_checkpoint(state: dict[str, Any], progress: float) -> None:

@@ -266,16 +266,23 @@ def run_collatz_longest(
 
 
 NOOP_TASK = TaskType("noop", NoopParams, run_noop, "Echo the params back (for benchmarks).")
-SLEEP_TASK = TaskType("sleep", SleepParams, run_sleep, "Sleep, checkpointing every 0.1 s.")
+SLEEP_TASK = TaskType(
+    "sleep", SleepParams, run_sleep, "Sleep, checkpointing every 0.1 s.",
+    SleepState, ("slept",),
+)
 CPU_BURN_TASK = TaskType(
-    "cpu_burn", CpuBurnParams, run_cpu_burn, "Pure-Python CPU work (liveness tests, demos)."
+    "cpu_burn", CpuBurnParams, run_cpu_burn, "Pure-Python CPU work (liveness tests, demos).",
+    CpuBurnState, ("burned", "iterations"),
 )
 MONTE_CARLO_PI_TASK = TaskType(
-    "monte_carlo_pi", MonteCarloParams, run_monte_carlo_pi, "Estimate pi from random samples."
+    "monte_carlo_pi", MonteCarloParams, run_monte_carlo_pi, "Estimate pi from random samples.",
+    MonteCarloState, ("chunks_done", "inside"),
 )
 SUM_OF_SQUARES_TASK = TaskType(
-    "sum_of_squares", SumOfSquaresParams, run_sum_of_squares, "Exact sum of i*i over [start, end]."
+    "sum_of_squares", SumOfSquaresParams, run_sum_of_squares, "Exact sum of i*i over [start, end].",
+    SumOfSquaresState, ("next", "sum"),
 )
 COLLATZ_TASK = TaskType(
-    "collatz_longest", CollatzParams, run_collatz_longest, "Longest Collatz chain below limit."
+    "collatz_longest", CollatzParams, run_collatz_longest, "Longest Collatz chain below limit.",
+    CollatzState, ("next", "steps"),
 )

@@ -138,4 +138,6 @@ PRIME_TASK = TaskType(
     params_model=PrimeParams,
     run=run_primes,
     description="Count, sum and (up to a cap) list the primes <= limit: sieve or trial_division.",
+    state_model=PrimeProgress,
+    never_decrease=("last_checked", "prime_count", "sum_of_primes"),
 )

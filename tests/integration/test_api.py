@@ -129,8 +129,8 @@ def test_checkpoint_renews_lease_and_is_returned_on_reclaim(
     task = claim(client).json["task"]
     clock.advance(90)
     resp = client.post("/checkpoint", json={
-        "worker_id": "w1", "task_id": task_id, "attempt": 1, "state": {"next": 500},
-        "progress": 0.5})
+        "worker_id": "w1", "task_id": task_id, "attempt": 1,
+        "state": primes_state(500, 95, 21536), "progress": 0.5})
     assert resp.status_code == 200 and resp.json["lease_expires_at"] == clock() + 100
     clock.advance(90)
     client.post("/heartbeat", json={"worker_id": "w1", "instance_id": "i1"})
@@ -139,18 +139,49 @@ def test_checkpoint_renews_lease_and_is_returned_on_reclaim(
     [reclaim] = dispatcher.monitor.sweep(clock())
     assert reclaim.cause.value == "dead_worker"
     again = claim(client, "w2", "i2").json["task"]
-    assert again["attempt"] == 2 and again["checkpoint"]["state"] == {"next": 500}
+    assert again["attempt"] == 2 and again["checkpoint"]["state"]["last_checked"] == 500
     assert again["checkpoint"]["progress"] == 0.5
 
 
-def test_stale_checkpoint_and_regressing_progress_get_409(client: FlaskClient) -> None:
+def primes_state(last: int, count: int, total: int) -> dict[str, Any]:
+    return {"last_checked": last, "prime_count": count, "sum_of_primes": total,
+            "largest_prime": None, "elapsed_seconds": 0.1, "primes": []}
+
+
+def test_stale_checkpoint_gets_409(client: FlaskClient) -> None:
     task_id = submit(client)
     claim(client)
-    base = {"worker_id": "w1", "task_id": task_id, "state": {"n": 1}}
-    assert client.post("/checkpoint", json={**base, "attempt": 2}).status_code == 409
-    assert client.post("/checkpoint", json={**base, "attempt": 1, "progress": 0.6}).status_code == 200
-    back = client.post("/checkpoint", json={**base, "attempt": 1, "progress": 0.2})
-    assert back.status_code == 409 and back.json["error"]["code"] == "inconsistent_checkpoint"
+    body = {"worker_id": "w1", "task_id": task_id, "attempt": 2,
+            "state": primes_state(10, 4, 17)}
+    resp = client.post("/checkpoint", json=body)
+    assert resp.status_code == 409 and resp.json["error"]["code"] == "stale_lease"
+
+
+@pytest.mark.parametrize(
+    ("state", "progress", "field"),
+    [
+        (primes_state(600, 100, 17), 0.2, "progress"),  # progress goes back
+        (primes_state(600, 50, 17), 0.7, "state.prime_count"),  # count goes back
+        (primes_state(400, 110, 9999), 0.7, "state.last_checked"),
+        ({"last_checked": "x"}, 0.7, "state.last_checked"),  # malformed
+    ],
+)
+def test_corrupt_checkpoints_are_refused_and_the_good_one_kept(
+    client: FlaskClient, dispatcher: Dispatcher, clock: FakeClock,
+    state: dict[str, Any], progress: float, field: str,
+) -> None:
+    task_id = submit(client)
+    claim(client)
+    base = {"worker_id": "w1", "task_id": task_id, "attempt": 1}
+    good = {**base, "state": primes_state(500, 95, 21536), "progress": 0.5}
+    assert client.post("/checkpoint", json=good).status_code == 200
+    bad = client.post("/checkpoint", json={**base, "state": state, "progress": progress})
+    assert bad.status_code == 400 and bad.json["error"]["code"] == "invalid_checkpoint"
+    assert bad.json["error"]["message"].startswith(field + ":"), bad.json
+    clock.advance(5)
+    dispatcher.monitor.sweep(clock())
+    again = claim(client, "w2", "i2").json["task"]
+    assert again["checkpoint"]["state"] == good["state"] and again["checkpoint"]["progress"] == 0.5
 
 
 def test_lease_expires_without_progress(
@@ -188,11 +219,13 @@ def test_dead_worker_needs_grace_after_start(
 def test_release_requeues_at_once_with_state(client: FlaskClient) -> None:
     task_id = submit(client)
     claim(client)
+    state = primes_state(300, 62, 8275)
     resp = client.post("/release-task", json={"worker_id": "w1", "task_id": task_id,
-                                              "attempt": 1, "state": {"k": 7}, "progress": 0.3})
+                                              "attempt": 1, "state": state, "progress": 0.3})
     assert resp.status_code == 200 and resp.json["status"] == "pending"
+    assert client.get(f"/task/{task_id}").json["progress"] == 0.3
     again = claim(client, "w2", "i2").json["task"]
-    assert again["checkpoint"]["state"] == {"k": 7} and again["attempt"] == 2
+    assert again["checkpoint"]["state"] == state and again["attempt"] == 2
     assert client.get("/stats").json["reclaims"]["released_on_shutdown"] == 1
 
 
