@@ -18,6 +18,7 @@ from typing import Any
 
 from dispatcher.models import (
     FINISHED,
+    MIGRATIONS,
     SCHEMA,
     SCHEMA_VERSION,
     Checkpoint,
@@ -56,6 +57,7 @@ class StaleLease(StoreError):
 
 
 Held = tuple[int, int]  # (task_id, attempt)
+ResultItem = tuple[int, int, Any, "str | None"]  # (task_id, attempt, result, error)
 CheckpointCheck = Callable[[str, dict[str, Any], "dict[str, Any] | None"], None]
 """Called as check(task_type, new_state, previous_state); raises to refuse a checkpoint."""
 
@@ -82,6 +84,8 @@ QUERIES: dict[str, str] = {
          ORDER BY t.task_id DESC LIMIT :limit""",
     "task_lease": "SELECT status, attempt, worker_id, task_type FROM tasks WHERE task_id = ?",
     "checkpoint_get": "SELECT * FROM checkpoints WHERE task_id = ?",
+    "checkpoints_of": """
+        SELECT * FROM checkpoints WHERE task_id IN (SELECT value FROM json_each(?))""",
     "checkpoint_put": """
         INSERT INTO checkpoints (task_id, attempt, worker_id, state, progress, saved_at)
         VALUES (:task_id, :attempt, :worker_id, :state, :progress, :now)
@@ -142,7 +146,10 @@ QUERIES: dict[str, str] = {
     "extend_leases": """
         UPDATE tasks SET lease_expires_at = MAX(lease_expires_at, ?)
          WHERE status = 'in-progress'""",
-    "status_counts": "SELECT status, COUNT(*) AS n FROM tasks GROUP BY status",
+    "status_counts": "SELECT status, n FROM status_counts",
+    "schema_version_put": """
+        INSERT INTO schema_info (key, value) VALUES ('version', ?)
+        ON CONFLICT (key) DO UPDATE SET value = excluded.value""",
     "finished_since": """
         SELECT COUNT(*) FROM tasks WHERE finished_at >= ? AND status = 'completed'""",
     "counter_add": """
@@ -194,13 +201,20 @@ class SQLiteStore:
         conn = getattr(self._local, "conn", None)
         if conn is None:
             conn = self._local.conn = self._connect()
+            self._local.synchronous = "FULL"
         return conn
 
     @contextmanager
-    def _write(self) -> Iterator[sqlite3.Connection]:
-        """One write transaction: BEGIN IMMEDIATE, commit, or roll back on any error."""
+    def _write(self, durable: bool = True) -> Iterator[sqlite3.Connection]:
+        """One write transaction: BEGIN IMMEDIATE, commit, or roll back on any error.
+
+        ``durable=False`` skips the fsync (synchronous=NORMAL) for writes whose loss in a
+        power cut only costs redone work (claims, heartbeats, checkpoints, requeues): the WAL
+        is sequential, so the next durable commit makes everything before it durable too.
+        """
         conn = self._conn()
         with self._write_lock, _storage_errors():
+            self._set_synchronous(conn, "FULL" if durable else "NORMAL")
             conn.execute("BEGIN IMMEDIATE")
             try:
                 yield conn
@@ -209,6 +223,11 @@ class SQLiteStore:
                 if conn.in_transaction:
                     conn.execute("ROLLBACK")
                 raise
+
+    def _set_synchronous(self, conn: sqlite3.Connection, level: str) -> None:
+        if getattr(self._local, "synchronous", None) != level:
+            conn.execute(f"PRAGMA synchronous = {level}")
+            self._local.synchronous = level
 
     @contextmanager
     def _read(self) -> Iterator[sqlite3.Connection]:
@@ -223,21 +242,20 @@ class SQLiteStore:
                     conn.execute("COMMIT")
 
     def _create_schema(self) -> None:
+        """Create the base schema, then apply every migration the database has not seen."""
         with self._write() as conn:
-            for statement in SCHEMA.split(";"):
-                if statement.strip():
-                    conn.execute(statement)
+            _run_script(conn, SCHEMA)
             row = conn.execute("SELECT value FROM schema_info WHERE key = 'version'").fetchone()
-            if row is None:
-                conn.execute(
-                    "INSERT INTO schema_info (key, value) VALUES ('version', ?)",
-                    (str(SCHEMA_VERSION),),
-                )
-            elif int(row["value"]) > SCHEMA_VERSION:
+            version = int(row["value"]) if row is not None else 1
+            if version > SCHEMA_VERSION:
                 raise StoreError(
-                    f"database schema version {row['value']} is newer than this code "
+                    f"database schema version {version} is newer than this code "
                     f"({SCHEMA_VERSION}); upgrade the dispatcher"
                 )
+            for target in range(version + 1, SCHEMA_VERSION + 1):
+                _run_script(conn, MIGRATIONS[target])
+                log.info("database migrated to schema version %s", target)
+            conn.execute(QUERIES["schema_version_put"], (str(SCHEMA_VERSION),))
 
     def close(self) -> None:
         """Close every connection this store opened."""
@@ -297,7 +315,7 @@ class SQLiteStore:
         self, worker_id: str, instance_id: str | None, held: Sequence[Held], now: float
     ) -> tuple[list[int], list[Reclaim]]:
         """Record a heartbeat; return the held task ids the worker no longer owns, and reclaims."""
-        with self._write() as conn:
+        with self._write(durable=False) as conn:
             reclaimed = self._register(conn, worker_id, instance_id, now)
             revoked = [
                 task_id
@@ -320,10 +338,18 @@ class SQLiteStore:
         limit: int,
         now: float,
         lease_seconds: float,
-    ) -> tuple[list[Lease], list[Reclaim]]:
-        """Lease up to ``limit`` pending tasks to the worker, each with its latest checkpoint."""
-        with self._write() as conn:
+        results: Sequence[ResultItem] = (),
+    ) -> tuple[list[Lease], list[Reclaim], list[Outcome]]:
+        """Record ``results`` (as :meth:`complete`), then lease up to ``limit`` pending tasks.
+
+        One transaction: a worker acknowledges its last batch and takes the next in one
+        round trip. Durable (fsync) only when it carries results.
+        """
+        with self._write(durable=bool(results)) as conn:
+            outcomes = [_complete_one(conn, worker_id, item, now) for item in results]
             reclaimed = self._register(conn, worker_id, instance_id, now)
+            if limit <= 0:
+                return [], reclaimed, outcomes
             rows = conn.execute(
                 QUERIES["claim"],
                 {
@@ -334,9 +360,8 @@ class SQLiteStore:
                     "limit": limit,
                 },
             ).fetchall()
-            leases = [_lease(conn, row, lease_seconds) for row in rows]
-        leases.sort(key=lambda lease: lease.task_id)
-        return leases, reclaimed
+            leases = _leases(conn, rows, lease_seconds)
+        return leases, reclaimed, outcomes
 
     def checkpoint(
         self,
@@ -353,7 +378,7 @@ class SQLiteStore:
 
         ``check`` may refuse the state (InvalidCheckpoint); then nothing changes.
         """
-        with self._write() as conn:
+        with self._write(durable=False) as conn:
             task_type = _require_holder(conn, task_id, attempt, worker_id)
             _save_checkpoint(conn, worker_id, task_id, attempt, state, progress, now,
                              _bind(check, task_type))
@@ -374,21 +399,22 @@ class SQLiteStore:
         progress: float | None,
         now: float,
         check: CheckpointCheck | None = None,
+        cause: ReclaimCause = ReclaimCause.RELEASED,
     ) -> Reclaim:
-        """Return a held task to the queue at once (worker shutdown), saving its state."""
-        with self._write() as conn:
+        """Return a held task to the queue at once (shutdown, or unstarted), saving its state."""
+        with self._write(durable=False) as conn:
             task_type = _require_holder(conn, task_id, attempt, worker_id)
             if state is not None:
                 _save_checkpoint(conn, worker_id, task_id, attempt, state, progress or 0.0, now,
                                  _bind(check, task_type))
                 conn.execute(QUERIES["set_progress"], (progress or 0.0, task_id))
             done = _requeue_all(
-                conn, [(task_id, attempt)], worker_id, ReclaimCause.RELEASED, now, counts=False
+                conn, [(task_id, attempt)], worker_id, cause, now, counts=False
             )
         return done[0]
 
     def complete(
-        self, worker_id: str, items: Sequence[tuple[int, int, Any, str | None]], now: float
+        self, worker_id: str, items: Sequence[ResultItem], now: float
     ) -> list[Outcome]:
         """Record results ``(task_id, attempt, result, error)`` in one transaction.
 
@@ -419,7 +445,7 @@ class SQLiteStore:
         if not self._conn().execute(QUERIES["workers_silent"], (silent_since,)).fetchone():
             return []
         reclaimed: list[Reclaim] = []
-        with self._write() as conn:
+        with self._write(durable=False) as conn:
             for row in conn.execute(QUERIES["workers_silent"], (silent_since,)).fetchall():
                 worker_id = row["worker_id"]
                 conn.execute(QUERIES["worker_mark"], ("dead", worker_id))
@@ -434,7 +460,7 @@ class SQLiteStore:
         if not self._conn().execute(QUERIES["expired_leases"], (now,)).fetchone():
             return []
         reclaimed: list[Reclaim] = []
-        with self._write() as conn:
+        with self._write(durable=False) as conn:
             for row in conn.execute(QUERIES["expired_leases"], (now,)).fetchall():
                 reclaimed += _requeue_all(
                     conn,
@@ -488,6 +514,21 @@ class SQLiteStore:
 
 
 # -- helpers used inside transactions --------------------------------------------------------
+
+
+def _run_script(conn: sqlite3.Connection, script: str) -> None:
+    """Execute a fixed SQL script statement by statement inside the caller's transaction.
+
+    (``executescript`` would commit the transaction first.) Trigger bodies contain ';', so a
+    statement ends where SQLite says it is complete.
+    """
+    pending = ""
+    for piece in script.split(";"):
+        pending += piece + ";"
+        if sqlite3.complete_statement(pending):
+            if pending.strip(" \n;"):
+                conn.execute(pending)
+            pending = ""
 
 
 @contextmanager
@@ -597,17 +638,30 @@ def _save_checkpoint(
     )
 
 
-def _lease(conn: sqlite3.Connection, row: sqlite3.Row, lease_seconds: float) -> Lease:
-    cp_row = conn.execute(QUERIES["checkpoint_get"], (row["task_id"],)).fetchone()
-    return Lease(
-        task_id=row["task_id"],
-        task_type=row["task_type"],
-        params=json.loads(row["params"]),
-        attempt=row["attempt"],
-        lease_expires_at=row["lease_expires_at"],
-        lease_seconds=lease_seconds,
-        checkpoint=Checkpoint.from_row(cp_row) if cp_row is not None else None,
-    )
+def _leases(
+    conn: sqlite3.Connection, rows: Sequence[sqlite3.Row], lease_seconds: float
+) -> list[Lease]:
+    """Leases for claimed rows, in task order, each with its latest checkpoint."""
+    if not rows:
+        return []
+    ids = json.dumps([row["task_id"] for row in rows])
+    checkpoints = {
+        cp["task_id"]: Checkpoint.from_row(cp)
+        for cp in conn.execute(QUERIES["checkpoints_of"], (ids,))
+    }
+    leases = [
+        Lease(
+            task_id=row["task_id"],
+            task_type=row["task_type"],
+            params=json.loads(row["params"]),
+            attempt=row["attempt"],
+            lease_expires_at=row["lease_expires_at"],
+            lease_seconds=lease_seconds,
+            checkpoint=checkpoints.get(row["task_id"]),
+        )
+        for row in rows
+    ]
+    return sorted(leases, key=lambda lease: lease.task_id)
 
 
 def _requeue_all(
@@ -635,21 +689,18 @@ def _requeue_all(
 
 
 def _complete_one(
-    conn: sqlite3.Connection,
-    worker_id: str,
-    item: tuple[int, int, Any, str | None],
-    now: float,
+    conn: sqlite3.Connection, worker_id: str, item: ResultItem, now: float
 ) -> Outcome:
     task_id, attempt, result, error = item
     row = conn.execute(QUERIES["task_lease"], (task_id,)).fetchone()
     if row is None:
-        return Outcome(task_id, "not_found", None)
+        return Outcome(task_id, attempt, "not_found", None)
     status = TaskStatus(row["status"])
     if status in FINISHED:
-        return Outcome(task_id, _repeat_outcome(conn, worker_id, item, status), status)
+        return Outcome(task_id, attempt, _repeat_outcome(conn, worker_id, item, status), status)
     if status is not TaskStatus.IN_PROGRESS or row["attempt"] != attempt \
             or row["worker_id"] != worker_id:
-        return Outcome(task_id, "stale", status)
+        return Outcome(task_id, attempt, "stale", status)
     if error is not None:
         conn.execute(QUERIES["mark_failed"], (error, now, task_id))
         new_status = TaskStatus.FAILED
@@ -659,14 +710,11 @@ def _complete_one(
         conn.execute(QUERIES["worker_completed"], (worker_id,))
         new_status = TaskStatus.COMPLETED
     conn.execute(QUERIES["checkpoint_drop"], (task_id,))
-    return Outcome(task_id, "accepted", new_status)
+    return Outcome(task_id, attempt, "accepted", new_status)
 
 
 def _repeat_outcome(
-    conn: sqlite3.Connection,
-    worker_id: str,
-    item: tuple[int, int, Any, str | None],
-    status: TaskStatus,
+    conn: sqlite3.Connection, worker_id: str, item: ResultItem, status: TaskStatus
 ) -> str:
     """A result for a finished task: 'duplicate' if it is the one recorded, else 'stale'."""
     task_id, attempt, result, error = item

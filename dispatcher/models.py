@@ -7,7 +7,7 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS schema_info (
@@ -71,6 +71,32 @@ CREATE TABLE IF NOT EXISTS counters (
 );
 """
 
+MIGRATIONS: dict[int, str] = {
+    # v2: tasks per status kept by triggers, so /stats is O(1) however long the queue.
+    2: """
+CREATE TABLE IF NOT EXISTS status_counts (
+    status TEXT PRIMARY KEY,
+    n      INTEGER NOT NULL
+);
+INSERT OR REPLACE INTO status_counts (status, n)
+    SELECT status, COUNT(*) FROM tasks GROUP BY status;
+CREATE TRIGGER IF NOT EXISTS tasks_count_insert AFTER INSERT ON tasks BEGIN
+    INSERT INTO status_counts (status, n) VALUES (NEW.status, 1)
+        ON CONFLICT (status) DO UPDATE SET n = n + 1;
+END;
+CREATE TRIGGER IF NOT EXISTS tasks_count_update AFTER UPDATE OF status ON tasks
+    WHEN OLD.status IS NOT NEW.status BEGIN
+    UPDATE status_counts SET n = n - 1 WHERE status = OLD.status;
+    INSERT INTO status_counts (status, n) VALUES (NEW.status, 1)
+        ON CONFLICT (status) DO UPDATE SET n = n + 1;
+END;
+CREATE TRIGGER IF NOT EXISTS tasks_count_delete AFTER DELETE ON tasks BEGIN
+    UPDATE status_counts SET n = n - 1 WHERE status = OLD.status;
+END;
+""",
+}
+"""Schema changes by version; a database is brought up to SCHEMA_VERSION at start."""
+
 
 class TaskStatus(str, enum.Enum):
     """Where a task is in its life; the values are the spec's strings."""
@@ -109,6 +135,7 @@ class ReclaimCause(str, enum.Enum):
     DEAD_WORKER = "dead_worker"
     EXPIRED_LEASE = "expired_lease"
     RELEASED = "released_on_shutdown"
+    RETURNED = "returned_unstarted"  # a prefetching worker gave back tasks it had not started
     WORKER_RESTARTED = "worker_restarted"
 
 
@@ -256,5 +283,6 @@ class Outcome:
     """What the store did with one posted result."""
 
     task_id: int
+    attempt: int
     outcome: str  # accepted | duplicate | stale | not_found
     status: TaskStatus | None

@@ -7,7 +7,7 @@ from typing import Any
 from flask import Blueprint, Response, current_app, jsonify, request
 
 from dispatcher.db import NotFound, StaleLease
-from dispatcher.models import NewTask, TaskStatus
+from dispatcher.models import NewTask, Outcome, ReclaimCause, TaskStatus
 from dispatcher.schemas import (
     GetTask,
     Heartbeat,
@@ -82,14 +82,15 @@ def _submit_batch(body: dict[str, Any], key: str | None) -> tuple[Response, int]
 def get_task() -> tuple[Response | str, int]:
     """Lease pending work to a worker (long poll with "wait")."""
     body = parse(GetTask, json_body(request))
-    leases = _dispatcher().claim(
-        body.worker_id, body.instance_id, body.max_tasks or 1, body.wait
+    limit = 1 if body.max_tasks is None else body.max_tasks
+    results = [(r.task_id, r.attempt, r.result, r.error) for r in body.results]
+    leases, outcomes = _dispatcher().claim(
+        body.worker_id, body.instance_id, limit, body.wait, results
     )
-    if not leases:
-        return "", 204
-    if body.max_tasks is None:
-        return jsonify(task=leases[0].to_dict()), 200
-    return jsonify(tasks=[lease.to_dict() for lease in leases]), 200
+    if body.max_tasks is None and not results:  # the plain single-task form of the contract
+        return (jsonify(task=leases[0].to_dict()), 200) if leases else ("", 204)
+    return jsonify(tasks=[lease.to_dict() for lease in leases],
+                   results=_outcomes(outcomes)), 200
 
 
 @api.post("/heartbeat")
@@ -120,7 +121,10 @@ def checkpoint() -> tuple[Response, int]:
 def release_task() -> tuple[Response, int]:
     """Give a held task back to the queue (worker shutdown)."""
     body = parse(Release, json_body(request))
-    _dispatcher().release(body.worker_id, body.task_id, body.attempt, body.state, body.progress)
+    cause = ReclaimCause.RETURNED if body.reason == "unstarted" else ReclaimCause.RELEASED
+    _dispatcher().release(
+        body.worker_id, body.task_id, body.attempt, body.state, body.progress, cause
+    )
     return jsonify(task_id=body.task_id, status=TaskStatus.PENDING.value), 200
 
 
@@ -132,8 +136,7 @@ def submit_result() -> tuple[Response, int]:
         batch = parse(SubmitResults, data)
         items = [(r.task_id, r.attempt, r.result, r.error) for r in batch.results]
         outcomes = _dispatcher().complete(batch.worker_id, items)
-        return jsonify(results=[{"task_id": o.task_id, "outcome": o.outcome}
-                                for o in outcomes]), 200
+        return jsonify(results=_outcomes(outcomes)), 200
     body = parse(SubmitResult, data)
     [outcome] = _dispatcher().complete(
         body.worker_id, [(body.task_id, body.attempt, body.result, body.error)]
@@ -148,6 +151,10 @@ def submit_result() -> tuple[Response, int]:
         )
     return jsonify(task_id=body.task_id, status=outcome.status.value,
                    duplicate=outcome.outcome == "duplicate"), 200
+
+
+def _outcomes(outcomes: list[Outcome]) -> list[dict[str, Any]]:
+    return [{"task_id": o.task_id, "attempt": o.attempt, "outcome": o.outcome} for o in outcomes]
 
 
 def _wait_arg() -> float:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
 
@@ -28,15 +28,6 @@ class SubmitBatch(_Body):
     """A batch submission; each item is validated as a SubmitTask."""
 
     tasks: Annotated[list[Any], Field(min_length=1)]
-
-
-class GetTask(_Body):
-    """A worker asking for work, optionally waiting for some (long poll)."""
-
-    worker_id: Name
-    instance_id: Name | None = None
-    wait: Annotated[float, Field(ge=0, le=3600)] = 0.0
-    max_tasks: Annotated[int, Field(ge=1, le=1000)] | None = None
 
 
 class HeldTask(_Body):
@@ -73,6 +64,7 @@ class Release(_Body):
     attempt: Attempt
     state: dict[str, Any] | None = None
     progress: Annotated[float, Field(ge=0, le=1)] | None = None
+    reason: Literal["shutdown", "unstarted"] = "shutdown"
 
 
 class ResultItem(_Body):
@@ -89,6 +81,16 @@ class ResultItem(_Body):
         if has_result == (self.error is not None):
             raise ValueError("give exactly one of result or error")
         return self
+
+
+class GetTask(_Body):
+    """A worker asking for work (long poll), optionally reporting its last batch's results."""
+
+    worker_id: Name
+    instance_id: Name | None = None
+    wait: Annotated[float, Field(ge=0, le=3600)] = 0.0
+    max_tasks: Annotated[int, Field(ge=0, le=1000)] | None = None
+    results: list[ResultItem] = Field(default_factory=list, max_length=10_000)
 
 
 class SubmitResult(ResultItem):

@@ -12,9 +12,9 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from dispatcher.db import SQLiteStore
+from dispatcher.db import ResultItem, SQLiteStore
 from dispatcher.heartbeat_monitor import HeartbeatMonitor
-from dispatcher.models import Lease, NewTask, Outcome, Reclaim, Task, TaskStatus
+from dispatcher.models import Lease, NewTask, Outcome, Reclaim, ReclaimCause, Task, TaskStatus
 from dispatcher.utils import Notifier
 from shared.config import Config
 from tasks import check_checkpoint
@@ -43,6 +43,9 @@ class Dispatcher:
         )
         self._stop = threading.Event()
         self._monitor_thread: threading.Thread | None = None
+        self._counts_lock = threading.Lock()
+        self.claims_served = 0  # claim requests that returned tasks, since start
+        self.tasks_leased = 0
         # The outage kept workers from renewing leases: restart every lease from now.
         store.extend_leases(self.started_at + config.lease_duration)
 
@@ -70,22 +73,29 @@ class Dispatcher:
         return created
 
     def claim(
-        self, worker_id: str, instance_id: str | None, limit: int, wait_seconds: float
-    ) -> list[Lease]:
-        """Lease up to ``limit`` tasks, waiting up to ``wait_seconds`` for one to appear."""
+        self,
+        worker_id: str,
+        instance_id: str | None,
+        limit: int,
+        wait_seconds: float,
+        results: Sequence[ResultItem] = (),
+    ) -> tuple[list[Lease], list[Outcome]]:
+        """Record ``results``, then lease up to ``limit`` tasks, waiting up to ``wait_seconds``."""
         deadline = time.monotonic() + min(wait_seconds, self.config.max_wait_seconds)
+        outcomes: list[Outcome] = []
         while True:
             seen = self.tasks_available.generation
-            leases, reclaimed = self.store.claim(
-                worker_id, instance_id, limit, self.clock(), self.config.lease_duration
+            leases, reclaimed, recorded = self.store.claim(
+                worker_id, instance_id, limit, self.clock(), self.config.lease_duration, results
             )
+            if results:
+                outcomes, results = recorded, ()
+                self._after_results(worker_id, outcomes)
             self._after_reclaim(reclaimed)
             remaining = deadline - time.monotonic()
-            if leases or remaining <= 0:
-                for lease in leases:
-                    log.debug("task %s attempt %s leased to worker %s",
-                              lease.task_id, lease.attempt, worker_id)
-                return leases
+            if leases or remaining <= 0 or limit <= 0:
+                self._count_claim(worker_id, leases)
+                return leases, outcomes
             self.tasks_available.wait(seen, remaining)
 
     def heartbeat(
@@ -113,27 +123,21 @@ class Dispatcher:
 
     def release(
         self, worker_id: str, task_id: int, attempt: int, state: dict[str, Any] | None,
-        progress: float | None,
+        progress: float | None, cause: ReclaimCause = ReclaimCause.RELEASED,
     ) -> Reclaim:
         """Give a task back to the queue at once, keeping its latest state."""
         reclaim = self.store.release(
-            worker_id, task_id, attempt, state, progress, self.clock(), check_checkpoint
+            worker_id, task_id, attempt, state, progress, self.clock(), check_checkpoint, cause
         )
-        log.info("worker %s released task %s (attempt %s)", worker_id, task_id, attempt)
+        log.info("worker %s released task %s (attempt %s, %s)", worker_id, task_id, attempt,
+                 cause.value)
         self.tasks_available.notify()
         return reclaim
 
-    def complete(
-        self, worker_id: str, items: Sequence[tuple[int, int, Any, str | None]]
-    ) -> list[Outcome]:
+    def complete(self, worker_id: str, items: Sequence[ResultItem]) -> list[Outcome]:
         """Record results; wake anyone waiting on a task that finished."""
         outcomes = self.store.complete(worker_id, items, self.clock())
-        for outcome in outcomes:
-            if outcome.outcome == "stale":
-                log.warning("stale result for task %s from worker %s refused", outcome.task_id,
-                            worker_id)
-        if any(o.outcome == "accepted" for o in outcomes):
-            self.tasks_finished.notify()
+        self._after_results(worker_id, outcomes)
         return outcomes
 
     def cancel(self, task_id: int) -> Task:
@@ -169,6 +173,24 @@ class Dispatcher:
         return {"status": "ok"}
 
     # -- internals ------------------------------------------------------------------------
+
+    def _count_claim(self, worker_id: str, leases: list[Lease]) -> None:
+        if not leases:
+            return
+        with self._counts_lock:
+            self.claims_served += 1
+            self.tasks_leased += len(leases)
+        for lease in leases:
+            log.debug("task %s attempt %s leased to worker %s", lease.task_id, lease.attempt,
+                      worker_id)
+
+    def _after_results(self, worker_id: str, outcomes: list[Outcome]) -> None:
+        for outcome in outcomes:
+            if outcome.outcome == "stale":
+                log.warning("stale result for task %s from worker %s refused", outcome.task_id,
+                            worker_id)
+        if any(o.outcome == "accepted" for o in outcomes):
+            self.tasks_finished.notify()
 
     def _after_reclaim(self, reclaimed: list[Reclaim]) -> None:
         if not reclaimed:
@@ -215,7 +237,12 @@ def _format_stats(raw: dict[str, Any], now: float, dispatcher: Dispatcher) -> di
         "reclaims": {
             cause: counters.get(cause, 0)
             for cause in ("dead_worker", "expired_lease", "released_on_shutdown",
-                          "worker_restarted")
+                          "worker_restarted", "returned_unstarted")
+        },
+        "claims": {
+            "requests_served": dispatcher.claims_served,
+            "tasks_leased": dispatcher.tasks_leased,
+            "mean_batch": round(dispatcher.tasks_leased / max(1, dispatcher.claims_served), 2),
         },
         "monitor": {
             "sweeps": monitor.stats.sweeps,

@@ -43,6 +43,7 @@ class Config:
     sqlite_busy_timeout_ms: int = 5_000
     poll_wait: float = 1.0
     backoff_max: float = 5.0
+    prefetch_max: int = 128
     run_dir: str = "run"
     log_level: str = "INFO"
 
@@ -91,6 +92,7 @@ _RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "sqlite_busy_timeout_ms": (lambda v: v >= 0, "must be >= 0"),
     "poll_wait": (lambda v: 0 <= v <= 30, "must be 0-30"),
     "backoff_max": (_positive, "must be > 0"),
+    "prefetch_max": (lambda v: 1 <= v <= 1000, "must be 1-1000"),
     "log_level": (lambda v: v in LOG_LEVELS, "must be one of " + ", ".join(LOG_LEVELS)),
     "database_url": (
         lambda v: v.startswith(("sqlite:///", "postgresql://", "postgres://")),

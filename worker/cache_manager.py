@@ -11,7 +11,7 @@ import json
 import sqlite3
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -39,11 +39,12 @@ class PendingResult:
     task_id: int
     attempt: int
     payload: dict[str, Any]
+    size: int = field(default=0, compare=False)  # bytes of the payload JSON
 
     @classmethod
     def from_row(cls, row: tuple[int, int, str]) -> "PendingResult":
         """Build from a ``(task_id, attempt, payload_json)`` row."""
-        return cls(task_id=row[0], attempt=row[1], payload=json.loads(row[2]))
+        return cls(task_id=row[0], attempt=row[1], payload=json.loads(row[2]), size=len(row[2]))
 
 
 class ResultCache:
@@ -75,6 +76,14 @@ class ResultCache:
         with self._transaction() as conn:
             conn.execute(_PUT, (task_id, attempt, text))
 
+    def put_many(self, items: list[tuple[int, int, dict[str, Any]]]) -> None:
+        """Store several results in one transaction (same rules as :meth:`put`)."""
+        rows = [(task_id, attempt, json.dumps(payload, allow_nan=False))
+                for task_id, attempt, payload in items]
+        if rows:
+            with self._transaction() as conn:
+                conn.executemany(_PUT, rows)
+
     def pending(self) -> list[PendingResult]:
         """All unacknowledged results, oldest first."""
         return [PendingResult.from_row(row) for row in self._conn.execute(_PENDING)]
@@ -83,6 +92,12 @@ class ResultCache:
         """Forget a result the dispatcher has answered; unknown keys are ignored."""
         with self._transaction() as conn:
             conn.execute(_ACK, (task_id, attempt))
+
+    def ack_many(self, keys: list[tuple[int, int]]) -> None:
+        """Forget several answered results in one transaction."""
+        if keys:
+            with self._transaction() as conn:
+                conn.executemany(_ACK, keys)
 
     def __len__(self) -> int:
         return self._conn.execute("SELECT COUNT(*) FROM pending_results").fetchone()[0]

@@ -27,6 +27,7 @@ class WorkerConfig:
     backoff_base: float = 0.1
     backoff_max: float = 5.0
     request_timeout: float = 5.0
+    prefetch_max: int = 128
     max_tasks: int | None = None
     burst: bool = False
 
@@ -73,6 +74,7 @@ def make_worker_config(
         checkpoint_interval=config.checkpoint_interval,
         poll_wait=config.poll_wait,
         backoff_max=config.backoff_max,
+        prefetch_max=config.prefetch_max,
         max_tasks=max_tasks,
         burst=burst,
     )

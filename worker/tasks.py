@@ -81,8 +81,10 @@ class Checkpointer:
         should_stop: Callable[[], bool],
         is_revoked: Callable[[], bool],
         clock: Callable[[], float] = time.monotonic,
+        on_call: Callable[[], None] | None = None,
     ) -> None:
         self._send = send
+        self._on_call = on_call
         self._interval = interval_seconds
         self._should_stop = should_stop
         self._is_revoked = is_revoked
@@ -101,6 +103,8 @@ class Checkpointer:
             self._interrupt(InterruptReason.SHUTDOWN)
         if self._is_revoked():
             self._interrupt(InterruptReason.REVOKED)
+        if self._on_call is not None:
+            self._on_call()
         now = self._clock()
         if now - self._last_sent < self._interval:
             return

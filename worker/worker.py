@@ -70,62 +70,151 @@ def _fraction(progress: Any) -> float:
     return min(1.0, max(0.0, float(progress)))
 
 
+MAX_RESULT_BYTES = 1 << 20
+"""About how many bytes of results ride on one request (the dispatcher takes 16 MiB)."""
+
+
 class ResultReporter:
-    """Delivers results through the durable cache: put first, send, ack once answered."""
+    """Delivers results through the durable cache: saved first, sent, dropped once answered.
+
+    In the main loop results ride on the next claim (:meth:`pending` + :meth:`acknowledge`);
+    :meth:`flush` sends them on their own: at start, at stop, and when a claim is refused.
+    """
+
+    FLUSH_BATCH = 500
 
     def __init__(self, config: WorkerConfig, cache: ResultCache, client: DispatcherClient,
                  outage: OutageLog) -> None:
         self._config, self._cache, self._client, self._outage = config, cache, client, outage
+        self._unsaved: list[tuple[int, int, dict[str, Any]]] = []
         self.last_reply: Reply | None = None
 
-    def report(self, task_id: int, attempt: int, payload: dict[str, Any]) -> bool:
-        """Store a result durably, then try to deliver everything pending."""
-        self._cache.put(task_id, attempt, payload)
-        return self.flush()
+    def store(self, task_id: int, attempt: int, payload: dict[str, Any]) -> None:
+        """Take a finished task's result; :meth:`save` makes it durable before any send."""
+        self._unsaved.append((task_id, attempt, payload))
+
+    def save(self) -> None:
+        """Write the results taken since the last save to the cache, in one transaction."""
+        if self._unsaved:
+            self._cache.put_many(self._unsaved)
+            self._unsaved = []
 
     def has_pending(self) -> bool:
         """True while some result awaits the dispatcher."""
-        return len(self._cache) > 0
+        return bool(self._unsaved) or len(self._cache) > 0
+
+    def pending(self, limit: int, max_bytes: int = MAX_RESULT_BYTES) -> list[PendingResult]:
+        """The oldest unacknowledged results, at most ``limit`` and about ``max_bytes``.
+
+        Unsaved results are saved first. At least one result comes back if any is pending,
+        however large.
+        """
+        self.save()
+        chosen: list[PendingResult] = []
+        total = 0
+        for item in self._cache.pending():
+            if chosen and (len(chosen) >= limit or total + item.size > max_bytes):
+                break
+            chosen.append(item)
+            total += item.size
+        return chosen
+
+    @staticmethod
+    def as_body(items: list[PendingResult]) -> list[dict[str, Any]]:
+        """Results in the wire form of ``results: [...]``."""
+        return [{"task_id": i.task_id, "attempt": i.attempt, **i.payload} for i in items]
+
+    def acknowledge(self, items: list[PendingResult], outcomes: Any) -> int:
+        """Drop every result the dispatcher answered; log the refused ones; return how many."""
+        answered = {(o.get("task_id"), o.get("attempt")): o.get("outcome")
+                    for o in outcomes or [] if isinstance(o, dict)}
+        done = []
+        for item in items:
+            outcome = answered.get((item.task_id, item.attempt))
+            if outcome is not None:
+                self._log_outcome(item, outcome)
+                done.append(item)
+        self._cache.ack_many([(i.task_id, i.attempt) for i in done])
+        return len(done)
 
     def flush(self) -> bool:
-        """Send pending results oldest first; False if the dispatcher is unavailable."""
-        # One result per request for now; batching means one POST of {"results": [...]} here.
-        for item in self._cache.pending():
-            if not self._send_one(item):
+        """Send every pending result in batches; False if the dispatcher is unavailable.
+
+        A batch refused as a whole (4xx) is retried one result at a time, so only the result
+        the dispatcher really refuses is dropped.
+        """
+        while items := self.pending(self.FLUSH_BATCH):
+            reply = self._send(items)
+            if reply is None:
+                return False
+            if reply.status != 200 and len(items) > 1:
+                if not all(self._send_alone(item) for item in items):
+                    return False
+            elif reply.status != 200:
+                self._drop(items[0], reply)
+            elif self.acknowledge(items, reply.field("results")) == 0:
+                log.error("worker %s: the dispatcher answered no result of a batch",
+                          self._config.worker_id)
                 return False
         return True
 
-    def _send_one(self, item: PendingResult) -> bool:
-        wid = self._config.worker_id
-        body = {"worker_id": wid, "task_id": item.task_id, "attempt": item.attempt, **item.payload}
+    def _send(self, items: list[PendingResult]) -> Reply | None:
+        """POST a batch; None when the dispatcher is unavailable (the results stay cached)."""
+        body = {"worker_id": self._config.worker_id, "results": self.as_body(items)}
         self.last_reply = None
         try:
             reply = self._client.post("/submit-result", body, self._config.call_timeout)
         except Unreachable as exc:
             self._outage.failed(str(exc))
-            return False
+            return None
         self.last_reply = reply
         if reply.retryable:
             self._outage.failed(f"HTTP {reply.status}")
-            return False
+            return None
         self._outage.ok()
-        self._log_answer(item, reply)
-        self._cache.ack(item.task_id, item.attempt)
+        return reply
+
+    def _send_alone(self, item: PendingResult) -> bool:
+        reply = self._send([item])
+        if reply is None:
+            return False
+        if reply.status == 200:
+            self.acknowledge([item], reply.field("results"))
+        else:
+            self._drop(item, reply)
         return True
 
-    def _log_answer(self, item: PendingResult, reply: Reply) -> None:
-        wid, outcome = self._config.worker_id, "error" if "error" in item.payload else "result"
-        if reply.status == 200:
-            log.info("task %s attempt %s: %s delivered by worker %s (status %s%s)", item.task_id,
-                     item.attempt, outcome, wid, reply.field("status"),
-                     ", duplicate" if reply.field("duplicate") else "")
-        elif reply.status == 409:
-            log.warning("task %s attempt %s: %s from worker %s refused as stale (409); dropped",
-                        item.task_id, item.attempt, outcome, wid)
+    def _drop(self, item: PendingResult, reply: Reply) -> None:
+        # Resending would be refused forever and block the results behind it.
+        log.error("task %s attempt %s: result from worker %s rejected (HTTP %s %s); dropped",
+                  item.task_id, item.attempt, self._config.worker_id, reply.status, reply.body)
+        self._cache.ack_many([(item.task_id, item.attempt)])
+
+    def _log_outcome(self, item: PendingResult, outcome: str) -> None:
+        wid, kind = self._config.worker_id, "error" if "error" in item.payload else "result"
+        if outcome in ("accepted", "duplicate"):
+            log.debug("task %s attempt %s: %s delivered by worker %s (%s)", item.task_id,
+                      item.attempt, kind, wid, outcome)
         else:
-            # Resending would be refused forever and block the results behind it.
-            log.error("task %s attempt %s: %s from worker %s rejected (HTTP %s %s); dropped",
-                      item.task_id, item.attempt, outcome, wid, reply.status, reply.body)
+            log.warning("task %s attempt %s: %s from worker %s refused (%s); dropped",
+                        item.task_id, item.attempt, kind, wid, outcome)
+
+
+class Prefetch:
+    """How many tasks to claim at once: doubles while tasks are short, 1 after a long one."""
+
+    SHORT_TASK_SECONDS = 0.05
+
+    def __init__(self, maximum: int) -> None:
+        self.maximum = max(1, maximum)
+        self.size = 1
+
+    def record(self, seconds: float) -> None:
+        """Adapt to how long the last task took."""
+        if seconds <= self.SHORT_TASK_SECONDS:
+            self.size = min(self.maximum, self.size * 2)
+        else:
+            self.size = 1
 
 
 class Worker:
@@ -139,6 +228,7 @@ class Worker:
         self._outage = OutageLog(config.worker_id, "tasks and results")
         self._reporter = ResultReporter(config, cache, self._client, self._outage)
         self._backoff = Backoff(config.backoff_base, config.backoff_max)
+        self._prefetch = Prefetch(config.prefetch_max)
         self.processed = 0
         self._queue_empty = False
 
@@ -166,13 +256,10 @@ class Worker:
             self._pause()
 
     def loop_once(self) -> None:
-        """One step: deliver pending results, else claim one task and process it."""
-        if not self._reporter.flush():
-            self._pause(self._reporter.last_reply)
-            return
-        task = self._claim()
-        if task is not None:
-            self._process(task)
+        """One step: claim a batch (carrying the last batch's results), then run it."""
+        tasks = self._claim()
+        if tasks:
+            self._process_batch(tasks)
 
     def _finished(self) -> bool:
         cfg = self.config
@@ -184,50 +271,92 @@ class Worker:
         at_least = reply.retry_after if reply is not None and reply.retry_after else 0.0
         self._shutdown.wait(self._backoff.next_delay(at_least))
 
-    def _claim(self) -> ClaimedTask | None:
+    def _claim_size(self) -> int:
+        size = self._prefetch.size
+        if self.config.max_tasks is not None:
+            size = min(size, self.config.max_tasks - self.processed)
+        return max(0, size)
+
+    def _claim(self) -> list[ClaimedTask]:
         cfg = self.config
-        body = {"worker_id": cfg.worker_id, "instance_id": cfg.instance_id, "wait": cfg.poll_wait}
+        results = self._reporter.pending(ResultReporter.FLUSH_BATCH)
+        body = {"worker_id": cfg.worker_id, "instance_id": cfg.instance_id, "wait": cfg.poll_wait,
+                "max_tasks": self._claim_size(), "results": self._reporter.as_body(results)}
         try:
             reply = self._client.post("/get-task", body, cfg.claim_timeout)
         except Unreachable as exc:
             self._outage.failed(str(exc))
-            return self._pause()
+            return self._pause() or []
         if reply.retryable:
             self._outage.failed(f"HTTP {reply.status}")
-            return self._pause(reply)
+            return self._pause(reply) or []
         self._outage.ok()
-        if reply.status == 204:
-            self._backoff.reset()
-            self._queue_empty = True
-            return None
         if reply.status != 200:
             log.error("worker %s: claim refused: HTTP %s %s", cfg.worker_id, reply.status, reply.body)
-            return self._pause(reply)
+            if results:  # perhaps because of a result: deliver them apart, dropping a bad one
+                self._reporter.flush()
+            return self._pause(reply) or []
+        self._reporter.acknowledge(results, reply.field("results"))
         self._backoff.reset()
-        self._queue_empty = False
-        return ClaimedTask.from_dict(reply.field("task"))
+        tasks = [ClaimedTask.from_dict(raw) for raw in reply.field("tasks") or []]
+        self._queue_empty = not tasks
+        return tasks
 
-    def _process(self, task: ClaimedTask) -> None:
+    def _process_batch(self, tasks: list[ClaimedTask]) -> None:
+        """Run claimed tasks in order; give back the unstarted ones once a task proves long."""
+        revoked = {t.task_id: self._held.add(t.task_id, t.attempt) for t in tasks}
+        waiting = list(tasks)
+        try:
+            while waiting:
+                task = waiting.pop(0)
+                if self._shutdown.requested:  # the stop arrived during the long poll or batch
+                    self._release(task, None)
+                    continue
+                started = time.monotonic()
+                self._log_claim(task)
+
+                def give_back() -> None:
+                    if waiting and time.monotonic() - started > Prefetch.SHORT_TASK_SECONDS:
+                        self._give_back(waiting)
+
+                self._run_and_report(task, revoked[task.task_id], give_back)
+                self._prefetch.record(time.monotonic() - started)
+                self.processed += 1
+                if waiting and self._prefetch.size == 1:
+                    self._give_back(waiting)
+        finally:
+            self._reporter.save()
+            for task in tasks:
+                self._held.remove(task.task_id)
+
+    def _give_back(self, waiting: list[ClaimedTask]) -> None:
+        """Return claimed but unstarted tasks so idle workers take them now; deliver results."""
+        log.info("worker %s gives back %d unstarted task(s): %s", self.config.worker_id,
+                 len(waiting), [t.task_id for t in waiting])
+        reason = "shutdown" if self._shutdown.requested else "unstarted"
+        for task in waiting:
+            self._release(task, None, reason=reason)
+            self._held.remove(task.task_id)
+        waiting.clear()
+        self._prefetch.size = 1
+        self._reporter.flush()  # the batch's finished results need not wait for the long task
+
+    def _log_claim(self, task: ClaimedTask) -> None:
         wid = self.config.worker_id
         if task.resume_state is None:
-            log.info("task %s attempt %s (%s) claimed by worker %s", task.task_id, task.attempt,
-                     task.task_type, wid)
+            log.debug("task %s attempt %s (%s) started by worker %s", task.task_id, task.attempt,
+                      task.task_type, wid)
         else:
-            log.info("task %s attempt %s (%s) claimed by worker %s, resuming at progress %s",
+            log.info("task %s attempt %s (%s) started by worker %s, resuming at progress %s",
                      task.task_id, task.attempt, task.task_type, wid, task.resume_progress)
-        revoked = self._held.add(task.task_id, task.attempt)
-        try:
-            if self._shutdown.requested:  # the stop arrived during the long poll
-                return self._release(task, None)
-            self._run_and_report(task, revoked)
-        finally:
-            self._held.remove(task.task_id)
-            self.processed += 1
 
-    def _run_and_report(self, task: ClaimedTask, revoked: threading.Event) -> None:
+    def _run_and_report(
+        self, task: ClaimedTask, revoked: threading.Event, on_call: Callable[[], None]
+    ) -> None:
         checkpointer = Checkpointer(
             self._checkpoint_sender(task), self.config.checkpoint_interval,
-            should_stop=lambda: self._shutdown.requested, is_revoked=revoked.is_set)
+            should_stop=lambda: self._shutdown.requested, is_revoked=revoked.is_set,
+            on_call=on_call)
         try:
             payload = run_task(task, checkpointer, self.config.worker_id)
         except TaskInterrupted:
@@ -236,7 +365,7 @@ class Worker:
             log.warning("task %s finished on worker %s after being revoked; result dropped",
                         task.task_id, self.config.worker_id)
             return
-        self._reporter.report(task.task_id, task.attempt, payload)
+        self._reporter.store(task.task_id, task.attempt, payload)
 
     def _checkpoint_sender(self, task: ClaimedTask) -> Callable[[dict[str, Any], float], SendOutcome]:
         cfg = self.config
@@ -283,10 +412,12 @@ class Worker:
             log.warning("task %s stopped on worker %s: checkpoint refused as stale (409); "
                         "no result sent", task.task_id, wid)
 
-    def _release(self, task: ClaimedTask, checkpointer: Checkpointer | None) -> None:
+    def _release(
+        self, task: ClaimedTask, checkpointer: Checkpointer | None, reason: str = "shutdown"
+    ) -> None:
         cfg = self.config
         body: dict[str, Any] = {"worker_id": cfg.worker_id, "task_id": task.task_id,
-                                "attempt": task.attempt}
+                                "attempt": task.attempt, "reason": reason}
         if checkpointer is not None and checkpointer.latest_state is not None:
             body.update(state=checkpointer.latest_state,
                         progress=_fraction(checkpointer.latest_progress))
@@ -296,8 +427,8 @@ class Worker:
             log.warning("task %s: release by worker %s failed (%s); the dispatcher requeues it "
                         "once this worker's heartbeats stop", task.task_id, cfg.worker_id, exc)
             return
-        log.info("task %s attempt %s released by worker %s: HTTP %s", task.task_id, task.attempt,
-                 cfg.worker_id, reply.status)
+        log.info("task %s attempt %s released (%s) by worker %s: HTTP %s", task.task_id,
+                 task.attempt, reason, cfg.worker_id, reply.status)
 
     def _stop(self) -> None:
         cfg = self.config

@@ -280,7 +280,7 @@ def test_stats_document(client: FlaskClient) -> None:
     [worker] = stats["workers"]["details"]
     assert worker["worker_id"] == "w1" and worker["alive"] and worker["current_tasks"] == [1]
     assert set(stats["reclaims"]) == {"dead_worker", "expired_lease", "released_on_shutdown",
-                                      "worker_restarted"}
+                                      "worker_restarted", "returned_unstarted"}
     assert stats["throughput"]["window_seconds"] == 60
 
 
@@ -377,3 +377,31 @@ def test_locked_database_gets_503_with_retry_after(tmp_path: Any, clock: FakeClo
 
 def test_health(client: FlaskClient) -> None:
     assert client.get("/health").json == {"status": "ok"}
+
+
+def test_claim_carries_the_last_batch_results_in_one_request(client: FlaskClient) -> None:
+    ids = client.post("/submit-task", json={"tasks": [{"task_type": "noop", "params": {"i": i}}
+                                                      for i in range(4)]}).json["task_ids"]
+    first = claim(client, max_tasks=2).json
+    assert [t["task_id"] for t in first["tasks"]] == ids[:2] and first["results"] == []
+    results = [{"task_id": t["task_id"], "attempt": 1, "result": t["params"]}
+               for t in first["tasks"]]
+    stale = {"task_id": ids[2], "attempt": 1, "result": {}}  # not claimed yet: stale
+    second = claim(client, max_tasks=2, results=results + [stale]).json
+    assert [t["task_id"] for t in second["tasks"]] == ids[2:]
+    assert [r["outcome"] for r in second["results"]] == ["accepted", "accepted", "stale"]
+    assert client.get(f"/task/{ids[0]}").json["result"] == {"i": 0}
+    empty = claim(client, max_tasks=0, results=results)
+    assert empty.status_code == 200 and empty.json == {"tasks": [], "results": [
+        {"task_id": ids[0], "attempt": 1, "outcome": "duplicate"},
+        {"task_id": ids[1], "attempt": 1, "outcome": "duplicate"}]}
+
+
+def test_returned_unstarted_tasks_do_not_use_up_attempts(client: FlaskClient) -> None:
+    task_id = submit(client, {**PRIMES, "max_attempts": 1})
+    claim(client)
+    resp = client.post("/release-task", json={"worker_id": "w1", "task_id": task_id,
+                                              "attempt": 1, "reason": "unstarted"})
+    assert resp.status_code == 200
+    assert client.get("/stats").json["reclaims"]["returned_unstarted"] == 1
+    assert claim(client, "w2", "i2").json["task"]["attempt"] == 2

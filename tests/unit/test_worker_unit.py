@@ -28,7 +28,7 @@ from worker.config import WorkerConfig, make_worker_config
 from worker.tasks import Checkpointer, ClaimedTask, InterruptReason, SendOutcome
 from worker.client import Backoff
 from worker.heartbeat import HeldTasks
-from worker.worker import Shutdown, Worker, install_signal_handlers
+from worker.worker import Prefetch, Shutdown, Worker, install_signal_handlers
 
 WAIT_SECONDS = 10.0
 
@@ -227,39 +227,112 @@ def test_worker_config_derives_paths_and_checks_the_id(tmp_path: Path) -> None:
 Route = Callable[[dict[str, Any]], tuple[int, Any]]
 
 
+@dataclasses.dataclass
+class Exchange:
+    """One request the stub received, and (once answered) its status and reply body."""
+
+    path: str
+    body: dict[str, Any]
+    status: int | None = None
+    reply: Any = None
+
+
 class StubDispatcher:
-    """A scripted dispatcher: records every request, answers from per-path routes."""
+    """A scripted dispatcher speaking the batched protocol; records every exchange.
+
+    ``tasks`` is the queue ``/get-task`` pops up to ``max_tasks`` from; results riding on a
+    claim or sent to ``/submit-result`` are answered ``outcomes.get(task_id, "accepted")``.
+    A released task goes back to the queue with the next attempt, as the real dispatcher does.
+    Tests may replace any entry of ``routes``; :meth:`claim_reply` builds a standard claim answer.
+    """
 
     def __init__(self) -> None:
         self.url = ""
         self.lock = threading.Lock()
-        self.requests: list[tuple[str, dict[str, Any]]] = []
+        self.exchanges: list[Exchange] = []
         self.tasks: list[dict[str, Any]] = []
+        self.outcomes: dict[int, str] = {}
+        self._leased: dict[int, dict[str, Any]] = {}
         self.routes: dict[str, Route] = {
             "/heartbeat": lambda body: (200, {"status": "ok", "revoked": []}),
             "/get-task": self._get_task,
-            "/submit-result": lambda body: (200, {"task_id": body["task_id"],
-                                                  "status": "completed", "duplicate": False}),
+            "/submit-result": lambda body: (200, {"results": self.answer(body["results"])}),
             "/checkpoint": lambda body: (200, {"lease_expires_at": 0.0}),
-            "/release-task": lambda body: (200, {"task_id": body["task_id"], "status": "pending"}),
+            "/release-task": self._release,
         }
 
-    def _get_task(self, body: dict[str, Any]) -> tuple[int, Any]:
+    def answer(self, results: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Batch outcomes for ``results``."""
         with self.lock:
-            return (200, {"task": self.tasks.pop(0)}) if self.tasks else (204, None)
+            return [{"task_id": r["task_id"], "attempt": r["attempt"],
+                     "outcome": self.outcomes.get(r["task_id"], "accepted")} for r in results]
+
+    def take(self, count: int) -> list[dict[str, Any]]:
+        """Pop up to ``count`` tasks off the queue."""
+        with self.lock:
+            taken, self.tasks[:count] = self.tasks[:count], []
+            return taken
+
+    def claim_reply(self, body: dict[str, Any], tasks: list[dict[str, Any]]) -> tuple[int, Any]:
+        """The 200 answer to a claim: ``tasks`` leased, outcomes for the results it carried."""
+        with self.lock:
+            self._leased.update((t["task_id"], t) for t in tasks)
+        return 200, {"tasks": tasks, "results": self.answer(body["results"])}
+
+    def _get_task(self, body: dict[str, Any]) -> tuple[int, Any]:
+        return self.claim_reply(body, self.take(body["max_tasks"]))
+
+    def _release(self, body: dict[str, Any]) -> tuple[int, Any]:
+        with self.lock:
+            task = self._leased.pop(body["task_id"], None)
+            if task is not None and task["attempt"] == body["attempt"]:
+                self.tasks.append({**task, "attempt": task["attempt"] + 1})
+        return 200, {"task_id": body["task_id"], "status": "pending"}
 
     def handle(self, path: str, body: dict[str, Any]) -> tuple[int, Any]:
+        exchange = Exchange(path, body)
         with self.lock:
-            self.requests.append((path, body))
-        return self.routes[path](body)
+            self.exchanges.append(exchange)
+        exchange.status, exchange.reply = self.routes[path](body)
+        return exchange.status, exchange.reply
+
+    def of(self, path: str) -> list[Exchange]:
+        """The exchanges on ``path``, in arrival order."""
+        with self.lock:
+            return [e for e in self.exchanges if e.path == path]
 
     def bodies(self, path: str) -> list[dict[str, Any]]:
-        with self.lock:
-            return [body for p, body in self.requests if p == path]
+        return [e.body for e in self.of(path)]
 
     def paths(self, exclude: str = "/heartbeat") -> list[str]:
         with self.lock:
-            return [p for p, _ in self.requests if p != exclude]
+            return [e.path for e in self.exchanges if e.path != exclude]
+
+    def delivered(self) -> list[dict[str, Any]]:
+        """Every result the stub answered, via a claim or /submit-result, in arrival order.
+
+        As ``{"worker_id", "task_id", "attempt", "result"|"error"}``; results in requests that
+        were refused (5xx, 4xx) or left without an outcome are not counted.
+        """
+        found = []
+        for exchange in self.of("/get-task") + self.of("/submit-result"):
+            if exchange.status != 200:
+                continue
+            answered = {o["task_id"] for o in exchange.reply["results"]}
+            order = self.exchanges.index(exchange)
+            found += [(order, {"worker_id": exchange.body["worker_id"], **r})
+                      for r in exchange.body["results"] if r["task_id"] in answered]
+        return [result for _, result in sorted(found, key=lambda pair: pair[0])]
+
+
+def served(exchange: Exchange) -> list[int]:
+    """Ids of the tasks a claim exchange handed out."""
+    return [t["task_id"] for t in (exchange.reply or {}).get("tasks", [])]
+
+
+def carried(exchange: Exchange) -> list[int]:
+    """Ids of the results a claim or submit-result request carried."""
+    return [r["task_id"] for r in exchange.body["results"]]
 
 
 def _handler_for(stub: StubDispatcher) -> type[BaseHTTPRequestHandler]:
@@ -337,13 +410,25 @@ def make_worker(stub: StubDispatcher, tmp_path: Path) -> Iterator[Callable[..., 
         cache.close()
 
 
+def cached(worker: Worker) -> list[tuple[int, int]]:
+    """(task_id, attempt) of the results still in the worker's durable cache."""
+    with ResultCache(worker.config.cache_path) as cache:
+        return [(p.task_id, p.attempt) for p in cache.pending()]
+
+
 def test_burst_worker_runs_a_task_and_delivers_its_result(stub, registry, make_worker) -> None:
     registry["echo"] = lambda params, resume, checkpoint: {"double": params.value * 2}
     stub.tasks.append(task_dict())
-    assert make_worker().run() == 0
-    assert stub.bodies("/submit-result") == [
+    worker = make_worker()
+    assert worker.run() == 0
+    assert stub.delivered() == [
         {"worker_id": "w1", "task_id": 1, "attempt": 1, "result": {"double": 42}}]
-    assert stub.bodies("/get-task")[0] == {"worker_id": "w1", "instance_id": "inst-1", "wait": 0.0}
+    claims = stub.bodies("/get-task")
+    assert claims[0] == {"worker_id": "w1", "instance_id": "inst-1", "wait": 0.0,
+                         "max_tasks": 1, "results": []}
+    # The result rode on the next claim; no separate /submit-result was needed.
+    assert claims[1]["results"] == [{"task_id": 1, "attempt": 1, "result": {"double": 42}}]
+    assert stub.bodies("/submit-result") == [] and cached(worker) == []
     assert stub.bodies("/heartbeat")[-1] == {"worker_id": "w1", "instance_id": "inst-1",
                                              "tasks": [], "stopping": True}
 
@@ -359,7 +444,10 @@ def test_failures_are_reported_as_errors(stub, registry, make_worker) -> None:
     stub.tasks += [task_dict(1, "boom"), task_dict(2, "nope"), task_dict(3, "boom", params=[1]),
                    task_dict(4, "huge"), task_dict(5, "bad_result")]
     assert make_worker().run() == 0
-    errors = {b["task_id"]: b["error"] for b in stub.bodies("/submit-result")}
+    delivered = stub.delivered()
+    assert sorted(d["task_id"] for d in delivered) == [1, 2, 3, 4, 5]
+    assert all("result" not in d for d in delivered)
+    errors = {d["task_id"]: d["error"] for d in delivered}
     assert errors[1] == "ZeroDivisionError: no luck"
     assert errors[2].startswith("KeyError:")
     assert errors[3].startswith("InvalidParams: params")
@@ -371,41 +459,85 @@ def test_resume_state_is_passed_to_the_task(stub, registry, make_worker) -> None
     registry["echo"] = lambda params, resume, checkpoint: {"resumed_from": resume}
     stub.tasks.append(task_dict(checkpoint={"state": {"n": 9}, "progress": 0.3, "attempt": 1}))
     make_worker().run()
-    assert stub.bodies("/submit-result")[0]["result"] == {"resumed_from": {"n": 9}}
+    [delivered] = stub.delivered()
+    assert delivered["result"] == {"resumed_from": {"n": 9}}
 
 
 def test_results_stay_cached_and_are_retried_before_new_claims(stub, registry, make_worker) -> None:
     registry["echo"] = lambda params, resume, checkpoint: {"ok": True}
-    answers = iter([(503, None), (502, None), (503, None)])
-    stub.routes["/submit-result"] = lambda body: next(answers, (200, {"status": "completed"}))
-    stub.tasks.append(task_dict())
+    failures = iter([(503, None), (502, None), (503, None)])
+
+    def flaky_claim(body):
+        if body["results"] and (failure := next(failures, None)):
+            return failure
+        return stub._get_task(body)
+
+    stub.routes["/get-task"] = flaky_claim
+    stub.tasks += [task_dict(1), task_dict(2)]
     worker = make_worker()
     assert worker.run() == 0
-    assert stub.paths() == ["/get-task"] + ["/submit-result"] * 4 + ["/get-task"]
-    with ResultCache(worker.config.cache_path) as cache:
-        assert cache.pending() == []
+    # While the claim carrying task 1's result fails, no new work is handed out or run; the
+    # same result is re-sent until answered, and only that answer brings task 2.
+    assert [(e.status, carried(e), served(e)) for e in stub.of("/get-task")] == [
+        (200, [], [1]), (503, [1], []), (502, [1], []), (503, [1], []), (200, [1], [2]),
+        (200, [2], [])]
+    assert [(d["task_id"], d["result"]) for d in stub.delivered()] == [(1, {"ok": True}),
+                                                                        (2, {"ok": True})]
+    assert stub.bodies("/submit-result") == [] and cached(worker) == []
 
 
 def test_cached_results_are_resent_first_on_start(stub, registry, make_worker) -> None:
     worker = make_worker()
     with ResultCache(worker.config.cache_path) as earlier:
         earlier.put(5, 2, {"result": {"from": "before the crash"}})
+        earlier.put(6, 1, {"error": "ValueError: also before"})
     assert worker.run() == 0
-    assert stub.paths(exclude="")[0] == "/submit-result"
-    assert stub.bodies("/submit-result") == [
-        {"worker_id": "w1", "task_id": 5, "attempt": 2, "result": {"from": "before the crash"}}]
+    assert stub.paths(exclude="")[0] == "/submit-result"  # before the first heartbeat
+    assert stub.bodies("/submit-result") == [{"worker_id": "w1", "results": [
+        {"task_id": 5, "attempt": 2, "result": {"from": "before the crash"}},
+        {"task_id": 6, "attempt": 1, "error": "ValueError: also before"}]}]
+    assert stub.delivered() == [
+        {"worker_id": "w1", "task_id": 5, "attempt": 2, "result": {"from": "before the crash"}},
+        {"worker_id": "w1", "task_id": 6, "attempt": 1, "error": "ValueError: also before"}]
+    assert all(body["results"] == [] for body in stub.bodies("/get-task"))
+    assert cached(worker) == []
 
 
-def test_stale_and_rejected_results_are_dropped(stub, registry, make_worker) -> None:
-    registry["echo"] = lambda params, resume, checkpoint: {"ok": True}
-    answers = iter([(409, {"error": {"code": "stale_lease"}}), (400, {"error": {}})])
-    stub.routes["/submit-result"] = lambda body: next(answers)
-    stub.tasks += [task_dict(1), task_dict(2)]
+def test_cached_results_ride_on_the_first_claim_when_the_start_flush_fails(
+        stub, registry, make_worker) -> None:
     worker = make_worker()
+    with ResultCache(worker.config.cache_path) as earlier:
+        earlier.put(5, 2, {"result": {"from": "before the crash"}})
+    stub.routes["/submit-result"] = lambda body: (503, None)
     assert worker.run() == 0
-    assert len(stub.bodies("/submit-result")) == 2
-    with ResultCache(worker.config.cache_path) as cache:
-        assert cache.pending() == []
+    assert [e.status for e in stub.of("/submit-result")] == [503]
+    assert carried(stub.of("/get-task")[0]) == [5]
+    assert stub.delivered() == [
+        {"worker_id": "w1", "task_id": 5, "attempt": 2, "result": {"from": "before the crash"}}]
+    assert cached(worker) == []
+
+
+def test_stale_and_rejected_results_are_dropped(stub, registry, make_worker, caplog) -> None:
+    registry["echo"] = lambda params, resume, checkpoint: {"ok": True}
+    worker = make_worker()
+    with ResultCache(worker.config.cache_path) as earlier:
+        earlier.put(8, 1, {"result": {"refused": "outright"}})
+    stub.routes["/submit-result"] = lambda body: (400, {"error": {"code": "bad_request"}})
+    stub.outcomes.update({1: "stale", 2: "not_found"})
+    stub.tasks += [task_dict(1), task_dict(2)]
+    with caplog.at_level(logging.WARNING, logger="worker"):
+        assert worker.run() == 0
+    assert stub.bodies("/submit-result") == [
+        {"worker_id": "w1", "results": [{"task_id": 8, "attempt": 1,
+                                         "result": {"refused": "outright"}}]}]
+    # Each refused result is sent once, then dropped: never re-sent on a later claim.
+    assert [task_id for e in stub.of("/get-task") for task_id in carried(e)] == [1, 2]
+    assert cached(worker) == []
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert any("task 1 attempt 1" in m and "refused (stale)" in m for m in warnings)
+    assert any("task 2 attempt 1" in m and "refused (not_found)" in m for m in warnings)
+    assert any(r.levelno == logging.ERROR and "rejected (HTTP 400" in r.getMessage()
+               for r in caplog.records)
 
 
 def test_checkpoints_are_sent_and_failures_do_not_stop_the_task(stub, registry, make_worker):
@@ -419,7 +551,7 @@ def test_checkpoints_are_sent_and_failures_do_not_stop_the_task(stub, registry, 
     stub.tasks.append(task_dict(task_type="count"))
     make_worker().run()
     assert [b["state"] for b in stub.bodies("/checkpoint")] == [{"i": 0}, {"i": 1}, {"i": 2}]
-    assert stub.bodies("/submit-result")[0]["result"] == {"done": True}
+    assert [d["result"] for d in stub.delivered()] == [{"done": True}]
 
 
 def _checkpoint_until_interrupted(params, resume, checkpoint):
@@ -436,8 +568,12 @@ def test_checkpoint_409_abandons_the_task(stub, registry, make_worker) -> None:
     registry["long"] = _checkpoint_until_interrupted
     stub.routes["/checkpoint"] = lambda body: (409, {"error": {"code": "stale_lease"}})
     stub.tasks.append(task_dict(task_type="long"))
-    make_worker().run()
-    assert stub.bodies("/submit-result") == [] and stub.bodies("/release-task") == []
+    worker = make_worker()
+    worker.run()
+    assert len(stub.bodies("/checkpoint")) == 1
+    assert stub.delivered() == [] and stub.bodies("/release-task") == []
+    assert all(body["results"] == [] for body in stub.bodies("/get-task"))
+    assert cached(worker) == []
 
 
 def test_heartbeat_revocation_abandons_the_running_task(stub, registry, make_worker, caplog):
@@ -447,8 +583,11 @@ def test_heartbeat_revocation_abandons_the_running_task(stub, registry, make_wor
         if body["tasks"] else (200, {"status": "ok", "revoked": []}))
     stub.tasks.append(task_dict(7, "long"))
     with caplog.at_level(logging.WARNING, logger="worker"):
-        make_worker(checkpoint_interval=60.0).run()
-    assert stub.bodies("/submit-result") == [] and stub.bodies("/release-task") == []
+        worker = make_worker(checkpoint_interval=60.0)
+        worker.run()
+    assert stub.delivered() == [] and stub.bodies("/release-task") == []
+    assert all(body["results"] == [] for body in stub.bodies("/get-task"))
+    assert cached(worker) == []
     assert any(b["tasks"] == [{"task_id": 7, "attempt": 1}] for b in stub.bodies("/heartbeat"))
     assert "task 7 revoked from worker w1" in caplog.text
 
@@ -467,8 +606,10 @@ def test_shutdown_releases_the_task_with_its_latest_state(stub, registry, make_w
     worker = make_worker(shutdown=shutdown, checkpoint_interval=60.0, burst=False)
     assert worker.run() == 0
     assert stub.bodies("/release-task") == [
-        {"worker_id": "w1", "task_id": 3, "attempt": 1, "state": {"n": 2}, "progress": 0.2}]
-    assert stub.bodies("/submit-result") == [] and len(stub.bodies("/get-task")) == 1
+        {"worker_id": "w1", "task_id": 3, "attempt": 1, "reason": "shutdown",
+         "state": {"n": 2}, "progress": 0.2}]
+    assert stub.delivered() == [] and stub.bodies("/submit-result") == []
+    assert len(stub.bodies("/get-task")) == 1 and cached(worker) == []
 
 
 def test_task_claimed_during_shutdown_is_released_unrun(stub, registry, make_worker) -> None:
@@ -477,11 +618,13 @@ def test_task_claimed_during_shutdown_is_released_unrun(stub, registry, make_wor
 
     def claim_then_signal(body):
         shutdown.request()
-        return (200, {"task": task_dict(9)})
+        return stub.claim_reply(body, [task_dict(9)])
 
     stub.routes["/get-task"] = claim_then_signal
     assert make_worker(shutdown=shutdown, burst=False).run() == 0
-    assert stub.bodies("/release-task") == [{"worker_id": "w1", "task_id": 9, "attempt": 1}]
+    assert stub.bodies("/release-task") == [
+        {"worker_id": "w1", "task_id": 9, "attempt": 1, "reason": "shutdown"}]
+    assert stub.delivered() == [] and len(stub.bodies("/get-task")) == 1
 
 
 def test_unreachable_dispatcher_backs_off_and_warns_once(make_worker, caplog) -> None:
@@ -489,18 +632,140 @@ def test_unreachable_dispatcher_backs_off_and_warns_once(make_worker, caplog) ->
         sock.bind(("127.0.0.1", 0))
         closed_url = f"http://127.0.0.1:{sock.getsockname()[1]}"
     worker = make_worker(url=closed_url)
+    with ResultCache(worker.config.cache_path) as earlier:
+        earlier.put(5, 1, {"result": {"kept": True}})
     with caplog.at_level(logging.DEBUG, logger="worker"):
         for _ in range(4):
             worker.loop_once()
     warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
     assert len(warnings) == 1 and "dispatcher unavailable" in warnings[0].getMessage()
     assert not any(r.exc_info for r in caplog.records)
+    assert cached(worker) == [(5, 1)]  # kept for the next claim
 
 
 def test_real_registry_tasks_run_through_the_worker(stub, make_worker) -> None:
     stub.tasks += [task_dict(1, "primes", params={"limit": 30}),
                    task_dict(2, "no-such-type", params={})]
     assert make_worker().run() == 0
-    outcomes = {b["task_id"]: b for b in stub.bodies("/submit-result")}
+    outcomes = {d["task_id"]: d for d in stub.delivered()}
+    assert sorted(outcomes) == [1, 2]
     assert outcomes[1]["result"]["prime_count"] == 10
     assert outcomes[2]["error"].startswith("InvalidParams: task_type: unknown task type")
+
+
+# --- prefetching ------------------------------------------------------------------------
+
+
+def test_prefetch_doubles_for_short_tasks_up_to_the_maximum_and_resets_after_a_long_one() -> None:
+    prefetch = Prefetch(maximum=8)
+    sizes = [prefetch.size]
+    for seconds in (0.001, 0.01, Prefetch.SHORT_TASK_SECONDS, 0.0, 0.051, 0.0):
+        prefetch.record(seconds)
+        sizes.append(prefetch.size)
+    assert sizes == [1, 2, 4, 8, 8, 1, 2]
+    assert Prefetch(maximum=0).maximum == 1
+
+
+def test_claims_grow_for_short_tasks_and_shrink_to_one_after_a_long_one(
+        stub, registry, make_worker) -> None:
+    registry["echo"] = lambda params, resume, checkpoint: {"value": params.value}
+
+    def slow(params, resume, checkpoint):
+        time.sleep(0.1)  # the work itself: longer than a short task, no checkpoints
+        return {"slow": True}
+
+    registry["slow"] = slow
+    stub.tasks += [task_dict(i) for i in range(1, 13)] + [task_dict(50, "slow")] + [
+        task_dict(i) for i in range(13, 25)]
+    assert make_worker(prefetch_max=4).run() == 0
+    claims = stub.of("/get-task")
+    sizes = [c.body["max_tasks"] for c in claims]
+    at = next(i for i, c in enumerate(claims) if 50 in served(c))
+    assert sizes[0] == 1 and max(sizes[:at + 1]) == 4 and max(sizes) == 4
+    assert sizes[at + 1] == 1  # reset after the long task
+    # Giving back the rest of the batch also delivered the finished results at once.
+    flushed = [r["task_id"] for b in stub.bodies("/submit-result") for r in b["results"]]
+    assert 50 in flushed
+    assert max(sizes[at + 1:]) > 1  # and grows again on short tasks
+    delivered = stub.delivered()
+    assert sorted(d["task_id"] for d in delivered) == sorted([*range(1, 25), 50])
+    # Tasks fetched after the slow one in its batch were given back unstarted, then re-claimed.
+    batch = served(claims[at])
+    assert [(b["task_id"], b["reason"]) for b in stub.bodies("/release-task")] == [
+        (task_id, "unstarted") for task_id in batch[batch.index(50) + 1:]]
+
+
+def test_unstarted_tasks_are_given_back_while_a_long_first_task_runs(
+        stub, registry, make_worker) -> None:
+    registry["echo"] = lambda params, resume, checkpoint: {"value": params.value}
+    seen: dict[str, Any] = {}
+
+    def long_task(params, resume, checkpoint):
+        started = time.monotonic()
+        while (elapsed := time.monotonic() - started) < 0.2:  # the work: 0.2 s in small steps
+            checkpoint({"elapsed": elapsed}, elapsed / 0.2)
+            if "first_release_at" not in seen and stub.bodies("/release-task"):
+                seen["first_release_at"] = elapsed
+            time.sleep(0.005)
+        seen["released_while_running"] = stub.bodies("/release-task")
+        return {"long": True}
+
+    registry["long"] = long_task
+    batch = [task_dict(10, "long"), task_dict(11), task_dict(12), task_dict(13)]
+    fillers = list(range(100, 200))
+
+    def claim(body):
+        """Quick fillers until the worker asks for a whole batch, then the batch, then the queue."""
+        if batch and body["max_tasks"] < len(batch) and len(fillers) >= body["max_tasks"]:
+            tasks = [task_dict(fillers.pop(0)) for _ in range(body["max_tasks"])]
+        elif batch:
+            tasks, batch[:] = list(batch), []
+        else:
+            tasks = stub.take(body["max_tasks"])
+        return stub.claim_reply(body, tasks)
+
+    stub.routes["/get-task"] = claim
+    worker = make_worker(checkpoint_interval=60.0, prefetch_max=4)
+    assert worker.run() == 0
+
+    expected = [{"worker_id": "w1", "task_id": t, "attempt": 1, "reason": "unstarted"}
+                for t in (11, 12, 13)]
+    assert seen["released_while_running"] == expected == stub.bodies("/release-task")
+    assert seen["first_release_at"] < 0.15  # soon after the task proved long, not at its end
+    delivered = {d["task_id"]: d for d in stub.delivered()}
+    assert delivered[10] == {"worker_id": "w1", "task_id": 10, "attempt": 1,
+                             "result": {"long": True}}
+    # The given-back tasks were claimed again (next attempt) and ran once each.
+    assert [(delivered[t]["attempt"], delivered[t]["result"]) for t in (11, 12, 13)] == [
+        (2, {"value": 21})] * 3
+    assert len(stub.delivered()) == len(delivered)
+    claims = stub.of("/get-task")
+    assert [c.body["max_tasks"] for c in claims if 10 in served(c)] == [4]
+    after = next(i for i, c in enumerate(claims) if 10 in carried(c))
+    assert claims[after].body["max_tasks"] == 1
+    assert cached(worker) == []
+
+
+def test_a_refused_claim_delivers_results_apart_and_drops_only_the_bad_one(
+    stub, registry, make_worker, caplog
+) -> None:
+    registry["echo"] = lambda params, resume, checkpoint: {"ok": True}
+    stub.tasks += [task_dict(1), task_dict(2), task_dict(3)]
+    plain_claim = stub.routes["/get-task"]
+    stub.routes["/get-task"] = lambda body: (
+        (413, {"error": {"code": "payload_too_large"}}) if body["results"] else plain_claim(body))
+
+    def submit(body: dict[str, Any]) -> tuple[int, Any]:
+        if len(body["results"]) > 1:
+            return 413, {"error": {"code": "payload_too_large"}}
+        if body["results"][0]["task_id"] == 2:
+            return 400, {"error": {"code": "invalid_field"}}
+        return 200, {"results": stub.answer(body["results"])}
+
+    stub.routes["/submit-result"] = submit
+    with caplog.at_level(logging.WARNING, logger="worker"):
+        assert make_worker().run() == 0  # a burst run that ends: nothing wedged
+    delivered = [r["task_id"] for r in stub.delivered()]
+    assert sorted(delivered) == [1, 3]
+    assert any(r.levelno == logging.ERROR and "task 2 attempt 1" in r.getMessage()
+               and "dropped" in r.getMessage() for r in caplog.records)

@@ -1,0 +1,51 @@
+"""The store directly: schema migrations and the trigger-kept status counts."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+from dispatcher.db import SQLiteStore
+from dispatcher.models import SCHEMA, SCHEMA_VERSION, NewTask, ReclaimCause
+
+NOOP = NewTask("noop", {}, 0, 3)
+
+
+def true_counts(store: SQLiteStore) -> dict[str, int]:
+    rows = store._conn().execute("SELECT status, COUNT(*) FROM tasks GROUP BY status")
+    return {status: n for status, n in rows}
+
+
+def kept_counts(store: SQLiteStore) -> dict[str, int]:
+    return {k: v for k, v in store.stats(0.0)["counts"].items() if v}
+
+
+def test_a_version_1_database_is_migrated_with_its_data(tmp_path: Path) -> None:
+    db = sqlite3.connect(tmp_path / "v1.db")
+    db.executescript(SCHEMA)
+    db.execute("INSERT INTO schema_info VALUES ('version', '1')")
+    for status in ("pending", "pending", "completed", "failed"):
+        db.execute("INSERT INTO tasks (task_type, params, status, max_attempts, created_at) "
+                   "VALUES ('noop', '{}', ?, 3, 1)", (status,))
+    db.commit()
+    db.close()
+    store = SQLiteStore(tmp_path / "v1.db")
+    version = store._conn().execute("SELECT value FROM schema_info").fetchone()[0]
+    assert int(version) == SCHEMA_VERSION
+    assert kept_counts(store) == {"pending": 2, "completed": 1, "failed": 1} == true_counts(store)
+    store.close()
+    reopened = SQLiteStore(tmp_path / "v1.db")  # idempotent on the next start
+    assert kept_counts(reopened) == true_counts(reopened)
+
+
+def test_status_counts_follow_every_transition(tmp_path: Path) -> None:
+    store = SQLiteStore(tmp_path / "t.db")
+    ids = [task_id for task_id, _ in store.submit([NOOP] * 6, 1.0)]
+    leases, _, _ = store.claim("w1", "i1", 4, 2.0, 100)
+    store.complete("w1", [(leases[0].task_id, 1, {"ok": 1}, None)], 3.0)
+    store.complete("w1", [(leases[1].task_id, 1, None, "boom")], 3.0)
+    store.release("w1", leases[2].task_id, 1, None, None, 3.0, cause=ReclaimCause.RELEASED)
+    store.cancel(ids[-1], 4.0)
+    store.reap_dead_workers(silent_since=10.0, now=11.0)
+    assert kept_counts(store) == true_counts(store) == {
+        "pending": 3, "completed": 1, "failed": 1, "cancelled": 1}
