@@ -26,7 +26,8 @@ try:
     import requests
     from tqdm import tqdm
 except ImportError:  # run with a bare python3: re-run inside the project's virtualenv
-    if _VENV_PYTHON.exists() and Path(sys.executable).resolve() != _VENV_PYTHON.resolve():
+    # Compare prefixes, not executables: the venv's python is a symlink to this very binary.
+    if _VENV_PYTHON.exists() and Path(sys.prefix).resolve() != _VENV_PYTHON.parent.parent.resolve():
         os.execv(str(_VENV_PYTHON), [str(_VENV_PYTHON), __file__, *sys.argv[1:]])
     sys.exit("error: dependencies missing; run ./quickstart.sh or "
              "'python3 -m pip install -r requirements.txt' first")

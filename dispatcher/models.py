@@ -161,6 +161,7 @@ class Task:
     error: str | None
     created_at: float
     started_at: float | None
+    claimed_at: float | None
     finished_at: float | None
     lease_expires_at: float | None
 
@@ -182,6 +183,7 @@ class Task:
             error=row["error"],
             created_at=row["created_at"],
             started_at=row["started_at"],
+            claimed_at=row["claimed_at"],
             finished_at=row["finished_at"],
             lease_expires_at=row["lease_expires_at"],
         )
@@ -202,6 +204,7 @@ class Task:
             "error": self.error,
             "created_at": self.created_at,
             "started_at": self.started_at,
+            "claimed_at": self.claimed_at,
             "finished_at": self.finished_at,
             "lease_expires_at": self.lease_expires_at,
         }

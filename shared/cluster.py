@@ -62,6 +62,7 @@ class LocalCluster:
         }
         self.dispatcher: subprocess.Popen[bytes] | None = None
         self.workers: dict[str, subprocess.Popen[bytes]] = {}
+        self.paused: set[str] = set()
         self.http = requests.Session()
 
     # -- processes ------------------------------------------------------------------------
@@ -98,6 +99,32 @@ class LocalCluster:
         proc.kill()
         proc.wait(timeout=10)
 
+    def restart_worker(self, worker_id: str, *args: str) -> subprocess.Popen[bytes]:
+        """SIGKILL a worker (if it runs) and start a new process under the same worker id."""
+        if self.workers[worker_id].poll() is None:
+            self.kill_worker(worker_id)
+        return self.start_worker(worker_id, *args)
+
+    def pause_worker(self, worker_id: str) -> None:
+        """SIGSTOP a worker: the process and all its threads freeze (a zombie in the making)."""
+        self.paused.add(worker_id)
+        self.signal_worker(worker_id, signal.SIGSTOP)
+
+    def resume_worker(self, worker_id: str) -> None:
+        """SIGCONT a paused worker."""
+        self.signal_worker(worker_id, signal.SIGCONT)
+        self.paused.discard(worker_id)
+
+    def worker_log(self, worker_id: str) -> str:
+        """Everything the worker's processes (all instances under this id) have logged."""
+        path = self.workdir / "logs" / f"worker-{worker_id}.log"
+        return path.read_text(errors="replace") if path.exists() else ""
+
+    def restart_dispatcher(self, timeout: float = 20.0) -> subprocess.Popen[bytes]:
+        """SIGKILL the dispatcher and start it again on the same port and database."""
+        self.kill_dispatcher()
+        return self.start_dispatcher(timeout)
+
     def kill_dispatcher(self) -> None:
         """SIGKILL the dispatcher and reap it."""
         if self.dispatcher is not None:
@@ -115,6 +142,9 @@ class LocalCluster:
     def close(self, grace: float = 10.0) -> None:
         """Stop every process this cluster started: SIGTERM, then SIGKILL after ``grace``."""
         procs = list(self.workers.values()) + ([self.dispatcher] if self.dispatcher else [])
+        for worker_id in list(self.paused):  # a stopped process would sit on its SIGTERM
+            if self.workers[worker_id].poll() is None:
+                self.resume_worker(worker_id)
         for proc in procs:
             if proc.poll() is None:
                 proc.send_signal(signal.SIGTERM)
