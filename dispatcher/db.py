@@ -83,6 +83,7 @@ QUERIES: dict[str, str] = {
          WHERE (:status IS NULL OR t.status = :status)
          ORDER BY t.task_id DESC LIMIT :limit""",
     "task_lease": "SELECT status, attempt, worker_id, task_type FROM tasks WHERE task_id = ?",
+    "task_failure": "SELECT attempt, worker_id, error FROM tasks WHERE task_id = ?",
     "checkpoint_get": "SELECT * FROM checkpoints WHERE task_id = ?",
     "checkpoints_of": """
         SELECT * FROM checkpoints WHERE task_id IN (SELECT value FROM json_each(?))""",
@@ -125,6 +126,9 @@ QUERIES: dict[str, str] = {
     "workers_all": "SELECT * FROM workers ORDER BY worker_id",
     "held_by_worker": """
         SELECT task_id, attempt FROM tasks WHERE status = 'in-progress' AND worker_id = ?""",
+    "leased_to_instance": """
+        SELECT task_id, task_type, params, attempt, lease_expires_at, claimed_at FROM tasks
+         WHERE status = 'in-progress' AND worker_id = ? AND worker_instance = ?""",
     "held_by_other_instance": """
         SELECT task_id, attempt FROM tasks
          WHERE status = 'in-progress' AND worker_id = ? AND worker_instance IS NOT ?""",
@@ -312,9 +316,19 @@ class SQLiteStore:
         return reclaimed
 
     def heartbeat(
-        self, worker_id: str, instance_id: str | None, held: Sequence[Held], now: float
+        self,
+        worker_id: str,
+        instance_id: str | None,
+        held: Sequence[Held],
+        now: float,
+        unlisted_grace: float | None = None,
     ) -> tuple[list[int], list[Reclaim]]:
-        """Record a heartbeat; return the held task ids the worker no longer owns, and reclaims."""
+        """Record a heartbeat; return the held task ids the worker no longer owns, and reclaims.
+
+        With ``unlisted_grace``, a task leased to this instance more than that many seconds
+        ago but missing from ``held`` goes back to the queue (``lost_claim``): the claim's
+        answer never reached the worker.
+        """
         with self._write(durable=False) as conn:
             reclaimed = self._register(conn, worker_id, instance_id, now)
             revoked = [
@@ -322,6 +336,16 @@ class SQLiteStore:
                 for task_id, attempt in held
                 if not _holds(conn, task_id, attempt, worker_id)
             ]
+            if unlisted_grace is not None and instance_id is not None:
+                listed = {task_id for task_id, _ in held}
+                lost = [
+                    (row["task_id"], row["attempt"])
+                    for row in conn.execute(QUERIES["leased_to_instance"], (worker_id, instance_id))
+                    if row["task_id"] not in listed and row["claimed_at"] < now - unlisted_grace
+                ]
+                reclaimed += _requeue_all(
+                    conn, lost, worker_id, ReclaimCause.LOST_CLAIM, now, counts=False
+                )
         return revoked, reclaimed
 
     def mark_worker(self, worker_id: str, status: str) -> None:
@@ -350,6 +374,7 @@ class SQLiteStore:
             reclaimed = self._register(conn, worker_id, instance_id, now)
             if limit <= 0:
                 return [], reclaimed, outcomes
+            lost = _lost_claims(conn, worker_id, instance_id)
             rows = conn.execute(
                 QUERIES["claim"],
                 {
@@ -357,10 +382,10 @@ class SQLiteStore:
                     "instance_id": instance_id,
                     "lease_expires_at": now + lease_seconds,
                     "now": now,
-                    "limit": limit,
+                    "limit": max(0, limit - len(lost)),
                 },
             ).fetchall()
-            leases = _leases(conn, rows, lease_seconds)
+            leases = _leases(conn, lost + rows, lease_seconds)
         return leases, reclaimed, outcomes
 
     def checkpoint(
@@ -638,6 +663,25 @@ def _save_checkpoint(
     )
 
 
+def _lost_claims(
+    conn: sqlite3.Connection, worker_id: str, instance_id: str | None
+) -> list[sqlite3.Row]:
+    """Tasks still leased to this worker instance when it claims again: handed back as they are.
+
+    A worker claims only when it holds nothing and reports every finished result with the
+    claim, so such a lease is one whose answer was lost (e.g. the dispatcher was killed after
+    committing it). Same attempt, same lease: no work is redone, nothing is reassigned.
+    """
+    if instance_id is None:
+        return []
+    rows = conn.execute(QUERIES["leased_to_instance"], (worker_id, instance_id)).fetchall()
+    if rows:
+        log.warning("re-delivering tasks %s to worker %s: their claim answer was lost",
+                    [row["task_id"] for row in rows], worker_id)
+        conn.execute(QUERIES["counter_add"], ("redelivered", len(rows)))
+    return rows
+
+
 def _leases(
     conn: sqlite3.Connection, rows: Sequence[sqlite3.Row], lease_seconds: float
 ) -> list[Lease]:
@@ -727,7 +771,7 @@ def _repeat_outcome(
         )
         return "duplicate" if same else "stale"
     if status is TaskStatus.FAILED and error is not None:
-        row = conn.execute(QUERIES["task_lease"], (task_id,)).fetchone()
-        if row["attempt"] == attempt and row["worker_id"] == worker_id:
+        row = conn.execute(QUERIES["task_failure"], (task_id,)).fetchone()
+        if row["attempt"] == attempt and row["worker_id"] == worker_id and row["error"] == error:
             return "duplicate"
     return "stale"

@@ -136,6 +136,7 @@ class ReclaimCause(str, enum.Enum):
     EXPIRED_LEASE = "expired_lease"
     RELEASED = "released_on_shutdown"
     RETURNED = "returned_unstarted"  # a prefetching worker gave back tasks it had not started
+    LOST_CLAIM = "lost_claim"  # leased, but the worker's heartbeats never listed it
     WORKER_RESTARTED = "worker_restarted"
 
 

@@ -43,6 +43,10 @@ class Dispatcher:
         )
         self._stop = threading.Event()
         self._monitor_thread: threading.Thread | None = None
+        # A lease its worker's heartbeats never list is requeued after this long; generous,
+        # because a claim answer can still be in flight and a restarted dispatcher's workers
+        # may be backing off (their next claim re-delivers it first, at the same attempt).
+        self.unlisted_grace = max(10.0, 5 * config.heartbeat_timeout)
         self._counts_lock = threading.Lock()
         self.claims_served = 0  # claim requests that returned tasks, since start
         self.tasks_leased = 0
@@ -103,7 +107,9 @@ class Dispatcher:
         stopping: bool = False,
     ) -> list[int]:
         """Record a heartbeat; return the held task ids that are no longer this worker's."""
-        revoked, reclaimed = self.store.heartbeat(worker_id, instance_id, held, self.clock())
+        revoked, reclaimed = self.store.heartbeat(
+            worker_id, instance_id, held, self.clock(), self.unlisted_grace
+        )
         self._after_reclaim(reclaimed)
         if stopping:
             self.store.mark_worker(worker_id, "stopped")
@@ -237,12 +243,13 @@ def _format_stats(raw: dict[str, Any], now: float, dispatcher: Dispatcher) -> di
         "reclaims": {
             cause: counters.get(cause, 0)
             for cause in ("dead_worker", "expired_lease", "released_on_shutdown",
-                          "worker_restarted", "returned_unstarted")
+                          "worker_restarted", "returned_unstarted", "lost_claim")
         },
         "claims": {
             "requests_served": dispatcher.claims_served,
             "tasks_leased": dispatcher.tasks_leased,
             "mean_batch": round(dispatcher.tasks_leased / max(1, dispatcher.claims_served), 2),
+            "redelivered": counters.get("redelivered", 0),
         },
         "monitor": {
             "sweeps": monitor.stats.sweeps,

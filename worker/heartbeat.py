@@ -23,6 +23,7 @@ class HeldTasks:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._held: dict[int, tuple[int, threading.Event]] = {}
+        self._finished: set[int] = set()  # ran to the end; held until its result is answered
 
     def add(self, task_id: int, attempt: int) -> threading.Event:
         """Hold a task; the returned event is set if the dispatcher revokes it."""
@@ -35,6 +36,13 @@ class HeldTasks:
         """Stop holding a task."""
         with self._lock:
             self._held.pop(task_id, None)
+            self._finished.discard(task_id)
+
+    def finish(self, task_id: int) -> None:
+        """The task ran to the end: keep listing it until its result is answered."""
+        with self._lock:
+            if task_id in self._held:
+                self._finished.add(task_id)
 
     def snapshot(self) -> list[dict[str, int]]:
         """``[{"task_id", "attempt"}]`` of the held tasks not yet revoked, for a heartbeat."""
@@ -50,7 +58,9 @@ class HeldTasks:
                 entry = self._held.get(task_id) if isinstance(task_id, int) else None
                 if entry is not None and not entry[1].is_set():
                     entry[1].set()
-                    newly.append(task_id)
+                    # A finished task's lease ends when its result is recorded: not news.
+                    if task_id not in self._finished:
+                        newly.append(task_id)
         return newly
 
 

@@ -84,8 +84,10 @@ class ResultReporter:
     FLUSH_BATCH = 500
 
     def __init__(self, config: WorkerConfig, cache: ResultCache, client: DispatcherClient,
-                 outage: OutageLog) -> None:
+                 outage: OutageLog, on_answered: Callable[[int], None] = lambda task_id: None,
+                 ) -> None:
         self._config, self._cache, self._client, self._outage = config, cache, client, outage
+        self._on_answered = on_answered
         self._unsaved: list[tuple[int, int, dict[str, Any]]] = []
         self.last_reply: Reply | None = None
 
@@ -102,6 +104,11 @@ class ResultReporter:
     def has_pending(self) -> bool:
         """True while some result awaits the dispatcher."""
         return bool(self._unsaved) or len(self._cache) > 0
+
+    def count(self) -> int:
+        """How many results await the dispatcher."""
+        self.save()
+        return len(self._cache)
 
     def pending(self, limit: int, max_bytes: int = MAX_RESULT_BYTES) -> list[PendingResult]:
         """The oldest unacknowledged results, at most ``limit`` and about ``max_bytes``.
@@ -135,6 +142,8 @@ class ResultReporter:
                 self._log_outcome(item, outcome)
                 done.append(item)
         self._cache.ack_many([(i.task_id, i.attempt) for i in done])
+        for item in done:
+            self._on_answered(item.task_id)
         return len(done)
 
     def flush(self) -> bool:
@@ -189,6 +198,7 @@ class ResultReporter:
         log.error("task %s attempt %s: result from worker %s rejected (HTTP %s %s); dropped",
                   item.task_id, item.attempt, self._config.worker_id, reply.status, reply.body)
         self._cache.ack_many([(item.task_id, item.attempt)])
+        self._on_answered(item.task_id)
 
     def _log_outcome(self, item: PendingResult, outcome: str) -> None:
         wid, kind = self._config.worker_id, "error" if "error" in item.payload else "result"
@@ -226,7 +236,10 @@ class Worker:
         self._heartbeat = Heartbeat(config, self._held)
         self._client = DispatcherClient(config.dispatcher_url)
         self._outage = OutageLog(config.worker_id, "tasks and results")
-        self._reporter = ResultReporter(config, cache, self._client, self._outage)
+        # A task stays held (listed in heartbeats) until its result is answered, so the
+        # dispatcher never mistakes a finished, undelivered task for a lost claim.
+        self._reporter = ResultReporter(config, cache, self._client, self._outage,
+                                        on_answered=self._held.remove)
         self._backoff = Backoff(config.backoff_base, config.backoff_max)
         self._prefetch = Prefetch(config.prefetch_max)
         self.processed = 0
@@ -280,6 +293,12 @@ class Worker:
     def _claim(self) -> list[ClaimedTask]:
         cfg = self.config
         results = self._reporter.pending(ResultReporter.FLUSH_BATCH)
+        if len(results) < self._reporter.count():
+            # Every pending result must go with the claim (the dispatcher re-delivers any task
+            # still leased to us that the claim does not report), so send the surplus first.
+            if not self._reporter.flush():
+                return self._pause(self._reporter.last_reply) or []
+            results = []
         body = {"worker_id": cfg.worker_id, "instance_id": cfg.instance_id, "wait": cfg.poll_wait,
                 "max_tasks": self._claim_size(), "results": self._reporter.as_body(results)}
         try:
@@ -305,6 +324,7 @@ class Worker:
     def _process_batch(self, tasks: list[ClaimedTask]) -> None:
         """Run claimed tasks in order; give back the unstarted ones once a task proves long."""
         revoked = {t.task_id: self._held.add(t.task_id, t.attempt) for t in tasks}
+        reported: set[int] = set()
         waiting = list(tasks)
         try:
             while waiting:
@@ -319,7 +339,9 @@ class Worker:
                     if waiting and time.monotonic() - started > Prefetch.SHORT_TASK_SECONDS:
                         self._give_back(waiting)
 
-                self._run_and_report(task, revoked[task.task_id], give_back)
+                if self._run_and_report(task, revoked[task.task_id], give_back):
+                    self._held.finish(task.task_id)
+                    reported.add(task.task_id)
                 self._prefetch.record(time.monotonic() - started)
                 self.processed += 1
                 if waiting and self._prefetch.size == 1:
@@ -327,7 +349,8 @@ class Worker:
         finally:
             self._reporter.save()
             for task in tasks:
-                self._held.remove(task.task_id)
+                if task.task_id not in reported:
+                    self._held.remove(task.task_id)
 
     def _give_back(self, waiting: list[ClaimedTask]) -> None:
         """Return claimed but unstarted tasks so idle workers take them now; deliver results."""
@@ -352,7 +375,8 @@ class Worker:
 
     def _run_and_report(
         self, task: ClaimedTask, revoked: threading.Event, on_call: Callable[[], None]
-    ) -> None:
+    ) -> bool:
+        """Run one task; True when its result was stored for delivery."""
         checkpointer = Checkpointer(
             self._checkpoint_sender(task), self.config.checkpoint_interval,
             should_stop=lambda: self._shutdown.requested, is_revoked=revoked.is_set,
@@ -360,12 +384,14 @@ class Worker:
         try:
             payload = run_task(task, checkpointer, self.config.worker_id)
         except TaskInterrupted:
-            return self._interrupted(task, checkpointer)
+            self._interrupted(task, checkpointer)
+            return False
         if revoked.is_set():
             log.warning("task %s finished on worker %s after being revoked; result dropped",
                         task.task_id, self.config.worker_id)
-            return
+            return False
         self._reporter.store(task.task_id, task.attempt, payload)
+        return True
 
     def _checkpoint_sender(self, task: ClaimedTask) -> Callable[[dict[str, Any], float], SendOutcome]:
         cfg = self.config

@@ -133,7 +133,8 @@ def test_checkpoint_renews_lease_and_is_returned_on_reclaim(
         "state": primes_state(500, 95, 21536), "progress": 0.5})
     assert resp.status_code == 200 and resp.json["lease_expires_at"] == clock() + 100
     clock.advance(90)
-    client.post("/heartbeat", json={"worker_id": "w1", "instance_id": "i1"})
+    client.post("/heartbeat", json={"worker_id": "w1", "instance_id": "i1",
+                                    "tasks": [{"task_id": task_id, "attempt": 1}]})
     assert dispatcher.monitor.sweep(clock()) == []  # lease renewed, worker alive
     clock.advance(3)
     [reclaim] = dispatcher.monitor.sweep(clock())
@@ -280,7 +281,7 @@ def test_stats_document(client: FlaskClient) -> None:
     [worker] = stats["workers"]["details"]
     assert worker["worker_id"] == "w1" and worker["alive"] and worker["current_tasks"] == [1]
     assert set(stats["reclaims"]) == {"dead_worker", "expired_lease", "released_on_shutdown",
-                                      "worker_restarted", "returned_unstarted"}
+                                      "worker_restarted", "returned_unstarted", "lost_claim"}
     assert stats["throughput"]["window_seconds"] == 60
 
 
@@ -405,3 +406,28 @@ def test_returned_unstarted_tasks_do_not_use_up_attempts(client: FlaskClient) ->
     assert resp.status_code == 200
     assert client.get("/stats").json["reclaims"]["returned_unstarted"] == 1
     assert claim(client, "w2", "i2").json["task"]["attempt"] == 2
+
+
+def test_a_claim_whose_answer_was_lost_is_delivered_again(client: FlaskClient) -> None:
+    task_id = submit(client)
+    claim(client, max_tasks=4)  # committed, but say the answer never reached the worker
+    again = claim(client, max_tasks=4).json["tasks"]
+    assert [(t["task_id"], t["attempt"]) for t in again] == [(task_id, 1)]
+    assert client.get("/stats").json["claims"]["redelivered"] == 1
+    other_instance = claim(client, "w1", "i2")  # a restarted worker: requeued, then claimed
+    assert other_instance.json["task"]["attempt"] == 2
+
+
+def test_a_lease_the_worker_never_lists_goes_back_to_the_queue(
+    client: FlaskClient, dispatcher: Dispatcher, clock: FakeClock
+) -> None:
+    task_id = submit(client)
+    claim(client)
+    beat = {"worker_id": "w1", "instance_id": "i1", "tasks": []}
+    clock.advance(dispatcher.unlisted_grace - 1)  # an answer may still be in flight
+    assert client.post("/heartbeat", json=beat).status_code == 200
+    assert client.get(f"/task/{task_id}").json["status"] == "in-progress"
+    clock.advance(2)
+    assert client.post("/heartbeat", json=beat).status_code == 200
+    assert client.get(f"/task/{task_id}").json["status"] == "pending"
+    assert client.get("/stats").json["reclaims"]["lost_claim"] == 1

@@ -1,0 +1,38 @@
+"""Issue 3.1: a worker kill storm over a few hundred prime tasks of mixed sizes."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from tests.chaos.conftest import ClusterFactory
+from tests.support.scenarios import KillStorm, prime_tasks
+
+pytestmark = pytest.mark.chaos
+
+REASSIGN_BOUND_SECONDS = 3.0
+
+
+def test_kill_storm_loses_nothing_and_reassigns_within_3s(
+    make_cluster: ClusterFactory, rng: random.Random
+) -> None:
+    cluster = make_cluster(CHECKPOINT_INTERVAL="0.5")
+    storm = KillStorm(cluster, rng, workers=4, interval=2.0)
+    report = storm.run(prime_tasks(rng, 250), storm_seconds=20, max_storm_seconds=30,
+                       idle_kills=2)
+    summary = report.summary()
+    print(summary)
+    audit = report.audit
+    assert audit.integrity == "ok"
+    assert audit.tasks == 252 and audit.completed == 252, audit.unfinished
+    assert audit.results == 252 and not audit.missing_results and not audit.orphan_results
+    assert not audit.attempt_mismatch, "a stored result is not from the task's final attempt"
+    assert not audit.wrong_results, "a prime result differs from the reference"
+    assert len(report.kills) >= 8
+    assert not report.never_reassigned, report.never_reassigned
+    assert len(report.idle_reassignments) >= 2, "kills while a worker was idle were not measured"
+    slow = [k for k in report.kills if k.idle_worker_available and k.reassigned_after is not None
+            and k.reassigned_after > REASSIGN_BOUND_SECONDS]
+    assert not slow, f"reassigned later than {REASSIGN_BOUND_SECONDS}s: {slow}"
+    assert report.false_deaths == 0
