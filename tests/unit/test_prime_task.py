@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
 import tracemalloc
+from collections.abc import Iterable
 from functools import cache
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -238,3 +241,97 @@ def test_sieve_memory_does_not_grow_with_the_range() -> None:
     long = peak_bytes(10**11 - 4 * 10**7, 10**11)
     assert long < 1.2 * short
     assert long < 16 * 2**20
+
+
+# The sieve's C kernel (wheel mod 30, compiled once per machine) and its numpy fallback.
+
+needs_compiler = pytest.mark.skipif(
+    prime_math._kernel() is None, reason="no C compiler: the sieve runs on numpy"
+)
+
+
+def totals(blocks: Iterable[prime_math.PrimeBlock]) -> tuple[int, int, int | None]:
+    """Count, sum and largest of the primes in some blocks."""
+    count = total = 0
+    largest = None
+    for block in blocks:
+        count, total = count + block.count, total + block.total
+        largest = block.largest if block.largest is not None else largest
+    return count, total, largest
+
+
+def test_sieve_known_values_at_a_billion() -> None:
+    assert totals(prime_math.sieve_blocks(2, 10**9, False)) == (
+        50847534 - 1,  # without 2
+        24739512092254535 - 2,
+        999999937,
+    )
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    limit=st.integers(0, PRIMES_LIST_CAP),
+    start_fraction=st.floats(0, 1),
+    block_len=st.integers(1, 3000),
+    kernel_segment=st.integers(1, 700),
+)
+def test_sieve_engines_match_reference_across_kernel_segments(
+    limit: int, start_fraction: float, block_len: int, kernel_segment: int
+) -> None:
+    last_checked = int(limit * start_fraction)
+    expected = [p for p in reference_primes() if last_checked < p <= limit and p != 2]
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(prime_math, "KERNEL_SEGMENT_BYTES", kernel_segment)
+        for engine in (prime_math.sieve_blocks, prime_math.numpy_sieve_blocks):
+            blocks = list(engine(last_checked, limit, True, block_len))
+            assert [p for block in blocks for p in block.values or ()] == expected
+            assert totals(blocks) == (len(expected), sum(expected), max(expected, default=None))
+            assert all(a.last_checked < b.last_checked for a, b in zip(blocks, blocks[1:]))
+
+
+@needs_compiler
+@pytest.mark.parametrize("limit", [10**10, 10**11 + 3, 10**12])
+@pytest.mark.parametrize("kernel_segment", [None, 1000])
+def test_sieve_kernel_matches_numpy_at_large_numbers(
+    monkeypatch: pytest.MonkeyPatch, limit: int, kernel_segment: int | None
+) -> None:
+    monkeypatch.setattr(prime_math, "KERNEL_SEGMENT_BYTES", kernel_segment)
+    start = limit - 3 * 10**6 - 7
+    expected = totals(prime_math.numpy_sieve_blocks(start, limit, False))
+    assert totals(prime_math.sieve_blocks(start, limit, False, 10**5)) == expected
+
+
+@needs_compiler
+@settings(max_examples=30, deadline=None)
+@given(start=st.integers(10**12 - 10**7, 10**12 - 10**5), cut=st.integers(1, 10**5 - 1))
+def test_sieve_resumes_from_any_number(start: int, cut: int) -> None:
+    limit = start + 10**5
+    whole = totals(prime_math.sieve_blocks(start, limit, False))
+    first = totals(prime_math.sieve_blocks(start, start + cut, False))
+    second = totals(prime_math.sieve_blocks(start + cut, limit, False))
+    assert (first[0] + second[0], first[1] + second[1]) == whole[:2]
+    assert (second[2] or first[2]) == whole[2]
+
+
+def test_sieve_without_kernel_falls_back_to_numpy(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(prime_math, "_kernel", lambda: None)
+    result = run(PRIMES_LIST_CAP)
+    assert result["primes"] == list(reference_primes())
+
+
+def test_kernel_load_failure_is_logged_not_raised(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    assert prime_math.load_kernel(tmp_path, "no-such-compiler-here") is None
+    assert "numpy sieve" in caplog.text
+    assert list(tmp_path.iterdir()) == []  # no partial file left behind
+
+
+@needs_compiler
+def test_kernel_is_compiled_once_then_loaded(tmp_path: Path) -> None:
+    compiler = os.environ.get("CC") or "cc"
+    assert prime_math.load_kernel(tmp_path, compiler) is not None
+    (library,) = tmp_path.iterdir()
+    built = library.stat().st_mtime_ns
+    assert prime_math.load_kernel(tmp_path, compiler) is not None
+    assert list(tmp_path.iterdir()) == [library] and library.stat().st_mtime_ns == built
