@@ -87,7 +87,7 @@ def test_sieve_resumes_from_its_last_checkpoint_with_the_fault_free_result(
 ) -> None:
     cluster = make_cluster(CHECKPOINT_INTERVAL=str(CHECKPOINT_INTERVAL))
     cluster.start_worker("w1")
-    task_id = cluster.submit("primes", {"limit": 2 * 10**9})
+    task_id = cluster.submit("primes", {"limit": 2 * 10**10})
     records = kill_at_random_points(cluster, rng, task_id, kills=4)
     assert len(records) >= 2
     check_resumes(cluster, task_id, records)
@@ -103,7 +103,7 @@ def test_corrupt_checkpoints_are_refused_and_resume_uses_the_last_good_one(
 ) -> None:
     cluster = make_cluster(CHECKPOINT_INTERVAL=str(CHECKPOINT_INTERVAL))
     cluster.start_worker("w1")
-    task_id = cluster.submit("primes", {"limit": 2 * 10**9})
+    task_id = cluster.submit("primes", {"limit": 2 * 10**10})
     wait_until(lambda: (task_row(cluster.db_path, task_id)["checkpoint"] or {}).get("progress", 0)
                > 0.1, 30, message="a good checkpoint")
     good = task_row(cluster.db_path, task_id)["checkpoint"]
