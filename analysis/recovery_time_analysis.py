@@ -41,9 +41,9 @@ from analysis.common import (  # noqa: E402
 )
 from shared.cluster import LocalCluster, WaitTimeout, wait_until  # noqa: E402
 
-DEFAULTS = {"dead_workers": 0, "workers": 8, "num_tasks": 24, "task_size": 10**9,
+DEFAULTS = {"dead_workers": 0, "workers": 8, "num_tasks": 24, "task_size": 10**10,
             "kill_at": [0.5], "repeats": 3, "checkpoint_interval": None}
-QUICK = {"dead_workers": 1, "workers": 2, "num_tasks": 4, "task_size": 10**9,
+QUICK = {"dead_workers": 1, "workers": 2, "num_tasks": 4, "task_size": 10**10,
          "kill_at": [0.3], "repeats": 1, "checkpoint_interval": 0.3}
 
 
@@ -65,7 +65,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--dead-workers", type=parse_count, help="workers to SIGKILL (default 0)")
     parser.add_argument("--workers", type=parse_count, help="workers per run (default 8)")
     parser.add_argument("--num-tasks", type=parse_count, help="tasks per run (default 24)")
-    parser.add_argument("--task-size", type=parse_count, help="prime limit per task (default 1e9)")
+    parser.add_argument("--task-size", type=parse_count, help="prime limit per task (default 1e10)")
     parser.add_argument("--algorithm", choices=("sieve", "trial_division"), default="sieve")
     parser.add_argument("--kill-at", type=parse_fraction_list,
                         help="workload progress fraction(s) at which to kill, e.g. 0.3,0.6; "

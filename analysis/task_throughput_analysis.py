@@ -30,7 +30,7 @@ from analysis.common import (  # noqa: E402
     task_timings, wait_all, worker_ids, write_json,
 )
 
-DEFAULTS = {"worker_counts": [1, 2, 4, 8], "num_tasks": 24, "task_size": 10**9, "repeats": 3}
+DEFAULTS = {"worker_counts": [1, 2, 4, 8], "num_tasks": 24, "task_size": 10**10, "repeats": 3}
 QUICK = {"worker_counts": [1, 2], "num_tasks": 4, "task_size": 2 * 10**6, "repeats": 1}
 DEFAULT_OUTPUT = RESULTS_DIR / "throughput.json"
 
@@ -42,7 +42,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="comma-separated worker counts (default 1,2,4,8)")
     parser.add_argument("--num-tasks", type=parse_count, help="tasks per run (default 24)")
     parser.add_argument("--task-size", type=parse_count,
-                        help="prime limit per task, e.g. 1e9 (default 10**9)")
+                        help="prime limit per task, e.g. 1e10 (default 10**10)")
     parser.add_argument("--algorithm", choices=("sieve", "trial_division"), default="sieve")
     parser.add_argument("--repeats", type=parse_count, help="runs per worker count (default 3)")
     parser.add_argument("--output", type=Path, default=DEFAULT_OUTPUT,
