@@ -50,7 +50,7 @@ class Sizes:
     sieve_window_end: int = 10**11
     trial_limit: int = 10**7
     scaling_tasks: int = 8
-    scaling_limit: int = 10**9
+    scaling_limit: int = 10**10  # ~2 s per task with the C sieve: compute dominates
 
     @classmethod
     def quick(cls) -> "Sizes":
