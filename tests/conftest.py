@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -11,6 +11,7 @@ from flask.testing import FlaskClient
 
 from dispatcher.app import create_app
 from dispatcher.service import Dispatcher
+from shared.cluster import LocalCluster
 from shared.config import Config
 
 
@@ -56,3 +57,22 @@ def client(app: Flask) -> FlaskClient:
 @pytest.fixture
 def dispatcher(app: Flask) -> Dispatcher:
     return app.extensions["taskqueue"]
+
+
+ClusterFactory = Callable[..., LocalCluster]
+
+
+@pytest.fixture
+def make_cluster(tmp_path: Path) -> Iterator[ClusterFactory]:
+    """Start a real dispatcher with extra environment; every cluster made is closed afterwards."""
+    made: list[LocalCluster] = []
+
+    def make(workdir: Path | None = None, **env: str) -> LocalCluster:
+        cluster = LocalCluster(workdir or tmp_path / f"cluster{len(made)}", env)
+        made.append(cluster)
+        cluster.start_dispatcher()
+        return cluster
+
+    yield make
+    for cluster in made:
+        cluster.close()

@@ -1,33 +1,11 @@
-"""Chaos fixtures: real dispatchers and workers per test, always stopped by PID; a seeded RNG."""
+"""Chaos fixtures: a seeded RNG (make_cluster comes from tests/conftest.py)."""
 
 from __future__ import annotations
 
 import os
 import random
-from collections.abc import Callable, Iterator
-from pathlib import Path
 
 import pytest
-
-from shared.cluster import LocalCluster
-
-ClusterFactory = Callable[..., LocalCluster]
-
-
-@pytest.fixture
-def make_cluster(tmp_path: Path) -> Iterator[ClusterFactory]:
-    """Start a dispatcher with extra environment; every cluster made is closed afterwards."""
-    made: list[LocalCluster] = []
-
-    def make(workdir: Path | None = None, **env: str) -> LocalCluster:
-        cluster = LocalCluster(workdir or tmp_path / f"cluster{len(made)}", env)
-        made.append(cluster)
-        cluster.start_dispatcher()
-        return cluster
-
-    yield make
-    for cluster in made:
-        cluster.close()
 
 
 @pytest.fixture

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from shared.cluster import LocalCluster, wait_until
-from tests.chaos.conftest import ClusterFactory
+from tests.conftest import ClusterFactory
 from tests.support.audit import task_row
 from tests.support.primes_reference import is_correct_primes
 

@@ -6,7 +6,7 @@ import random
 
 import pytest
 
-from tests.chaos.conftest import ClusterFactory
+from tests.conftest import ClusterFactory
 from tests.support.scenarios import KillStorm, prime_tasks
 
 pytestmark = pytest.mark.chaos

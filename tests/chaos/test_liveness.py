@@ -11,7 +11,7 @@ from collections.abc import Iterator
 import pytest
 
 from shared.cluster import wait_until
-from tests.chaos.conftest import ClusterFactory
+from tests.conftest import ClusterFactory
 from tests.support.audit import audit, reclaim_counters
 from tests.support.scenarios import LivenessWatch, tasks_taken_from_live_workers
 

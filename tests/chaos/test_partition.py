@@ -8,7 +8,7 @@ import time
 import pytest
 
 from shared.cluster import wait_until
-from tests.chaos.conftest import ClusterFactory
+from tests.conftest import ClusterFactory
 from tests.chaos.test_zombie import holder, registered, stored_result
 from tests.support.audit import database
 from tests.support.proxy import BlackholeProxy

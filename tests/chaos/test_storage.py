@@ -15,7 +15,7 @@ import pytest
 import requests
 
 from shared.cluster import LocalCluster, wait_until
-from tests.chaos.conftest import ClusterFactory
+from tests.conftest import ClusterFactory
 from tests.support.audit import audit, reclaim_counters
 
 pytestmark = pytest.mark.chaos

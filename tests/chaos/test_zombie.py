@@ -11,7 +11,7 @@ import pytest
 import requests
 
 from shared.cluster import LocalCluster, wait_until
-from tests.chaos.conftest import ClusterFactory
+from tests.conftest import ClusterFactory
 from tests.support.audit import database
 
 pytestmark = pytest.mark.chaos
