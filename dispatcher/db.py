@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sqlite3
 import threading
 from collections.abc import Callable, Iterator, Sequence
@@ -166,7 +167,7 @@ QUERIES: dict[str, str] = {
 
 
 class SQLiteStore:
-    """The task store on an embedded SQLite database (WAL, synchronous=FULL).
+    """The task store on an embedded SQLite database (WAL, group commit).
 
     One connection per thread. Writers serialise on a process lock first, so threads of this
     dispatcher queue in Python instead of in SQLite's sleeping busy handler; the busy timeout
@@ -180,6 +181,13 @@ class SQLiteStore:
         self._write_lock = threading.Lock()
         self._connections: list[sqlite3.Connection] = []
         self._connections_lock = threading.Lock()
+        # Group commit: transactions commit without fsync; a durable write then fsyncs the WAL
+        # outside the write lock, and one fsync covers every commit made before it started.
+        self._commits = 0  # transactions committed, counted under the write lock
+        self._synced = 0  # of those, how many an fsync has made durable
+        self._sync_lock = threading.Lock()
+        self._wal_fd: int | None = None
+        self._writer_conn: sqlite3.Connection | None = None
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._create_schema()
 
@@ -195,7 +203,7 @@ class SQLiteStore:
         conn.row_factory = sqlite3.Row
         conn.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout_ms)}")
         conn.execute("PRAGMA journal_mode = WAL")
-        conn.execute("PRAGMA synchronous = FULL")
+        conn.execute("PRAGMA synchronous = NORMAL")  # durable writes fsync the WAL themselves
         conn.execute("PRAGMA foreign_keys = ON")
         with self._connections_lock:
             self._connections.append(conn)
@@ -205,33 +213,82 @@ class SQLiteStore:
         conn = getattr(self._local, "conn", None)
         if conn is None:
             conn = self._local.conn = self._connect()
-            self._local.synchronous = "FULL"
         return conn
 
+    def _writer(self) -> sqlite3.Connection:
+        """The one connection every write uses (callers hold the write lock).
+
+        Writes are serialised anyway; one connection keeps its page cache valid across them,
+        where a connection per thread re-reads every page another connection changed.
+        """
+        if self._writer_conn is None:
+            self._writer_conn = self._connect()
+        return self._writer_conn
+
     @contextmanager
-    def _write(self, durable: bool = True) -> Iterator[sqlite3.Connection]:
+    def _write(
+        self, durable: bool = True, on_commit: Callable[[], None] | None = None
+    ) -> Iterator[sqlite3.Connection]:
         """One write transaction: BEGIN IMMEDIATE, commit, or roll back on any error.
 
-        ``durable=False`` skips the fsync (synchronous=NORMAL) for writes whose loss in a
-        power cut only costs redone work (claims, heartbeats, checkpoints, requeues): the WAL
-        is sequential, so the next durable commit makes everything before it durable too.
+        After the commit, and after the write lock is released, ``on_commit`` runs (it wakes
+        waiting requests); then a ``durable`` write returns only once an fsync of the WAL
+        covers it (:meth:`_sync`). Other writers go ahead during that fsync, and concurrent
+        durable writes share one. ``durable=False`` is for writes whose loss in a power cut
+        only costs redone work (claims, heartbeats, checkpoints, requeues); the WAL is
+        sequential, so the next fsync makes them durable too. Either way a commit survives
+        a crash of the dispatcher process: it is in the WAL file.
         """
-        conn = self._conn()
-        with self._write_lock, _storage_errors():
-            self._set_synchronous(conn, "FULL" if durable else "NORMAL")
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                yield conn
-                conn.execute("COMMIT")
-            except BaseException:
-                if conn.in_transaction:
-                    conn.execute("ROLLBACK")
-                raise
+        with _storage_errors():
+            with self._write_lock:
+                conn = self._writer()
+                conn.execute("BEGIN IMMEDIATE")
+                try:
+                    yield conn
+                    conn.execute("COMMIT")
+                except BaseException:
+                    if conn.in_transaction:
+                        conn.execute("ROLLBACK")
+                    raise
+                self._commits += 1
+                commit = self._commits
+            if on_commit is not None:
+                on_commit()
+            if durable:
+                self._sync(commit)
 
-    def _set_synchronous(self, conn: sqlite3.Connection, level: str) -> None:
-        if getattr(self._local, "synchronous", None) != level:
-            conn.execute(f"PRAGMA synchronous = {level}")
-            self._local.synchronous = level
+    def _sync(self, commit: int) -> None:
+        """Return once commit number ``commit`` is on disk: fsync the WAL unless done already.
+
+        This is what synchronous=FULL does inside every COMMIT, moved out of the write lock.
+        An fsync flushes the file whichever descriptor asks, so one started after a commit
+        covers it: a thread that waited here for another's fsync may return without its own.
+        """
+        with self._sync_lock:
+            if self._synced >= commit:
+                return
+            covered = self._commits  # every commit counted so far is already in the WAL
+            try:
+                os.fsync(self._wal())
+            except OSError as exc:
+                raise StorageUnavailable(f"fsync of the WAL failed: {exc}") from exc
+            self._synced = covered
+
+    def _wal(self) -> int:
+        """A descriptor of the current WAL file (reopened if SQLite replaced the file)."""
+        wal = f"{self.path}-wal"
+        inode = os.stat(wal).st_ino
+        if self._wal_fd is None or os.fstat(self._wal_fd).st_ino != inode:
+            if self._wal_fd is not None:
+                os.close(self._wal_fd)
+            self._wal_fd = os.open(wal, os.O_RDONLY)
+            # A new WAL file is durable only once its directory entry is.
+            dir_fd = os.open(self.path.parent, os.O_RDONLY)
+            try:
+                os.fsync(dir_fd)
+            finally:
+                os.close(dir_fd)
+        return self._wal_fd
 
     @contextmanager
     def _read(self) -> Iterator[sqlite3.Connection]:
@@ -267,6 +324,11 @@ class SQLiteStore:
             for conn in self._connections:
                 conn.close()
             self._connections.clear()
+            self._writer_conn = None
+        with self._sync_lock:
+            if self._wal_fd is not None:
+                os.close(self._wal_fd)
+                self._wal_fd = None
         self._local = threading.local()
 
     def ping(self) -> None:
@@ -280,13 +342,15 @@ class SQLiteStore:
 
     # -- submission ------------------------------------------------------------------------
 
-    def submit(self, tasks: Sequence[NewTask], now: float) -> list[tuple[int, bool]]:
-        """Insert tasks in one transaction; return (task_id, created) in order.
+    def submit(
+        self, tasks: Sequence[NewTask], now: float, on_commit: Callable[[], None] | None = None
+    ) -> list[tuple[int, bool]]:
+        """Insert tasks in one durable transaction; return (task_id, created) in order.
 
         A task whose idempotency key is already stored is not inserted again: its existing id
-        comes back with created=False.
+        comes back with created=False. ``on_commit`` runs between the commit and the fsync.
         """
-        with self._write() as conn:
+        with self._write(on_commit=on_commit) as conn:
             if all(t.idempotency_key is None for t in tasks):
                 return _insert_many(conn, tasks, now)
             return [_insert_keyed(conn, t, now) for t in tasks]
@@ -363,13 +427,14 @@ class SQLiteStore:
         now: float,
         lease_seconds: float,
         results: Sequence[ResultItem] = (),
+        on_commit: Callable[[], None] | None = None,
     ) -> tuple[list[Lease], list[Reclaim], list[Outcome]]:
         """Record ``results`` (as :meth:`complete`), then lease up to ``limit`` pending tasks.
 
         One transaction: a worker acknowledges its last batch and takes the next in one
         round trip. Durable (fsync) only when it carries results.
         """
-        with self._write(durable=bool(results)) as conn:
+        with self._write(durable=bool(results), on_commit=on_commit) as conn:
             outcomes = [_complete_one(conn, worker_id, item, now) for item in results]
             reclaimed = self._register(conn, worker_id, instance_id, now)
             if limit <= 0:
@@ -439,14 +504,15 @@ class SQLiteStore:
         return done[0]
 
     def complete(
-        self, worker_id: str, items: Sequence[ResultItem], now: float
+        self, worker_id: str, items: Sequence[ResultItem], now: float,
+        on_commit: Callable[[], None] | None = None,
     ) -> list[Outcome]:
-        """Record results ``(task_id, attempt, result, error)`` in one transaction.
+        """Record results ``(task_id, attempt, result, error)`` in one durable transaction.
 
         Accepted only from the current (task, attempt, worker); the same result posted again
         is a duplicate; anything else is stale and changes nothing.
         """
-        with self._write() as conn:
+        with self._write(on_commit=on_commit) as conn:
             return [_complete_one(conn, worker_id, item, now) for item in items]
 
     def cancel(self, task_id: int, now: float) -> Task:

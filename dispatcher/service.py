@@ -70,11 +70,10 @@ class Dispatcher:
     # -- operations -------------------------------------------------------------------------
 
     def submit(self, tasks: Sequence[NewTask]) -> list[tuple[int, bool]]:
-        """Store new tasks durably and wake idle workers."""
-        created = self.store.submit(tasks, self.clock())
-        if any(flag for _, flag in created):
-            self.tasks_available.notify()
-        return created
+        """Store new tasks durably; idle workers are woken (one per task) before the fsync."""
+        return self.store.submit(
+            tasks, self.clock(), on_commit=lambda: self.tasks_available.notify(len(tasks))
+        )
 
     def claim(
         self,
@@ -90,7 +89,8 @@ class Dispatcher:
         while True:
             seen = self.tasks_available.generation
             leases, reclaimed, recorded = self.store.claim(
-                worker_id, instance_id, limit, self.clock(), self.config.lease_duration, results
+                worker_id, instance_id, limit, self.clock(), self.config.lease_duration, results,
+                on_commit=self.tasks_finished.notify if results else None,
             )
             if results:
                 outcomes, results = recorded, ()
@@ -141,8 +141,10 @@ class Dispatcher:
         return reclaim
 
     def complete(self, worker_id: str, items: Sequence[ResultItem]) -> list[Outcome]:
-        """Record results; wake anyone waiting on a task that finished."""
-        outcomes = self.store.complete(worker_id, items, self.clock())
+        """Record results durably; waiting readers are woken before the fsync."""
+        outcomes = self.store.complete(
+            worker_id, items, self.clock(), on_commit=self.tasks_finished.notify
+        )
         self._after_results(worker_id, outcomes)
         return outcomes
 
@@ -195,8 +197,6 @@ class Dispatcher:
             if outcome.outcome == "stale":
                 log.warning("stale result for task %s from worker %s refused", outcome.task_id,
                             worker_id)
-        if any(o.outcome == "accepted" for o in outcomes):
-            self.tasks_finished.notify()
 
     def _after_reclaim(self, reclaimed: list[Reclaim]) -> None:
         if not reclaimed:

@@ -70,11 +70,18 @@ class Notifier:
         """The number of notifications so far."""
         return self._generation
 
-    def notify(self) -> None:
-        """Wake every waiter."""
+    def notify(self, count: int | None = None) -> None:
+        """Wake ``count`` waiters, or every waiter.
+
+        Waking fewer spares the others a useless look (a new task is taken by one claim);
+        a waiter not woken still sees the new generation when its own wait ends.
+        """
         with self._cond:
             self._generation += 1
-            self._cond.notify_all()
+            if count is None:
+                self._cond.notify_all()
+            else:
+                self._cond.notify(count)
 
     def wait(self, seen: int, timeout: float) -> bool:
         """Block until a notification after ``seen`` or the timeout; True if notified."""

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import os
 import sqlite3
 from pathlib import Path
 
-from dispatcher.db import SQLiteStore
+import pytest
+
+from dispatcher.db import SQLiteStore, StorageUnavailable
 from dispatcher.models import SCHEMA, SCHEMA_VERSION, NewTask, ReclaimCause
 
 NOOP = NewTask("noop", {}, 0, 3)
@@ -49,3 +52,70 @@ def test_status_counts_follow_every_transition(tmp_path: Path) -> None:
     store.reap_dead_workers(silent_since=10.0, now=11.0)
     assert kept_counts(store) == true_counts(store) == {
         "pending": 3, "completed": 1, "failed": 1, "cancelled": 1}
+
+
+class FsyncSpy:
+    """Records which files os.fsync was asked to flush (by inode), optionally failing."""
+
+    def __init__(self, monkeypatch, fail: bool = False) -> None:
+        self.inodes: list[int] = []
+        self.fail = fail
+        real = os.fsync
+
+        def fsync(fd: int) -> None:
+            self.inodes.append(os.fstat(fd).st_ino)
+            if self.fail:
+                raise OSError(5, "Input/output error")
+            real(fd)
+
+        monkeypatch.setattr(os, "fsync", fsync)
+
+
+def wal_inode(store: SQLiteStore) -> int:
+    return os.stat(f"{store.path}-wal").st_ino
+
+
+def test_durable_writes_fsync_the_wal_after_waking_waiters(tmp_path: Path, monkeypatch) -> None:
+    store = SQLiteStore(tmp_path / "t.db")
+    spy = FsyncSpy(monkeypatch)
+    seen_at_commit: list[int] = []
+    [(task_id, _)] = store.submit([NOOP], 1.0, on_commit=lambda: seen_at_commit.append(
+        len(spy.inodes)))
+    assert seen_at_commit == [0], "waiters are woken before the fsync"
+    assert wal_inode(store) in spy.inodes
+    fsyncs = len(spy.inodes)
+    store.claim("w1", "i1", 1, 2.0, 100)  # a claim without results is not fsynced
+    assert len(spy.inodes) == fsyncs
+    store.complete("w1", [(task_id, 1, {"ok": 1}, None)], 3.0)
+    assert len(spy.inodes) == fsyncs + 1
+    store.close()
+
+
+def test_an_fsync_covers_every_commit_made_before_it(tmp_path: Path, monkeypatch) -> None:
+    store = SQLiteStore(tmp_path / "t.db")
+    store.submit([NOOP], 1.0)
+    spy = FsyncSpy(monkeypatch)
+    # Another thread's fsync that started after this commit covers it: no second fsync.
+    store._synced = store._commits + 1
+    store.submit([NOOP], 2.0)
+    assert spy.inodes == []
+    store.close()
+
+
+def test_a_failed_fsync_is_storage_unavailable_and_not_acknowledged(
+    tmp_path: Path, monkeypatch
+) -> None:
+    store = SQLiteStore(tmp_path / "t.db")
+    FsyncSpy(monkeypatch, fail=True)
+    with pytest.raises(StorageUnavailable, match="fsync"):
+        store.submit([NOOP], 1.0)
+    store.close()
+
+
+def test_the_committed_data_survives_reopening_without_close(tmp_path: Path) -> None:
+    store = SQLiteStore(tmp_path / "t.db")
+    ids = [task_id for task_id, _ in store.submit([NOOP] * 3, 1.0)]
+    other = SQLiteStore(tmp_path / "t.db")  # another process's view: the WAL is shared
+    assert [other.get_task(i).task_id for i in ids] == ids
+    other.close()
+    store.close()
