@@ -23,7 +23,6 @@ _REPO = Path(__file__).resolve().parent
 _VENV_PYTHON = _REPO / ".venv" / "bin" / "python"
 
 try:
-    import requests
     from tqdm import tqdm
 except ImportError:  # run with a bare python3: re-run inside the project's virtualenv
     # Compare prefixes, not executables: the venv's python is a symlink to this very binary.
@@ -33,10 +32,15 @@ except ImportError:  # run with a bare python3: re-run inside the project's virt
              "'python3 -m pip install -r requirements.txt' first")
 
 sys.path.insert(0, str(_REPO))
+from shared.client import (  # noqa: E402
+    FINISHED,
+    LONG_POLL_SECONDS,
+    QueueClient,
+    RequestRefused,
+    Unreachable,
+)
 from shared.config import ConfigError, load_config  # noqa: E402
 
-FINISHED = ("completed", "failed", "cancelled")
-BATCH_SIZE = 1000
 EXIT_ERROR, EXIT_TIMEOUT, EXIT_TASK_FAILED = 1, 3, 4
 
 
@@ -86,34 +90,13 @@ def build_tasks(args: argparse.Namespace) -> list[dict[str, Any]]:
     return [body] * args.count
 
 
-def _request(session: requests.Session, method: str, url: str, **kwargs: Any) -> Any:
-    try:
-        resp = session.request(method, url, timeout=kwargs.pop("timeout", 30), **kwargs)
-    except requests.ConnectionError:
-        raise CliError(f"cannot reach the dispatcher ({url}); is it running?") from None
-    except requests.RequestException as exc:
-        raise CliError(f"request to the dispatcher failed: {exc}") from None
-    if resp.status_code >= 400:
-        try:
-            message = resp.json()["error"]["message"]
-        except (ValueError, KeyError, TypeError):
-            message = resp.text.strip()[:200] or resp.reason
-        raise CliError(f"dispatcher refused the request ({resp.status_code}): {message}")
-    return resp.json()
-
-
-def submit(session: requests.Session, url: str, tasks: list[dict[str, Any]]) -> list[int]:
-    """Submit in batches; return every created id."""
-    ids: list[int] = []
-    for start in range(0, len(tasks), BATCH_SIZE):
-        chunk = tasks[start:start + BATCH_SIZE]
-        answer = _request(session, "POST", f"{url}/submit-task", json={"tasks": chunk})
-        ids.extend(answer["task_ids"])
-    return ids
+def submit(client: QueueClient, tasks: list[dict[str, Any]]) -> list[int]:
+    """Submit in batches (of shared.client.SUBMIT_BATCH); return every created id."""
+    return client.submit_many(tasks)
 
 
 def wait_all(
-    session: requests.Session, url: str, ids: list[int], timeout: float, quiet: bool
+    client: QueueClient, ids: list[int], timeout: float, quiet: bool
 ) -> dict[int, dict[str, Any]]:
     """Long-poll each task until all finish (or the timeout); a progress bar on stderr."""
     deadline = time.monotonic() + timeout
@@ -124,8 +107,7 @@ def wait_all(
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     return views
-                view = _request(session, "GET", f"{url}/task/{task_id}",
-                                params={"wait": min(remaining, 10)}, timeout=40)
+                view = client.task(task_id, wait=min(remaining, LONG_POLL_SECONDS))
                 if view["status"] in FINISHED:
                     views[task_id] = view
                     bar.update(1)
@@ -159,15 +141,21 @@ def run(args: argparse.Namespace) -> int:
     """Submit, optionally wait, print; return the exit code."""
     url = (args.url or load_config().dispatcher_url).rstrip("/")
     tasks = build_tasks(args)
-    with requests.Session() as session:
-        ids = submit(session, url, tasks)
-        if not args.json:
-            print(f"submitted {len(ids)} task(s): {' '.join(map(str, ids))}")
-        if not args.wait:
-            if args.json:
-                print(json.dumps({"task_ids": ids}))
-            return 0
-        views = wait_all(session, url, ids, args.timeout, quiet=args.json)
+    with QueueClient(url) as client:
+        try:
+            ids = submit(client, tasks)
+            if not args.json:
+                print(f"submitted {len(ids)} task(s): {' '.join(map(str, ids))}")
+            if not args.wait:
+                if args.json:
+                    print(json.dumps({"task_ids": ids}))
+                return 0
+            views = wait_all(client, ids, args.timeout, quiet=args.json)
+        except Unreachable:
+            raise CliError(f"cannot reach the dispatcher ({url}); is it running?") from None
+        except RequestRefused as exc:
+            raise CliError(f"dispatcher refused the request ({exc.status}): {exc.message}"
+                           ) from None
     if args.json:
         print(json.dumps({"task_ids": ids, "tasks": [views[i] for i in sorted(views)]}))
     else:

@@ -15,6 +15,7 @@ from typing import Any
 
 from benchmarks.common import BenchError, clean_env
 from benchmarks.systems import QueueSystem
+from shared.client import QueueClient
 from shared.cluster import LocalCluster
 
 SUBMIT_BATCH = 1000
@@ -62,14 +63,17 @@ class OurQueue(QueueSystem):
         self.settings = {
             "project_root": str(project_root),
             "python": project_python(project_root),
-            "store": "SQLite (WAL, synchronous=FULL), temp file per run",
+            "store": "SQLite (WAL; submissions and results fsynced before they are answered), "
+                     "temp file per run",
             "workers": "python -m worker ID, default settings (POLL_WAIT=1, one task per claim)",
             "enqueue": f"POST /submit-task batches of {SUBMIT_BATCH}",
             "finished_count": "GET /stats tasks.completed",
-            "roundtrip": "POST /submit-task, then GET /task/<id>?wait=10",
+            "roundtrip": "shared.client.QueueClient: submit() = POST /submit-task, then "
+                         "wait() = GET /task/<id>?wait=10",
             "log_level": "INFO (default; one line per task event to a file)",
         }
         self.cluster: ProjectCluster | None = None
+        self.client: QueueClient | None = None
 
     def open(self, workdir: Path) -> None:
         self.cluster = ProjectCluster(workdir / f"ours-{uuid.uuid4().hex[:8]}", self.project_root)
@@ -78,8 +82,12 @@ class OurQueue(QueueSystem):
         except Exception:
             self.cluster.close()
             raise
+        self.client = QueueClient(self.cluster.url)
 
     def close(self) -> None:
+        if self.client is not None:
+            self.client.close()
+            self.client = None
         if self.cluster is not None:
             self.cluster.close()
             self.cluster = None
@@ -100,9 +108,10 @@ class OurQueue(QueueSystem):
         return int(self._cluster().stats()["tasks"].get("completed", 0))
 
     def roundtrip(self, timeout: float) -> None:
-        cluster = self._cluster()
-        task_id = cluster.submit("noop", {})
-        view = cluster.wait_finished(task_id, timeout)
+        if self.client is None:
+            raise BenchError("ours: not open")
+        task_id = self.client.submit("noop")
+        view = self.client.wait(task_id, timeout)
         if view["status"] != "completed":
             raise BenchError(f"ours: task {task_id} ended {view['status']}: {view['error']}")
 

@@ -1,23 +1,21 @@
-"""The worker's side of the dispatcher's HTTP API: a JSON client, its replies and retry policy.
+"""The worker's side of the dispatcher's HTTP API: its JSON client and retry policy.
 
-:class:`DispatcherClient` turns connection errors and timeouts into :class:`Unreachable`;
-:class:`OutageLog` keeps an outage to two log lines; :class:`Backoff` paces the retries.
+:class:`DispatcherClient` (a :class:`shared.client.JsonConnection`) turns connection errors
+and timeouts into :class:`Unreachable`; :class:`OutageLog` keeps an outage to two log lines;
+:class:`Backoff` paces the retries.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import random
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Any
 
-import urllib3
+from shared.client import JsonConnection, Reply, Timeout, Unreachable
+
+__all__ = ["Backoff", "DispatcherClient", "OutageLog", "Reply", "Timeout", "Unreachable"]
 
 log = logging.getLogger(__name__)
-
-Timeout = tuple[float, float]
 
 
 class Backoff:
@@ -40,69 +38,11 @@ class Backoff:
         self.failures = 0
 
 
-class Unreachable(Exception):
-    """The dispatcher could not be reached, or did not answer in time."""
-
-
-@dataclass(frozen=True)
-class Reply:
-    """A dispatcher answer: status, parsed JSON body (or None) and Retry-After seconds."""
-
-    status: int
-    body: Any
-    retry_after: float | None = None
-
-    @property
-    def retryable(self) -> bool:
-        """True for answers that mean "try again later" (5xx, 429)."""
-        return self.status >= 500 or self.status == 429
-
-    def field(self, name: str, default: Any = None) -> Any:
-        """One top-level field of a JSON object body."""
-        return self.body.get(name, default) if isinstance(self.body, dict) else default
-
-
-def _retry_after(headers: Any) -> float | None:
-    try:
-        return max(0.0, float(headers.get("Retry-After", "")))
-    except ValueError:
-        return None
-
-
-class DispatcherClient:
-    """JSON POSTs to the dispatcher over one keep-alive connection (one client per thread).
-
-    urllib3 directly rather than requests: a worker makes thousands of small calls, and
-    requests' per-call session, cookie and proxy handling cost more than the call itself.
-    """
+class DispatcherClient(JsonConnection):
+    """The worker's JSON POSTs over one keep-alive connection (one client per thread)."""
 
     def __init__(self, base_url: str) -> None:
-        self._base_url = base_url.rstrip("/")
-        self._pool = urllib3.connection_from_url(self._base_url, maxsize=1, block=False)
-        self._prefix = urllib3.util.parse_url(self._base_url).path or ""
-
-    def post(self, path: str, body: dict[str, Any], timeout: Timeout) -> Reply:
-        """POST ``body``; raise :class:`Unreachable` on connection errors and timeouts."""
-        data = json.dumps(body, allow_nan=False).encode()
-        try:
-            resp = self._pool.urlopen(
-                "POST", self._prefix + path, body=data, headers=_JSON_HEADERS, retries=False,
-                timeout=urllib3.Timeout(connect=timeout[0], read=timeout[1]),
-            )
-        except urllib3.exceptions.HTTPError as exc:
-            raise Unreachable(f"{type(exc).__name__} on {path}") from exc
-        try:
-            body_json = json.loads(resp.data) if resp.data else None
-        except ValueError:
-            body_json = None
-        return Reply(resp.status, body_json, _retry_after(resp.headers))
-
-    def close(self) -> None:
-        """Close the pooled connection."""
-        self._pool.close()
-
-
-_JSON_HEADERS = {"Content-Type": "application/json"}
+        super().__init__(base_url, connections=1)
 
 
 class OutageLog:
