@@ -7,6 +7,7 @@ so neither a CPU-bound task nor a slow dispatcher delays a beat. Signal handlers
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import signal
@@ -75,51 +76,84 @@ MAX_RESULT_BYTES = 1 << 20
 
 
 class ResultReporter:
-    """Delivers results through the durable cache: saved first, sent, dropped once answered.
+    """Delivers results, keeping each until the dispatcher has answered it.
+
+    A result whose task ran longer than :attr:`SAVE_AFTER_SECONDS` is written to the durable
+    cache before it is sent, so a worker that crashes before delivering it does not cost the
+    work again. A shorter task's result is only written there once a send fails: losing it
+    to a crash costs less than the write (its task is requeued and redone). Either way a
+    result stays here until answered, and the cache survives restarts: a restarted worker
+    sends the previous process's results first.
 
     In the main loop results ride on the next claim (:meth:`pending` + :meth:`acknowledge`);
     :meth:`flush` sends them on their own: at start, at stop, and when a claim is refused.
     """
 
     FLUSH_BATCH = 500
+    SAVE_AFTER_SECONDS = 0.05
 
     def __init__(self, config: WorkerConfig, cache: ResultCache, client: DispatcherClient,
                  outage: OutageLog, on_answered: Callable[[int], None] = lambda task_id: None,
                  ) -> None:
         self._config, self._cache, self._client, self._outage = config, cache, client, outage
         self._on_answered = on_answered
-        self._unsaved: list[tuple[int, int, dict[str, Any]]] = []
+        # Every unanswered result in order; the keys also in the cache; those to write there.
+        self._queue: dict[tuple[int, int], PendingResult] = {}
+        self._cached: set[tuple[int, int]] = set()
+        self._unsaved: list[PendingResult] = []
         self.last_reply: Reply | None = None
 
-    def store(self, task_id: int, attempt: int, payload: dict[str, Any]) -> None:
-        """Take a finished task's result; :meth:`save` makes it durable before any send."""
-        self._unsaved.append((task_id, attempt, payload))
+    def recover(self) -> int:
+        """Take up the results an earlier process left in the cache; return how many."""
+        for item in self._cache.pending():
+            key = (item.task_id, item.attempt)
+            self._queue.setdefault(key, item)
+            self._cached.add(key)
+        return len(self._cached)
+
+    def store(self, task_id: int, attempt: int, payload: dict[str, Any],
+              ran_seconds: float = 0.0) -> None:
+        """Take a finished task's result; a long task's is written to the cache at :meth:`save`."""
+        item = PendingResult(task_id, attempt, payload, size=len(json.dumps(payload)))
+        self._queue.setdefault((task_id, attempt), item)
+        if ran_seconds > self.SAVE_AFTER_SECONDS:
+            self._unsaved.append(item)
 
     def save(self) -> None:
-        """Write the results taken since the last save to the cache, in one transaction."""
-        if self._unsaved:
-            self._cache.put_many(self._unsaved)
-            self._unsaved = []
+        """Write the results that must be durable before sending to the cache (one transaction)."""
+        self._write([item for item in self._unsaved
+                     if (item.task_id, item.attempt) in self._queue])
+        self._unsaved = []
+
+    def save_all(self) -> None:
+        """Write every unanswered result to the cache (a send failed: it may take a while)."""
+        self._unsaved = []
+        self._write(list(self._queue.values()))
+
+    def _write(self, items: list[PendingResult]) -> None:
+        new = [item for item in items if (item.task_id, item.attempt) not in self._cached]
+        if new:
+            self._cache.put_many([(i.task_id, i.attempt, i.payload) for i in new])
+            self._cached.update((i.task_id, i.attempt) for i in new)
 
     def has_pending(self) -> bool:
         """True while some result awaits the dispatcher."""
-        return bool(self._unsaved) or len(self._cache) > 0
+        return bool(self._queue)
 
     def count(self) -> int:
         """How many results await the dispatcher."""
-        self.save()
-        return len(self._cache)
+        return len(self._queue)
 
     def pending(self, limit: int, max_bytes: int = MAX_RESULT_BYTES) -> list[PendingResult]:
-        """The oldest unacknowledged results, at most ``limit`` and about ``max_bytes``.
+        """The oldest unanswered results, at most ``limit`` and about ``max_bytes``.
 
-        Unsaved results are saved first. At least one result comes back if any is pending,
-        however large.
+        The ones that must be durable are saved first. At least one result comes back if any
+        is pending, however large.
         """
         self.save()
         chosen: list[PendingResult] = []
         total = 0
-        for item in self._cache.pending():
+        for item in self._queue.values():
             if chosen and (len(chosen) >= limit or total + item.size > max_bytes):
                 break
             chosen.append(item)
@@ -141,10 +175,19 @@ class ResultReporter:
             if outcome is not None:
                 self._log_outcome(item, outcome)
                 done.append(item)
-        self._cache.ack_many([(i.task_id, i.attempt) for i in done])
-        for item in done:
-            self._on_answered(item.task_id)
+        self._forget(done)
         return len(done)
+
+    def _forget(self, items: list[PendingResult]) -> None:
+        keys = [(i.task_id, i.attempt) for i in items]
+        for key in keys:
+            self._queue.pop(key, None)
+        cached = [key for key in keys if key in self._cached]
+        if cached:
+            self._cache.ack_many(cached)
+            self._cached.difference_update(cached)
+        for item in items:
+            self._on_answered(item.task_id)
 
     def flush(self) -> bool:
         """Send every pending result in batches; False if the dispatcher is unavailable.
@@ -168,17 +211,19 @@ class ResultReporter:
         return True
 
     def _send(self, items: list[PendingResult]) -> Reply | None:
-        """POST a batch; None when the dispatcher is unavailable (the results stay cached)."""
+        """POST a batch; None when the dispatcher is unavailable (the results are cached)."""
         body = {"worker_id": self._config.worker_id, "results": self.as_body(items)}
         self.last_reply = None
         try:
             reply = self._client.post("/submit-result", body, self._config.call_timeout)
         except Unreachable as exc:
             self._outage.failed(str(exc))
+            self.save_all()
             return None
         self.last_reply = reply
         if reply.retryable:
             self._outage.failed(f"HTTP {reply.status}")
+            self.save_all()
             return None
         self._outage.ok()
         return reply
@@ -197,8 +242,7 @@ class ResultReporter:
         # Resending would be refused forever and block the results behind it.
         log.error("task %s attempt %s: result from worker %s rejected (HTTP %s %s); dropped",
                   item.task_id, item.attempt, self._config.worker_id, reply.status, reply.body)
-        self._cache.ack_many([(item.task_id, item.attempt)])
-        self._on_answered(item.task_id)
+        self._forget([item])
 
     def _log_outcome(self, item: PendingResult, outcome: str) -> None:
         wid, kind = self._config.worker_id, "error" if "error" in item.payload else "result"
@@ -252,6 +296,7 @@ class Worker:
                  cfg.dispatcher_url)
         # Re-send an earlier process's results before our first heartbeat announces a new
         # instance (which makes the dispatcher requeue what the old instance held).
+        self._reporter.recover()
         self._reporter.flush()
         self._heartbeat.start()
         try:
@@ -305,9 +350,11 @@ class Worker:
             reply = self._client.post("/get-task", body, cfg.claim_timeout)
         except Unreachable as exc:
             self._outage.failed(str(exc))
+            self._reporter.save_all()
             return self._pause() or []
         if reply.retryable:
             self._outage.failed(f"HTTP {reply.status}")
+            self._reporter.save_all()
             return self._pause(reply) or []
         self._outage.ok()
         if reply.status != 200:
@@ -381,6 +428,7 @@ class Worker:
             self._checkpoint_sender(task), self.config.checkpoint_interval,
             should_stop=lambda: self._shutdown.requested, is_revoked=revoked.is_set,
             on_call=on_call)
+        started = time.monotonic()
         try:
             payload = run_task(task, checkpointer, self.config.worker_id)
         except TaskInterrupted:
@@ -390,7 +438,7 @@ class Worker:
             log.warning("task %s finished on worker %s after being revoked; result dropped",
                         task.task_id, self.config.worker_id)
             return False
-        self._reporter.store(task.task_id, task.attempt, payload)
+        self._reporter.store(task.task_id, task.attempt, payload, time.monotonic() - started)
         return True
 
     def _checkpoint_sender(self, task: ClaimedTask) -> Callable[[dict[str, Any], float], SendOutcome]:

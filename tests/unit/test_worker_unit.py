@@ -28,7 +28,7 @@ from worker.config import WorkerConfig, make_worker_config
 from worker.tasks import Checkpointer, ClaimedTask, InterruptReason, SendOutcome
 from worker.client import Backoff
 from worker.heartbeat import HeldTasks
-from worker.worker import Prefetch, Shutdown, Worker, install_signal_handlers
+from worker.worker import Prefetch, ResultReporter, Shutdown, Worker, install_signal_handlers
 
 WAIT_SECONDS = 10.0
 
@@ -484,6 +484,51 @@ def test_results_stay_cached_and_are_retried_before_new_claims(stub, registry, m
     assert [(d["task_id"], d["result"]) for d in stub.delivered()] == [(1, {"ok": True}),
                                                                         (2, {"ok": True})]
     assert stub.bodies("/submit-result") == [] and cached(worker) == []
+
+
+def test_a_short_task_result_is_written_to_the_cache_only_when_its_delivery_fails(
+    stub, registry, make_worker
+) -> None:
+    registry["echo"] = lambda params, resume, checkpoint: {"ok": True}
+    in_cache_at_claim: list[list[tuple[int, int]]] = []
+    failures = iter([(503, None)])
+
+    def claim(body):
+        in_cache_at_claim.append(cached(worker))
+        if body["results"] and (failure := next(failures, None)):
+            return failure
+        return stub._get_task(body)
+
+    stub.routes["/get-task"] = claim
+    stub.tasks += [task_dict(1), task_dict(2)]
+    worker = make_worker()
+    assert worker.run() == 0
+    # Task 1's result went out from memory; after its claim failed it was in the cache for
+    # the retry; task 2's went out from memory and was delivered at once.
+    assert in_cache_at_claim == [[], [], [(1, 1)], []]
+    assert cached(worker) == []
+
+
+def test_a_long_task_result_is_in_the_cache_before_it_is_sent(
+    stub, registry, make_worker
+) -> None:
+    def long_task(params, resume, checkpoint):
+        time.sleep(ResultReporter.SAVE_AFTER_SECONDS * 2)  # the task's own running time
+        return {"ok": True}
+
+    registry["echo"] = long_task
+    in_cache_at_claim: list[list[tuple[int, int]]] = []
+
+    def claim(body):
+        in_cache_at_claim.append(cached(worker))
+        return stub._get_task(body)
+
+    stub.routes["/get-task"] = claim
+    stub.tasks.append(task_dict(1))
+    worker = make_worker()
+    assert worker.run() == 0
+    assert in_cache_at_claim == [[], [(1, 1)]]
+    assert cached(worker) == []  # dropped once answered
 
 
 def test_cached_results_are_resent_first_on_start(stub, registry, make_worker) -> None:
