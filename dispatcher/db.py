@@ -428,15 +428,18 @@ class SQLiteStore:
         lease_seconds: float,
         results: Sequence[ResultItem] = (),
         on_commit: Callable[[], None] | None = None,
+        arriving: bool = True,
     ) -> tuple[list[Lease], list[Reclaim], list[Outcome]]:
         """Record ``results`` (as :meth:`complete`), then lease up to ``limit`` pending tasks.
 
         One transaction: a worker acknowledges its last batch and takes the next in one
-        round trip. Durable (fsync) only when it carries results.
+        round trip. Durable (fsync) only when it carries results. ``arriving=False`` is a
+        long poll looking again after a wake-up: the worker was registered (and its liveness
+        noted) when the request arrived.
         """
         with self._write(durable=bool(results), on_commit=on_commit) as conn:
             outcomes = [_complete_one(conn, worker_id, item, now) for item in results]
-            reclaimed = self._register(conn, worker_id, instance_id, now)
+            reclaimed = self._register(conn, worker_id, instance_id, now) if arriving else []
             if limit <= 0:
                 return [], reclaimed, outcomes
             lost = _lost_claims(conn, worker_id, instance_id)

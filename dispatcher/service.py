@@ -86,12 +86,14 @@ class Dispatcher:
         """Record ``results``, then lease up to ``limit`` tasks, waiting up to ``wait_seconds``."""
         deadline = time.monotonic() + min(wait_seconds, self.config.max_wait_seconds)
         outcomes: list[Outcome] = []
+        arriving = True
         while True:
             seen = self.tasks_available.generation
             leases, reclaimed, recorded = self.store.claim(
                 worker_id, instance_id, limit, self.clock(), self.config.lease_duration, results,
-                on_commit=self.tasks_finished.notify if results else None,
+                on_commit=self.tasks_finished.notify if results else None, arriving=arriving,
             )
+            arriving = False
             if results:
                 outcomes, results = recorded, ()
                 self._after_results(worker_id, outcomes)
