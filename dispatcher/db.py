@@ -169,9 +169,10 @@ QUERIES: dict[str, str] = {
 class SQLiteStore:
     """The task store on an embedded SQLite database (WAL, group commit).
 
-    One connection per thread. Writers serialise on a process lock first, so threads of this
-    dispatcher queue in Python instead of in SQLite's sleeping busy handler; the busy timeout
-    still covers other processes that hold the database.
+    Writers serialise on a process lock first, so threads of this dispatcher queue in Python
+    instead of in SQLite's sleeping busy handler (the busy timeout still covers other
+    processes that hold the database), and all write through one connection; reads use a
+    connection per thread.
     """
 
     def __init__(self, path: Path, busy_timeout_ms: int = 5000) -> None:
