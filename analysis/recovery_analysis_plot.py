@@ -117,36 +117,38 @@ def plot_execution_time(ax: Axes, documents: Documents) -> None:
     ax.legend(loc="upper left")
 
 
-def plot_overhead_seconds(ax: Axes, documents: Documents) -> None:
-    """Seconds added by the failures (mean ± std of the runs against the baseline mean)."""
+def _plot_overhead(ax: Axes, documents: Documents, per_run: list[list[float]],
+                   best: list[Any], color: str, unit: str, ylabel: str, title: str) -> None:
+    """Overhead bars (mean ± std of the runs), every run as a dot, the fastest-run figure."""
     ks = _k_axis(ax, documents)
-    per_run = [d["summary"]["overhead_seconds_per_run"] for d in documents]
     _bars(ax, ks, [float(np.mean(v)) for v in per_run], [_std(v) for v in per_run],
-          "tab:red", "overhead (mean ± std)", " s")
+          color, "overhead (mean ± std)", unit)
     _dots(ax, documents, per_run)
-    _best(ax, ks, [d["summary"].get("overhead_seconds_best") for d in documents])
+    _best(ax, ks, best)
     ax.axhline(0, color="black", linewidth=1)
-    ax.set_ylabel("recovery overhead (s)")
-    ax.set_title("Recovery overhead in seconds")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
     ax.margins(y=0.15)
     ax.legend(loc="upper left")
+
+
+def plot_overhead_seconds(ax: Axes, documents: Documents) -> None:
+    """Seconds added by the failures (mean ± std of the runs against the baseline mean)."""
+    _plot_overhead(ax, documents,
+                   [d["summary"]["overhead_seconds_per_run"] for d in documents],
+                   [d["summary"].get("overhead_seconds_best") for d in documents],
+                   "tab:red", " s", "recovery overhead (s)", "Recovery overhead in seconds")
 
 
 def plot_overhead_percent(ax: Axes, documents: Documents) -> None:
     """Overhead as a percentage of the baseline's execution time."""
-    ks = _k_axis(ax, documents)
     base = documents[0]["summary"]["wall_seconds"]["mean"]
-    per_run = [[100 * v / base for v in d["summary"]["overhead_seconds_per_run"]]
-               for d in documents]
-    _bars(ax, ks, [float(np.mean(v)) for v in per_run], [_std(v) for v in per_run],
-          "tab:orange", "overhead (mean ± std)", "%")
-    _dots(ax, documents, per_run)
-    _best(ax, ks, [d["summary"].get("overhead_percent_best") for d in documents])
-    ax.axhline(0, color="black", linewidth=1)
-    ax.set_ylabel("recovery overhead (% of baseline time)")
-    ax.set_title("Recovery overhead in percent")
-    ax.margins(y=0.15)
-    ax.legend(loc="upper left")
+    _plot_overhead(ax, documents,
+                   [[100 * v / base for v in d["summary"]["overhead_seconds_per_run"]]
+                    for d in documents],
+                   [d["summary"].get("overhead_percent_best") for d in documents],
+                   "tab:orange", "%", "recovery overhead (% of baseline time)",
+                   "Recovery overhead in percent")
 
 
 def plot_failure_rate(ax: Axes, documents: Documents) -> None:

@@ -75,40 +75,39 @@ def _legend(ax: Axes) -> None:
     ax.legend(handles[-1:] + handles[:-1], labels[-1:] + labels[:-1])
 
 
+def _plot_measured(ax: Axes, document: dict[str, Any], metric: str, fastest: str,
+                   colors: tuple[str | None, str], ideal: list[float], ylabel: str,
+                   title: str) -> None:
+    """A metric against workers: mean ± std, the fastest run, every run, and the ideal line."""
+    counts, means, stds = _series(document, metric)
+    ax.errorbar(counts, means, yerr=stds, marker="o", capsize=5, linewidth=2,
+                color=colors[0], label="measured (mean ± std)")
+    ax.plot(counts, [r[metric][fastest] for r in document["summary"]], "s:",
+            color=colors[1], label="fastest run")
+    ax.scatter(*_runs(document, metric), s=14, color="black", alpha=0.4, zorder=3,
+               label="single runs")
+    ax.plot(counts, ideal, "--", color="tab:green", label="ideal (linear scaling)")
+    _worker_axis(ax, counts, document["machine"]["cpu_count_logical"])
+    ax.set_ylabel(ylabel)
+    ax.set_ylim(bottom=0)
+    ax.set_title(title)
+    _legend(ax)
+
+
 def plot_time(ax: Axes, document: dict[str, Any]) -> None:
     """Execution time (mean ± std, runs as dots) with the ideal T1 * n1 / n."""
-    counts, means, stds = _series(document, "wall_seconds")
-    ax.errorbar(counts, means, yerr=stds, marker="o", capsize=5, linewidth=2,
-                label="measured (mean ± std)")
-    ax.plot(counts, [r["wall_seconds"]["min"] for r in document["summary"]], "s:",
-            color="tab:cyan", label="fastest run")
-    ax.scatter(*_runs(document, "wall_seconds"), s=14, color="black", alpha=0.4, zorder=3,
-               label="single runs")
-    ax.plot(counts, [means[0] * counts[0] / n for n in counts], "--", color="tab:green",
-            label="ideal (linear scaling)")
-    _worker_axis(ax, counts, document["machine"]["cpu_count_logical"])
-    ax.set_ylabel("execution time (s)")
-    ax.set_ylim(bottom=0)
-    ax.set_title("Execution time vs workers")
-    _legend(ax)
+    counts, means, _ = _series(document, "wall_seconds")
+    _plot_measured(ax, document, "wall_seconds", "min", (None, "tab:cyan"),
+                   [means[0] * counts[0] / n for n in counts], "execution time (s)",
+                   "Execution time vs workers")
 
 
 def plot_throughput(ax: Axes, document: dict[str, Any]) -> None:
     """Tasks per second (mean ± std) with the ideal line."""
-    counts, means, stds = _series(document, "tasks_per_second")
-    ax.errorbar(counts, means, yerr=stds, marker="o", capsize=5, linewidth=2,
-                color="tab:orange", label="measured (mean ± std)")
-    ax.plot(counts, [r["tasks_per_second"]["max"] for r in document["summary"]], "s:",
-            color="tab:brown", label="fastest run")
-    ax.scatter(*_runs(document, "tasks_per_second"), s=14, color="black", alpha=0.4, zorder=3,
-               label="single runs")
-    ax.plot(counts, [means[0] * n / counts[0] for n in counts], "--", color="tab:green",
-            label="ideal (linear scaling)")
-    _worker_axis(ax, counts, document["machine"]["cpu_count_logical"])
-    ax.set_ylabel("throughput (tasks/s)")
-    ax.set_ylim(bottom=0)
-    ax.set_title("Throughput vs workers")
-    _legend(ax)
+    counts, means, _ = _series(document, "tasks_per_second")
+    _plot_measured(ax, document, "tasks_per_second", "max", ("tab:orange", "tab:brown"),
+                   [means[0] * n / counts[0] for n in counts], "throughput (tasks/s)",
+                   "Throughput vs workers")
 
 
 def plot_speedup(ax: Axes, document: dict[str, Any]) -> None:

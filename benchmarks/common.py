@@ -14,6 +14,8 @@ from typing import TypeVar
 
 import psutil
 
+from shared.cluster import WaitTimeout, wait_until
+
 T = TypeVar("T")
 
 HARNESS_ROOT = Path(__file__).resolve().parent.parent
@@ -53,14 +55,10 @@ def median(values: Sequence[float]) -> float:
 def wait_for(predicate: Callable[[], T], timeout: float, what: str,
              interval: float = POLL_SECONDS) -> T:
     """Poll predicate until truthy and return its value; BenchError after timeout seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() >= deadline:
-            raise BenchError(f"timed out after {timeout:.0f}s waiting for {what}")
-        time.sleep(interval)
+    try:
+        return wait_until(predicate, timeout, interval, what)
+    except WaitTimeout:
+        raise BenchError(f"timed out after {timeout:.0f}s waiting for {what}") from None
 
 
 def clean_env(extra: dict[str, str] | None = None) -> dict[str, str]:
