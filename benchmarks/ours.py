@@ -37,11 +37,12 @@ class ProjectCluster(LocalCluster):
         self.project_root = project_root
         self.python = project_python(project_root)
 
-    def _spawn(self, name: str, args: list[str]) -> subprocess.Popen[bytes]:
+    def _spawn(self, name: str, args: list[str], env: dict[str, str] | None = None
+               ) -> subprocess.Popen[bytes]:
         with open(self.workdir / "logs" / f"{name}.log", "ab") as log:
             return subprocess.Popen(
-                [self.python, *args], cwd=self.project_root, env=self.env, stdout=log,
-                stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                [self.python, *args], cwd=self.project_root, env={**self.env, **(env or {})},
+                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
             )
 
     def submit_noops(self, count: int, batch: int = SUBMIT_BATCH) -> list[int]:
