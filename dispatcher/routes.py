@@ -20,7 +20,6 @@ from dispatcher.schemas import (
 )
 from dispatcher.service import Dispatcher
 from dispatcher.utils import ApiError, json_body, parse
-from tasks import validate_task
 from tasks.base import InvalidCheckpoint, InvalidParams
 
 api = Blueprint("api", __name__)
@@ -36,7 +35,7 @@ def _dispatcher() -> Dispatcher:
 def _new_task(raw: Any, prefix: str, key: str | None) -> NewTask:
     body = parse(SubmitTask, raw, prefix)
     try:
-        params = validate_task(body.task_type, body.params)
+        params = _dispatcher().registry.validate_task(body.task_type, body.params)
     except InvalidParams as exc:
         raise ApiError(400, "invalid_field", f"{prefix}{exc.field}: {exc.message}") from None
     max_attempts = body.max_attempts or _dispatcher().config.max_attempts

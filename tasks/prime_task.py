@@ -1,6 +1,6 @@
 """The ``primes`` task: count and sum the primes up to a limit, resumably.
 
-numpy loads only when a task runs (see ``run_primes``), so the dispatcher can import this
+numpy loads only when a task runs (see ``primes``), so the dispatcher can import this
 module for validation cheaply.
 """
 
@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 from pydantic_core import PydanticCustomError
 
-from tasks.base import CheckpointFn, Stopwatch, TaskType
+from tasks.base import CheckpointFn, Stopwatch, task
 
 if TYPE_CHECKING:
     from tasks.prime_math import PrimeBlock
@@ -85,10 +85,12 @@ class PrimeProgress(BaseModel):
             self.primes.extend(block.values)
 
 
-def run_primes(
+@task("primes", params=PrimeParams, state=PrimeProgress,
+      never_decrease=("last_checked", "prime_count", "sum_of_primes"))
+def primes(
     params: PrimeParams, resume: dict[str, Any] | None, checkpoint: CheckpointFn
 ) -> dict[str, Any]:
-    """Count, sum and (for small limits) list the primes <= params.limit."""
+    """Count, sum and (up to a cap) list the primes <= limit: sieve or trial_division."""
     progress = _load_progress(params.limit, resume)
     stopwatch = Stopwatch(progress.elapsed_seconds)
     for block in _blocks(params, progress):
@@ -132,12 +134,3 @@ def _result(params: PrimeParams, progress: PrimeProgress, elapsed: float) -> dic
         result["primes"] = progress.primes
     return result
 
-
-PRIME_TASK = TaskType(
-    name="primes",
-    params_model=PrimeParams,
-    run=run_primes,
-    description="Count, sum and (up to a cap) list the primes <= limit: sieve or trial_division.",
-    state_model=PrimeProgress,
-    never_decrease=("last_checked", "prime_count", "sum_of_primes"),
-)

@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 
 from tasks import prime_math
 from tasks.base import InvalidParams, TaskInterrupted, noop_checkpoint
-from tasks.prime_task import PRIME_TASK, PRIMES_LIST_CAP
+from tasks.prime_task import PRIMES_LIST_CAP, primes
 
 ALGORITHMS = ("sieve", "trial_division")
 
@@ -39,8 +39,8 @@ def run(
     checkpoint: Any = noop_checkpoint,
 ) -> dict[str, Any]:
     """Validate and run a primes task."""
-    params = PRIME_TASK.validate({"limit": limit, "algorithm": algorithm})
-    return PRIME_TASK.run(params, resume, checkpoint)
+    params = primes.validate({"limit": limit, "algorithm": algorithm})
+    return primes.run(params, resume, checkpoint)
 
 
 def without_elapsed(result: dict[str, Any]) -> dict[str, Any]:
@@ -217,14 +217,14 @@ def test_resume_state_of_another_limit_is_refused() -> None:
 )
 def test_invalid_params_name_the_field(params: dict[str, Any], field: str) -> None:
     with pytest.raises(InvalidParams) as caught:
-        PRIME_TASK.validate(params)
+        primes.validate(params)
     assert caught.value.field == field
 
 
 def test_oversized_limit_message_gives_the_maximum() -> None:
     with pytest.raises(InvalidParams, match="10000000000 for the trial_division"):
-        PRIME_TASK.validate({"limit": 10**10 + 1, "algorithm": "trial_division"})
-    assert PRIME_TASK.validate({"limit": 10**10 + 1}).model_dump()["limit"] == 10**10 + 1
+        primes.validate({"limit": 10**10 + 1, "algorithm": "trial_division"})
+    assert primes.validate({"limit": 10**10 + 1}).model_dump()["limit"] == 10**10 + 1
 
 
 def test_sieve_memory_does_not_grow_with_the_range() -> None:
