@@ -54,6 +54,8 @@ def test_task_type_must_be_a_string(registry: Registry, task_type: Any) -> None:
 
 def test_validate_task_fills_defaults(registry: Registry) -> None:
     assert registry.validate_task("primes", {"limit": 10}) == {"algorithm": "sieve", "limit": 10}
+    assert registry.validate_task("primes", {"limit": 10, "start": 3}) == {
+        "algorithm": "sieve", "limit": 10, "start": 3}
     assert registry.validate_task("monte_carlo_pi", {"samples": 5}) == {"samples": 5, "seed": 0}
     assert registry.validate_task("sleep", {"seconds": 2}) == {"seconds": 2.0}
 
