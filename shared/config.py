@@ -109,7 +109,7 @@ _RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     ),
     "dispatcher_url": (lambda v: v.startswith(("http://", "https://")), "must be an http(s) URL"),
     "task_modules": (
-        lambda v: all(_MODULE_PATH.fullmatch(name.strip()) for name in v.split(",") if name.strip()),
+        lambda v: all(_MODULE_PATH.fullmatch(n.strip()) for n in v.split(",") if n.strip()),
         "must be comma-separated Python import paths (e.g. examples.wordcount)",
     ),
 }

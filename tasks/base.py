@@ -98,7 +98,7 @@ def task(
     never_decrease: tuple[str, ...] = (),
     description: str | None = None,
 ) -> Callable[[TaskRun], TaskType]:
-    """Declare a task type: ``@task("name", params=Model)`` on ``def run(params, resume, checkpoint)``.
+    """Declare a task type: ``@task("name", params=Model)`` on ``def run(params, resume, ckpt)``.
 
     The decorated name becomes the :class:`TaskType` (still callable like the function). The
     description defaults to the first line of the function's docstring. A mistake in the

@@ -59,7 +59,8 @@ class Registry:
             return self._by_name[name]
         except KeyError:
             known = ", ".join(self.names)
-            raise InvalidParams("task_type", f"unknown task type {name!r}; known: {known}") from None
+            message = f"unknown task type {name!r}; known: {known}"
+            raise InvalidParams("task_type", message) from None
 
     def validate_task(self, task_type: Any, params: Any) -> dict[str, Any]:
         """Validate a submitted task; return its params normalised, defaults filled in."""
@@ -80,7 +81,7 @@ class Registry:
 
 
 def load_registry(module_names: Iterable[str] = ()) -> Registry:
-    """The built-in task types plus those of each named module; TaskModuleError naming the culprit."""
+    """The built-in task types plus those of each named module; TaskModuleError names a bad one."""
     found: list[TaskType] = []
     for name in (*BUILTIN_MODULES, *module_names):
         defined = task_types_of(_import(name), name)
@@ -118,10 +119,10 @@ def _import(name: str) -> ModuleType:
 
 
 def _describe(exc: Exception) -> str:
-    """``Type: message (file, line N)`` on one line, at the innermost frame of the module's code."""
+    """``Type: message (file, line N)`` on one line; the line is module-level code that raised."""
     message = " ".join(str(exc).split()) or "(no message)"
-    machinery = (__file__, importlib.__file__)
-    frames = [f for f in traceback.extract_tb(exc.__traceback__)
-              if not f.filename.startswith("<") and f.filename not in machinery]
+    # The innermost module-level frame: the module's own line, even when a call made there
+    # (a @task declaration, a library) raised deeper down.
+    frames = [f for f in traceback.extract_tb(exc.__traceback__) if f.name == "<module>"]
     where = f" ({frames[-1].filename}, line {frames[-1].lineno})" if frames else ""
     return f"{type(exc).__name__}: {message}{where}"

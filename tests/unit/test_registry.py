@@ -1,4 +1,4 @@
-"""The built-in registry: lookup, validation of submissions, and a light import for the dispatcher."""
+"""The built-in task types: lookup, validation of submissions, a light import for the dispatcher."""
 
 from __future__ import annotations
 
