@@ -67,11 +67,13 @@ class LocalCluster:
 
     # -- processes ------------------------------------------------------------------------
 
-    def _spawn(self, name: str, args: list[str]) -> subprocess.Popen[bytes]:
+    def _spawn(
+        self, name: str, args: list[str], env: Mapping[str, str] | None = None
+    ) -> subprocess.Popen[bytes]:
         log = open(self.workdir / "logs" / f"{name}.log", "ab")  # noqa: SIM115 - owned by Popen
         try:
             return subprocess.Popen(
-                [sys.executable, *args], cwd=REPO_ROOT, env=self.env, stdout=log,
+                [sys.executable, *args], cwd=REPO_ROOT, env={**self.env, **(env or {})}, stdout=log,
                 stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
             )
         finally:
@@ -83,9 +85,14 @@ class LocalCluster:
         wait_until(self.healthy, timeout, interval=0.05, message="dispatcher /health")
         return self.dispatcher
 
-    def start_worker(self, worker_id: str, *args: str) -> subprocess.Popen[bytes]:
-        """Start one worker process (it registers with its first claim or heartbeat)."""
-        proc = self._spawn(f"worker-{worker_id}", ["-m", "worker", worker_id, *args])
+    def start_worker(
+        self, worker_id: str, *args: str, env: Mapping[str, str] | None = None
+    ) -> subprocess.Popen[bytes]:
+        """Start one worker process (it registers with its first claim or heartbeat).
+
+        ``env`` overrides the cluster's environment for this worker only.
+        """
+        proc = self._spawn(f"worker-{worker_id}", ["-m", "worker", worker_id, *args], env)
         self.workers[worker_id] = proc
         return proc
 
