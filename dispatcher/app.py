@@ -88,7 +88,9 @@ def main(argv: list[str] | None = None) -> int:
     app = create_app(config, registry=registry)
     server = create_server(
         app, host=config.dispatcher_host, port=config.dispatcher_port,
-        threads=config.dispatcher_threads, max_request_body_size=config.max_request_bytes,
+        threads=config.dispatcher_threads,
+        # Above Flask's limit, so a slightly larger body still gets Flask's JSON 413.
+        max_request_body_size=config.max_request_bytes + (1 << 20),
         ident="taskqueue", connection_limit=max(100, config.dispatcher_threads * 4),
     )
     # waitress's loop has no stop flag to poll; turning the signal into SystemExit unwinds it.

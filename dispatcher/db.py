@@ -19,6 +19,7 @@ from typing import Any
 
 from dispatcher.models import (
     FINISHED,
+    Report,
     MIGRATIONS,
     SCHEMA,
     SCHEMA_VERSION,
@@ -26,6 +27,7 @@ from dispatcher.models import (
     Lease,
     NewTask,
     Outcome,
+    OutcomeKind,
     Reclaim,
     ReclaimCause,
     Task,
@@ -58,7 +60,6 @@ class StaleLease(StoreError):
 
 
 Held = tuple[int, int]  # (task_id, attempt)
-ResultItem = tuple[int, int, Any, "str | None"]  # (task_id, attempt, result, error)
 CheckpointCheck = Callable[[str, dict[str, Any], "dict[str, Any] | None"], None]
 """Called as check(task_type, new_state, previous_state); raises to refuse a checkpoint."""
 
@@ -427,7 +428,7 @@ class SQLiteStore:
         limit: int,
         now: float,
         lease_seconds: float,
-        results: Sequence[ResultItem] = (),
+        results: Sequence[Report] = (),
         on_commit: Callable[[], None] | None = None,
         arriving: bool = True,
     ) -> tuple[list[Lease], list[Reclaim], list[Outcome]]:
@@ -508,13 +509,14 @@ class SQLiteStore:
         return done[0]
 
     def complete(
-        self, worker_id: str, items: Sequence[ResultItem], now: float,
+        self, worker_id: str, items: Sequence[Report], now: float,
         on_commit: Callable[[], None] | None = None,
     ) -> list[Outcome]:
-        """Record results ``(task_id, attempt, result, error)`` in one durable transaction.
+        """Record reports in one durable transaction.
 
         Accepted only from the current (task, attempt, worker); the same result posted again
-        is a duplicate; anything else is stale and changes nothing.
+        is a duplicate; anything else is stale and changes nothing. A refused result fails
+        its task with the reason.
         """
         with self._write(on_commit=on_commit) as conn:
             return [_complete_one(conn, worker_id, item, now) for item in items]
@@ -803,45 +805,52 @@ def _requeue_all(
 
 
 def _complete_one(
-    conn: sqlite3.Connection, worker_id: str, item: ResultItem, now: float
+    conn: sqlite3.Connection, worker_id: str, item: Report, now: float
 ) -> Outcome:
-    task_id, attempt, result, error = item
+    task_id, attempt = item.task_id, item.attempt
     row = conn.execute(QUERIES["task_lease"], (task_id,)).fetchone()
     if row is None:
-        return Outcome(task_id, attempt, "not_found", None)
+        return Outcome(task_id, attempt, OutcomeKind.NOT_FOUND, None)
     status = TaskStatus(row["status"])
     if status in FINISHED:
         return Outcome(task_id, attempt, _repeat_outcome(conn, worker_id, item, status), status)
     if status is not TaskStatus.IN_PROGRESS or row["attempt"] != attempt \
             or row["worker_id"] != worker_id:
-        return Outcome(task_id, attempt, "stale", status)
-    if error is not None:
-        conn.execute(QUERIES["mark_failed"], (error, now, task_id))
+        return Outcome(task_id, attempt, OutcomeKind.STALE, status)
+    kind = OutcomeKind.ACCEPTED
+    if item.refused is not None:
+        conn.execute(QUERIES["mark_failed"], (item.refused, now, task_id))
+        new_status, kind = TaskStatus.FAILED, OutcomeKind.REFUSED
+        log.warning("task %s attempt %s from worker %s: result refused (%s); task failed",
+                    task_id, attempt, worker_id, item.refused)
+    elif item.error is not None:
+        conn.execute(QUERIES["mark_failed"], (item.error, now, task_id))
         new_status = TaskStatus.FAILED
     else:
-        conn.execute(QUERIES["result_put"], (task_id, attempt, worker_id, dumps(result), now))
+        conn.execute(QUERIES["result_put"], (task_id, attempt, worker_id, item.result_json, now))
         conn.execute(QUERIES["mark_completed"], (now, task_id))
         conn.execute(QUERIES["worker_completed"], (worker_id,))
         new_status = TaskStatus.COMPLETED
     conn.execute(QUERIES["checkpoint_drop"], (task_id,))
-    return Outcome(task_id, attempt, "accepted", new_status)
+    return Outcome(task_id, attempt, kind, new_status)
 
 
 def _repeat_outcome(
-    conn: sqlite3.Connection, worker_id: str, item: ResultItem, status: TaskStatus
-) -> str:
-    """A result for a finished task: 'duplicate' if it is the one recorded, else 'stale'."""
-    task_id, attempt, result, error = item
-    if status is TaskStatus.COMPLETED and error is None:
+    conn: sqlite3.Connection, worker_id: str, item: Report, status: TaskStatus
+) -> OutcomeKind:
+    """A report for a finished task: a duplicate if it is the one recorded, else stale."""
+    task_id, attempt = item.task_id, item.attempt
+    if status is TaskStatus.COMPLETED and item.error is None and item.refused is None:
         stored = conn.execute(QUERIES["result_get"], (task_id,)).fetchone()
         same = (
             stored["attempt"] == attempt
             and stored["worker_id"] == worker_id
-            and stored["result"] == dumps(result)
+            and stored["result"] == item.result_json
         )
-        return "duplicate" if same else "stale"
-    if status is TaskStatus.FAILED and error is not None:
+        return OutcomeKind.DUPLICATE if same else OutcomeKind.STALE
+    if status is TaskStatus.FAILED:
+        error = item.refused if item.refused is not None else item.error
         row = conn.execute(QUERIES["task_failure"], (task_id,)).fetchone()
         if row["attempt"] == attempt and row["worker_id"] == worker_id and row["error"] == error:
-            return "duplicate"
-    return "stale"
+            return OutcomeKind.DUPLICATE
+    return OutcomeKind.STALE

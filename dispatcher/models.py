@@ -283,10 +283,35 @@ class Reclaim:
 
 
 @dataclass(frozen=True)
+class Report:
+    """A worker's report on one lease: a result (canonical JSON text) or the task's error.
+
+    ``refused`` is set when the dispatcher will not store the result (too large): the task
+    then ends as failed with that cause instead of being retried forever.
+    """
+
+    task_id: int
+    attempt: int
+    result_json: str | None
+    error: str | None = None
+    refused: str | None = None
+
+
+class OutcomeKind(str, enum.Enum):
+    """What the store did with one report; the values go on the wire."""
+
+    ACCEPTED = "accepted"  # recorded; the task is completed (or failed, for an error)
+    DUPLICATE = "duplicate"  # the same report was recorded before: a no-op
+    STALE = "stale"  # the sender does not hold that lease: nothing changed
+    NOT_FOUND = "not_found"  # no such task
+    REFUSED = "refused"  # the result was refused; the task failed with the reason
+
+
+@dataclass(frozen=True)
 class Outcome:
     """What the store did with one posted result."""
 
     task_id: int
     attempt: int
-    outcome: str  # accepted | duplicate | stale | not_found
+    outcome: OutcomeKind
     status: TaskStatus | None

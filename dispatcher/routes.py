@@ -2,16 +2,26 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from flask import Blueprint, Response, current_app, jsonify, request
 
 from dispatcher.db import NotFound, StaleLease
-from dispatcher.models import NewTask, Outcome, ReclaimCause, TaskStatus
+from dispatcher.models import (
+    NewTask,
+    Outcome,
+    OutcomeKind,
+    ReclaimCause,
+    Report,
+    TaskStatus,
+    dumps,
+)
 from dispatcher.schemas import (
     GetTask,
     Heartbeat,
     Release,
+    ResultItem,
     SaveCheckpoint,
     SubmitBatch,
     SubmitResult,
@@ -26,20 +36,52 @@ api = Blueprint("api", __name__)
 
 IDEMPOTENCY_HEADER = "Idempotency-Key"
 MAX_LIST_LIMIT = 1000
+MAX_TASK_ID = 2**62
+"""Larger ids in a URL cannot exist (the store's ids are 64-bit); they answer 404."""
+TASK_ID = f"int(min=1, max={MAX_TASK_ID}):task_id"
+_DIGITS = re.compile(r"[0-9]{1,9}")  # ASCII only: str.isdigit() also accepts '²'
 
 
 def _dispatcher() -> Dispatcher:
     return current_app.extensions["taskqueue"]
 
 
+def _body() -> dict[str, Any]:
+    return json_body(request, _dispatcher().config.max_json_depth)
+
+
+def _check_size(field: str, value: Any, limit: int, setting: str) -> str:
+    """The canonical JSON of ``value``; 413 naming the field when it is over ``limit`` bytes."""
+    text = dumps(value)
+    if len(text) > limit:
+        raise ApiError(413, "too_large",
+                       f"{field}: {len(text)} bytes is over the limit of {limit} ({setting})")
+    return text
+
+
 def _new_task(raw: Any, prefix: str, key: str | None) -> NewTask:
     body = parse(SubmitTask, raw, prefix)
+    config = _dispatcher().config
+    _check_size(f"{prefix}params", body.params, config.max_params_bytes, "MAX_PARAMS_BYTES")
     try:
         params = _dispatcher().registry.validate_task(body.task_type, body.params)
     except InvalidParams as exc:
         raise ApiError(400, "invalid_field", f"{prefix}{exc.field}: {exc.message}") from None
-    max_attempts = body.max_attempts or _dispatcher().config.max_attempts
+    max_attempts = body.max_attempts or config.max_attempts
     return NewTask(body.task_type, params, body.priority, max_attempts, key)
+
+
+def _report(item: ResultItem) -> Report:
+    """A posted result as the store takes it; an oversized one is marked refused."""
+    if item.error is not None:
+        return Report(item.task_id, item.attempt, None, item.error)
+    text = dumps(item.result)
+    limit = _dispatcher().config.max_result_bytes
+    if len(text) > limit:
+        reason = (f"result refused: {len(text)} bytes is over the limit of {limit} "
+                  "(MAX_RESULT_BYTES)")
+        return Report(item.task_id, item.attempt, None, refused=reason)
+    return Report(item.task_id, item.attempt, text)
 
 
 def _idempotency_key() -> str | None:
@@ -52,7 +94,7 @@ def _idempotency_key() -> str | None:
 @api.post("/submit-task")
 def submit_task() -> tuple[Response, int]:
     """Submit one task, or a batch as {"tasks": [...]}."""
-    body = json_body(request)
+    body = _body()
     key = _idempotency_key()
     if "tasks" in body:
         return _submit_batch(body, key)
@@ -80,9 +122,9 @@ def _submit_batch(body: dict[str, Any], key: str | None) -> tuple[Response, int]
 @api.post("/get-task")
 def get_task() -> tuple[Response | str, int]:
     """Lease pending work to a worker (long poll with "wait")."""
-    body = parse(GetTask, json_body(request))
+    body = parse(GetTask, _body())
     limit = 1 if body.max_tasks is None else body.max_tasks
-    results = [(r.task_id, r.attempt, r.result, r.error) for r in body.results]
+    results = [_report(r) for r in body.results]
     leases, outcomes = _dispatcher().claim(
         body.worker_id, body.instance_id, limit, body.wait, results
     )
@@ -95,7 +137,7 @@ def get_task() -> tuple[Response | str, int]:
 @api.post("/heartbeat")
 def heartbeat() -> tuple[Response, int]:
     """Record a worker's heartbeat; 409 listing the leases it no longer holds."""
-    body = parse(Heartbeat, json_body(request))
+    body = parse(Heartbeat, _body())
     held = [(t.task_id, t.attempt) for t in body.tasks]
     revoked = _dispatcher().heartbeat(body.worker_id, body.instance_id, held, body.stopping)
     if revoked:
@@ -109,7 +151,9 @@ def heartbeat() -> tuple[Response, int]:
 @api.post("/checkpoint")
 def checkpoint() -> tuple[Response, int]:
     """Save a task's resume state and renew its lease."""
-    body = parse(SaveCheckpoint, json_body(request))
+    body = parse(SaveCheckpoint, _body())
+    limit = _dispatcher().config.max_checkpoint_bytes
+    _check_size("state", body.state, limit, "MAX_CHECKPOINT_BYTES")
     expires = _dispatcher().checkpoint(
         body.worker_id, body.task_id, body.attempt, body.state, body.progress
     )
@@ -119,7 +163,10 @@ def checkpoint() -> tuple[Response, int]:
 @api.post("/release-task")
 def release_task() -> tuple[Response, int]:
     """Give a held task back to the queue (worker shutdown)."""
-    body = parse(Release, json_body(request))
+    body = parse(Release, _body())
+    if body.state is not None:
+        limit = _dispatcher().config.max_checkpoint_bytes
+        _check_size("state", body.state, limit, "MAX_CHECKPOINT_BYTES")
     cause = ReclaimCause.RETURNED if body.reason == "unstarted" else ReclaimCause.RELEASED
     _dispatcher().release(
         body.worker_id, body.task_id, body.attempt, body.state, body.progress, cause
@@ -130,30 +177,32 @@ def release_task() -> tuple[Response, int]:
 @api.post("/submit-result")
 def submit_result() -> tuple[Response, int]:
     """Record a task's result or error; a batch as {"results": [...]}."""
-    data = json_body(request)
+    data = _body()
     if "results" in data:
         batch = parse(SubmitResults, data)
-        items = [(r.task_id, r.attempt, r.result, r.error) for r in batch.results]
-        outcomes = _dispatcher().complete(batch.worker_id, items)
+        outcomes = _dispatcher().complete(batch.worker_id, [_report(r) for r in batch.results])
         return jsonify(results=_outcomes(outcomes)), 200
     body = parse(SubmitResult, data)
-    [outcome] = _dispatcher().complete(
-        body.worker_id, [(body.task_id, body.attempt, body.result, body.error)]
-    )
-    if outcome.outcome == "not_found":
+    report = _report(body)
+    [outcome] = _dispatcher().complete(body.worker_id, [report])
+    if outcome.outcome is OutcomeKind.NOT_FOUND:
         raise ApiError(404, "not_found", f"task {body.task_id} does not exist")
-    if outcome.outcome == "stale":
+    if outcome.outcome is OutcomeKind.REFUSED or (
+            report.refused is not None and outcome.outcome is OutcomeKind.DUPLICATE):
+        raise ApiError(413, "result_too_large", f"result: {report.refused}; the task failed")
+    if outcome.outcome is OutcomeKind.STALE:
         raise ApiError(
             409, "stale_lease",
             f"task {body.task_id} attempt {body.attempt} from {body.worker_id} is not the "
             f"current lease (task is {outcome.status.value})",
         )
     return jsonify(task_id=body.task_id, status=outcome.status.value,
-                   duplicate=outcome.outcome == "duplicate"), 200
+                   duplicate=outcome.outcome is OutcomeKind.DUPLICATE), 200
 
 
 def _outcomes(outcomes: list[Outcome]) -> list[dict[str, Any]]:
-    return [{"task_id": o.task_id, "attempt": o.attempt, "outcome": o.outcome} for o in outcomes]
+    return [{"task_id": o.task_id, "attempt": o.attempt, "outcome": o.outcome.value}
+            for o in outcomes]
 
 
 def _wait_arg() -> float:
@@ -167,13 +216,13 @@ def _wait_arg() -> float:
     return wait
 
 
-@api.get("/task/<int:task_id>")
+@api.get(f"/task/<{TASK_ID}>")
 def task_status(task_id: int) -> tuple[Response, int]:
     """A task's status, progress and result; ?wait=SECONDS answers when it finishes."""
     return jsonify(_dispatcher().get_task(task_id, _wait_arg()).to_dict()), 200
 
 
-@api.post("/task/<int:task_id>/cancel")
+@api.post(f"/task/<{TASK_ID}>/cancel")
 def cancel_task(task_id: int) -> tuple[Response, int]:
     """Cancel a task that has not finished."""
     return jsonify(_dispatcher().cancel(task_id).to_dict()), 200
@@ -189,7 +238,7 @@ def list_tasks() -> tuple[Response, int]:
         known = ", ".join(s.value for s in TaskStatus)
         raise ApiError(400, "invalid_field", f"status: must be one of {known}") from None
     raw_limit = request.args.get("limit", "100")
-    if not raw_limit.isdigit() or not 1 <= int(raw_limit) <= MAX_LIST_LIMIT:
+    if not _DIGITS.fullmatch(raw_limit) or not 1 <= int(raw_limit) <= MAX_LIST_LIMIT:
         raise ApiError(400, "invalid_field", f"limit: must be 1-{MAX_LIST_LIMIT}")
     tasks = _dispatcher().list_tasks(status, int(raw_limit))
     return jsonify(tasks=[t.to_dict() for t in tasks]), 200

@@ -12,9 +12,19 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from dispatcher.db import ResultItem, SQLiteStore
+from dispatcher.db import SQLiteStore
 from dispatcher.heartbeat_monitor import HeartbeatMonitor
-from dispatcher.models import Lease, NewTask, Outcome, Reclaim, ReclaimCause, Task, TaskStatus
+from dispatcher.models import (
+    Lease,
+    NewTask,
+    Outcome,
+    OutcomeKind,
+    Reclaim,
+    ReclaimCause,
+    Report,
+    Task,
+    TaskStatus,
+)
 from dispatcher.utils import Notifier
 from shared.config import Config
 from tasks.registry import Registry
@@ -87,7 +97,7 @@ class Dispatcher:
         instance_id: str | None,
         limit: int,
         wait_seconds: float,
-        results: Sequence[ResultItem] = (),
+        results: Sequence[Report] = (),
     ) -> tuple[list[Lease], list[Outcome]]:
         """Record ``results``, then lease up to ``limit`` tasks, waiting up to ``wait_seconds``."""
         deadline = time.monotonic() + min(wait_seconds, self.config.max_wait_seconds)
@@ -149,7 +159,7 @@ class Dispatcher:
         self.tasks_available.notify()
         return reclaim
 
-    def complete(self, worker_id: str, items: Sequence[ResultItem]) -> list[Outcome]:
+    def complete(self, worker_id: str, items: Sequence[Report]) -> list[Outcome]:
         """Record results durably; waiting readers are woken before the fsync."""
         outcomes = self.store.complete(
             worker_id, items, self.clock(), on_commit=self.tasks_finished.notify
@@ -203,7 +213,7 @@ class Dispatcher:
 
     def _after_results(self, worker_id: str, outcomes: list[Outcome]) -> None:
         for outcome in outcomes:
-            if outcome.outcome == "stale":
+            if outcome.outcome is OutcomeKind.STALE:
                 log.warning("stale result for task %s from worker %s refused", outcome.task_id,
                             worker_id)
 

@@ -28,14 +28,43 @@ class ApiError(Exception):
         return {"error": {"code": self.code, "message": self.message}, **self.extra}
 
 
-def json_body(request: Request) -> dict[str, Any]:
-    """The request's JSON object; 400 naming the problem when it is not one."""
-    data = request.get_json(silent=True, force=True)
+def json_body(request: Request, max_depth: int) -> dict[str, Any]:
+    """The request's JSON object; 400 naming the problem when it is not one.
+
+    Nesting deeper than ``max_depth`` is refused (the parser itself would recurse ~1,000
+    levels deep before failing, and everything downstream walks the value again).
+    """
+    try:
+        data = request.get_json(silent=True, force=True)
+    except RecursionError:
+        raise ApiError(400, "too_deep", f"body: nested deeper than {max_depth} levels") from None
     if data is None:
         raise ApiError(400, "invalid_json", "request body must be valid JSON")
     if not isinstance(data, dict):
         raise ApiError(400, "invalid_json", "request body must be a JSON object")
+    too_deep = deeper_than(data, max_depth)
+    if too_deep is not None:
+        raise ApiError(400, "too_deep", f"{too_deep}: nested deeper than {max_depth} levels")
     return data
+
+
+def deeper_than(value: Any, max_depth: int) -> str | None:
+    """The path of a container nested deeper than ``max_depth`` in ``value``, or None.
+
+    Iterative (an explicit stack), so it cannot itself run out of recursion.
+    """
+    stack: list[tuple[Any, str, int]] = [(value, "", 1)]
+    while stack:
+        node, path, depth = stack.pop()
+        if depth > max_depth:
+            return path or "body"
+        items = node.items() if isinstance(node, dict) else enumerate(node)
+        for key, child in items:
+            if isinstance(child, (dict, list)):
+                child_path = f"{path}[{key}]" if isinstance(key, int) else (
+                    f"{path}.{key}" if path else str(key))
+                stack.append((child, child_path, depth + 1))
+    return None
 
 
 def parse(model: type[M], data: Any, prefix: str = "") -> M:

@@ -73,8 +73,8 @@ class LocalCluster:
         log = open(self.workdir / "logs" / f"{name}.log", "ab")  # noqa: SIM115 - owned by Popen
         try:
             return subprocess.Popen(
-                [sys.executable, *args], cwd=REPO_ROOT, env={**self.env, **(env or {})}, stdout=log,
-                stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                [sys.executable, *args], cwd=REPO_ROOT, env={**self.env, **(env or {})},
+                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
             )
         finally:
             log.close()
@@ -90,7 +90,7 @@ class LocalCluster:
     ) -> subprocess.Popen[bytes]:
         """Start one worker process (it registers with its first claim or heartbeat).
 
-        ``env`` overrides the cluster's environment for this worker only.
+        ``env`` adds to (or overrides) the cluster's environment for this worker only.
         """
         proc = self._spawn(f"worker-{worker_id}", ["-m", "worker", worker_id, *args], env)
         self.workers[worker_id] = proc

@@ -40,6 +40,10 @@ class Config:
     max_attempts: int = 10
     dispatcher_threads: int = 48
     max_request_bytes: int = 16 * 1024 * 1024
+    max_params_bytes: int = 64 * 1024
+    max_result_bytes: int = 1024 * 1024
+    max_checkpoint_bytes: int = 1024 * 1024
+    max_json_depth: int = 32
     max_batch_size: int = 10_000
     max_wait_seconds: float = 30.0
     sqlite_busy_timeout_ms: int = 5_000
@@ -96,6 +100,10 @@ _RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "max_attempts": (lambda v: 1 <= v <= 1000, "must be 1-1000"),
     "dispatcher_threads": (lambda v: 2 <= v <= 1024, "must be 2-1024"),
     "max_request_bytes": (lambda v: v >= 1024, "must be >= 1024"),
+    "max_params_bytes": (lambda v: v >= 64, "must be >= 64"),
+    "max_result_bytes": (lambda v: v >= 64, "must be >= 64"),
+    "max_checkpoint_bytes": (lambda v: v >= 64, "must be >= 64"),
+    "max_json_depth": (lambda v: 4 <= v <= 256, "must be 4-256"),
     "max_batch_size": (lambda v: 1 <= v <= 100_000, "must be 1-100000"),
     "max_wait_seconds": (lambda v: 0 <= v <= 3600, "must be 0-3600"),
     "sqlite_busy_timeout_ms": (lambda v: v >= 0, "must be >= 0"),
@@ -120,6 +128,13 @@ def _check(config: Config) -> None:
         value = getattr(config, name)
         if not ok(value):
             raise ConfigError(f"{name.upper()} {problem}, got {value!r}")
+    for name in ("max_params_bytes", "max_result_bytes", "max_checkpoint_bytes"):
+        # One item must fit in a request with room to spare, or a worker could never deliver it.
+        if getattr(config, name) * 2 > config.max_request_bytes:
+            raise ConfigError(
+                f"{name.upper()} ({getattr(config, name)}) must be at most half of "
+                f"MAX_REQUEST_BYTES ({config.max_request_bytes})"
+            )
     if config.heartbeat_timeout <= config.heartbeat_interval:
         raise ConfigError(
             f"HEARTBEAT_TIMEOUT ({config.heartbeat_timeout}) must be greater than "

@@ -28,6 +28,7 @@ class WorkerConfig:
     backoff_max: float = 5.0
     request_timeout: float = 5.0
     prefetch_max: int = 128
+    max_result_bytes: int = 1024 * 1024
     max_tasks: int | None = None
     burst: bool = False
 
@@ -75,6 +76,7 @@ def make_worker_config(
         poll_wait=config.poll_wait,
         backoff_max=config.backoff_max,
         prefetch_max=config.prefetch_max,
+        max_result_bytes=config.max_result_bytes,
         max_tasks=max_tasks,
         burst=burst,
     )

@@ -120,12 +120,12 @@ class Checkpointer:
         raise TaskInterrupted(reason.value)
 
 
-def _json_safe(result: Any) -> bool:
+def _json_size(result: Any) -> int | None:
+    """Bytes of the result as JSON, or None when it is not JSON-able."""
     try:
-        json.dumps(result, allow_nan=False)
-    except (TypeError, ValueError):
-        return False
-    return True
+        return len(json.dumps(result, allow_nan=False, separators=(",", ":")))
+    except (TypeError, ValueError, RecursionError):
+        return None
 
 
 # The dispatcher refuses error texts over 10,000 characters; a refused error would be lost.
@@ -153,11 +153,17 @@ def resolve(task: ClaimedTask, registry: Registry, worker_id: str) -> tuple[Task
 
 
 def run_task(
-    task: ClaimedTask, checkpoint: Checkpointer, worker_id: str, registry: Registry
+    task: ClaimedTask,
+    checkpoint: Checkpointer,
+    worker_id: str,
+    registry: Registry,
+    max_result_bytes: int,
 ) -> dict[str, Any]:
     """Run a claimed task; return the payload to report, ``{"result": ...}`` or ``{"error": ...}``.
 
-    :class:`TaskInterrupted` propagates: the caller decides between release and drop.
+    A result over ``max_result_bytes`` becomes an error: the dispatcher would refuse it, and
+    the task must end rather than be computed again. :class:`TaskInterrupted` propagates:
+    the caller decides between release and drop.
     """
     try:
         task_type, params = resolve(task, registry, worker_id)
@@ -171,6 +177,12 @@ def run_task(
     except Exception as exc:  # the task's own failure: reported, never fatal to the worker
         log.warning("task %s failed on worker %s", task.task_id, worker_id, exc_info=True)
         return {"error": _describe(exc)}
-    if not isinstance(result, dict) or not _json_safe(result):
+    size = _json_size(result) if isinstance(result, dict) else None
+    if size is None:
         return {"error": f"TypeError: task returned a non-JSON result ({type(result).__name__})"}
+    if size > max_result_bytes:
+        log.warning("task %s on worker %s: result of %s bytes is over MAX_RESULT_BYTES",
+                    task.task_id, worker_id, size)
+        return {"error": f"result too large: {size} bytes is over the limit of "
+                         f"{max_result_bytes} (MAX_RESULT_BYTES)"}
     return {"result": result}

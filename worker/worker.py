@@ -22,7 +22,14 @@ from worker.cache_manager import PendingResult, ResultCache
 from worker.client import Backoff, DispatcherClient, OutageLog, Reply, Unreachable
 from worker.config import WorkerConfig
 from worker.heartbeat import Heartbeat, HeldTasks
-from worker.tasks import Checkpointer, ClaimedTask, InterruptReason, SendOutcome, run_task
+from worker.tasks import (
+    MAX_ERROR_CHARS,
+    Checkpointer,
+    ClaimedTask,
+    InterruptReason,
+    SendOutcome,
+    run_task,
+)
 
 log = logging.getLogger(__name__)
 
@@ -240,10 +247,18 @@ class ResultReporter:
         return True
 
     def _drop(self, item: PendingResult, reply: Reply) -> None:
-        # Resending would be refused forever and block the results behind it.
-        log.error("task %s attempt %s: result from worker %s rejected (HTTP %s %s); dropped",
+        """Give up on a result the dispatcher refused: resending it would be refused forever.
+
+        A refused *result* is replaced by an error naming the refusal, so the task ends as
+        failed instead of being leased and computed again; a refused error is dropped.
+        """
+        log.error("task %s attempt %s: result from worker %s rejected (HTTP %s %s)",
                   item.task_id, item.attempt, self._config.worker_id, reply.status, reply.body)
         self._forget([item])
+        if "result" in item.payload and reply.status not in (404, 409):
+            error = {"error": refusal_error(reply)}
+            self._queue[(item.task_id, item.attempt)] = PendingResult(
+                item.task_id, item.attempt, error, size=len(json.dumps(error)))
 
     def _log_outcome(self, item: PendingResult, outcome: str) -> None:
         wid, kind = self._config.worker_id, "error" if "error" in item.payload else "result"
@@ -253,6 +268,14 @@ class ResultReporter:
         else:
             log.warning("task %s attempt %s: %s from worker %s refused (%s); dropped",
                         item.task_id, item.attempt, kind, wid, outcome)
+
+
+def refusal_error(reply: Reply) -> str:
+    """The error text reported for a task whose result the dispatcher refused."""
+    error = reply.field("error")
+    detail = (f"{error.get('code')}: {error.get('message')}" if isinstance(error, dict)
+              else str(reply.body)[:200])
+    return f"result refused by the dispatcher (HTTP {reply.status} {detail})"[:MAX_ERROR_CHARS]
 
 
 class Prefetch:
@@ -433,7 +456,8 @@ class Worker:
             on_call=on_call)
         started = time.monotonic()
         try:
-            payload = run_task(task, checkpointer, self.config.worker_id, self.registry)
+            payload = run_task(task, checkpointer, self.config.worker_id, self.registry,
+                               self.config.max_result_bytes)
         except TaskInterrupted:
             self._interrupted(task, checkpointer)
             return False

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from dispatcher.db import SQLiteStore, StorageUnavailable
-from dispatcher.models import SCHEMA, SCHEMA_VERSION, NewTask, ReclaimCause
+from dispatcher.models import SCHEMA, SCHEMA_VERSION, NewTask, ReclaimCause, Report
 
 NOOP = NewTask("noop", {}, 0, 3)
 
@@ -45,8 +45,8 @@ def test_status_counts_follow_every_transition(tmp_path: Path) -> None:
     store = SQLiteStore(tmp_path / "t.db")
     ids = [task_id for task_id, _ in store.submit([NOOP] * 6, 1.0)]
     leases, _, _ = store.claim("w1", "i1", 4, 2.0, 100)
-    store.complete("w1", [(leases[0].task_id, 1, {"ok": 1}, None)], 3.0)
-    store.complete("w1", [(leases[1].task_id, 1, None, "boom")], 3.0)
+    store.complete("w1", [Report(leases[0].task_id, 1, '{"ok":1}')], 3.0)
+    store.complete("w1", [Report(leases[1].task_id, 1, None, "boom")], 3.0)
     store.release("w1", leases[2].task_id, 1, None, None, 3.0, cause=ReclaimCause.RELEASED)
     store.cancel(ids[-1], 4.0)
     store.reap_dead_workers(silent_since=10.0, now=11.0)
@@ -86,7 +86,7 @@ def test_durable_writes_fsync_the_wal_after_waking_waiters(tmp_path: Path, monke
     fsyncs = len(spy.inodes)
     store.claim("w1", "i1", 1, 2.0, 100)  # a claim without results is not fsynced
     assert len(spy.inodes) == fsyncs
-    store.complete("w1", [(task_id, 1, {"ok": 1}, None)], 3.0)
+    store.complete("w1", [Report(task_id, 1, '{"ok":1}')], 3.0)
     assert len(spy.inodes) == fsyncs + 1
     store.close()
 

@@ -552,10 +552,14 @@ def test_stale_and_rejected_results_are_dropped(stub, registry, make_worker, cap
     stub.tasks += [task_dict(1), task_dict(2)]
     with caplog.at_level(logging.WARNING, logger="worker"):
         assert worker.run() == 0
+    # A refused result is replaced once by an error naming the refusal (so the task ends
+    # failed instead of being computed again); a refused error is dropped.
     assert stub.bodies("/submit-result") == [
         {"worker_id": "w1", "results": [{"task_id": 8, "attempt": 1,
-                                         "result": {"refused": "outright"}}]}]
-    # Each refused result is sent once, then dropped: never re-sent on a later claim.
+                                         "result": {"refused": "outright"}}]},
+        {"worker_id": "w1", "results": [{"task_id": 8, "attempt": 1, "error":
+            "result refused by the dispatcher (HTTP 400 bad_request: None)"}]}]
+    # Never re-sent on a later claim.
     assert [task_id for e in stub.of("/get-task") for task_id in carried(e)] == [1, 2]
     assert cached(worker) == []
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
@@ -772,7 +776,7 @@ def test_unstarted_tasks_are_given_back_while_a_long_first_task_runs(
     assert cached(worker) == []
 
 
-def test_a_refused_claim_delivers_results_apart_and_drops_only_the_bad_one(
+def test_a_refused_claim_delivers_results_apart_and_fails_only_the_bad_one(
     stub, registry, make_worker, caplog
 ) -> None:
     registry["echo"] = lambda params, resume, checkpoint: {"ok": True}
@@ -784,14 +788,26 @@ def test_a_refused_claim_delivers_results_apart_and_drops_only_the_bad_one(
     def submit(body: dict[str, Any]) -> tuple[int, Any]:
         if len(body["results"]) > 1:
             return 413, {"error": {"code": "payload_too_large"}}
-        if body["results"][0]["task_id"] == 2:
+        if body["results"][0]["task_id"] == 2 and "result" in body["results"][0]:
             return 400, {"error": {"code": "invalid_field"}}
         return 200, {"results": stub.answer(body["results"])}
 
     stub.routes["/submit-result"] = submit
     with caplog.at_level(logging.WARNING, logger="worker"):
         assert make_worker().run() == 0  # a burst run that ends: nothing wedged
-    delivered = [r["task_id"] for r in stub.delivered()]
-    assert sorted(delivered) == [1, 3]
+    delivered = {r["task_id"]: r for r in stub.delivered()}
+    assert sorted(delivered) == [1, 2, 3]
+    assert delivered[1]["result"] == delivered[3]["result"] == {"ok": True}
+    assert delivered[2]["error"].startswith("result refused by the dispatcher (HTTP 400")
     assert any(r.levelno == logging.ERROR and "task 2 attempt 1" in r.getMessage()
-               and "dropped" in r.getMessage() for r in caplog.records)
+               and "rejected" in r.getMessage() for r in caplog.records)
+
+
+def test_a_result_over_the_cap_is_reported_as_an_error(stub, registry, make_worker) -> None:
+    registry["echo"] = lambda params, resume, checkpoint: {"blob": "x" * 5000}
+    stub.tasks.append(task_dict(1))
+    assert make_worker(max_result_bytes=4096).run() == 0
+    [report] = stub.delivered()
+    assert "result" not in report
+    assert report["error"] == ("result too large: 5011 bytes is over the limit of 4096 "
+                               "(MAX_RESULT_BYTES)")
