@@ -16,7 +16,7 @@ from shared.utils import free_port
 from tests.conftest import ClusterFactory
 
 EXAMPLE = "examples.wordcount"
-TEXT = "It was the best of times, it was the worst of times;\n" * 3000 + "it was the age of wisdom"
+TEXT = "It was the best of times, it was the worst of times;\n" * 1000 + "it was the age of wisdom"
 
 
 def test_example_module_runs_on_a_worker_that_loads_it(make_cluster: ClusterFactory) -> None:
@@ -25,9 +25,9 @@ def test_example_module_runs_on_a_worker_that_loads_it(make_cluster: ClusterFact
     view = cluster.wait_finished(cluster.submit("wordcount", {"text": TEXT, "top": 3}), 60)
     assert view["status"] == "completed", view
     expected = Counter(word.strip(",;").lower() for word in TEXT.split())
-    assert view["result"]["words"] == sum(expected.values()) == 36006
+    assert view["result"]["words"] == sum(expected.values()) == 12006
     assert view["result"]["distinct"] == len(expected)
-    assert view["result"]["top"] == [["it", 6001], ["of", 6001], ["the", 6001]]  # ties: a-z
+    assert view["result"]["top"] == [["it", 2001], ["of", 2001], ["the", 2001]]  # ties: a-z
     assert view["params"] == {"text": TEXT, "top": 3} and view["progress"] == 1.0
     log = cluster.worker_log("w1")
     assert "task types: collatz_longest, cpu_burn" in log and "checkpoint refused" not in log
