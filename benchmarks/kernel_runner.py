@@ -21,16 +21,19 @@ from typing import Any
 
 def _ours(root: str, algorithm: str, start: int, limit: int) -> tuple[int, int]:
     sys.path.insert(0, root)  # the project under test, ahead of this checkout
+    from tasks import prime_task
     from tasks.base import noop_checkpoint
-    from tasks.prime_task import PRIME_TASK
 
-    params = PRIME_TASK.validate({"limit": limit, "algorithm": algorithm})
+    # The task type is prime_task.primes since task types are declared with @task; a root
+    # checked out from before that names it PRIME_TASK.
+    task_type = getattr(prime_task, "PRIME_TASK", None) or prime_task.primes
+    params = task_type.validate({"limit": limit, "algorithm": algorithm})
     resume = None
     if start:
         # A checkpoint state as a worker would resume from it: totals of (start, limit] only.
         resume = {"last_checked": start, "prime_count": 0, "sum_of_primes": 0,
                   "largest_prime": None, "elapsed_seconds": 0.0, "primes": None}
-    result = PRIME_TASK.run(params, resume, noop_checkpoint)
+    result = task_type.run(params, resume, noop_checkpoint)
     return result["prime_count"], result["sum_of_primes"]
 
 

@@ -17,6 +17,7 @@ from dispatcher.routes import api, register_error_handlers
 from dispatcher.service import Dispatcher
 from shared.config import Config, ConfigError, load_config
 from shared.utils import configure_logging
+from tasks.registry import Registry, TaskModuleError, load_registry
 
 log = logging.getLogger(__name__)
 
@@ -34,14 +35,19 @@ def create_app(
     *,
     clock: Callable[[], float] = time.time,
     start_monitor: bool = True,
+    registry: Registry | None = None,
 ) -> Flask:
-    """Build the dispatcher app; the heartbeat monitor starts unless told not to."""
+    """Build the dispatcher app; the heartbeat monitor starts unless told not to.
+
+    Without a ``registry`` the task types are loaded from the config's TASK_MODULES.
+    """
     config = config or load_config()
+    registry = registry if registry is not None else load_registry(config.task_module_names)
     app = Flask(__name__)
     app.config["MAX_CONTENT_LENGTH"] = config.max_request_bytes
     app.json.sort_keys = False  # type: ignore[attr-defined]
     app.json.compact = True  # type: ignore[attr-defined]
-    dispatcher = Dispatcher(open_store(config), config, clock)
+    dispatcher = Dispatcher(open_store(config), config, clock, registry)
     app.extensions["taskqueue"] = dispatcher
     app.register_blueprint(api)
     register_error_handlers(app)
@@ -74,11 +80,12 @@ def main(argv: list[str] | None = None) -> int:
             dispatcher_threads=args.threads,
             log_level=args.log_level.upper() if args.log_level else None,
         )
-    except ConfigError as exc:
+        registry = load_registry(config.task_module_names)
+    except (ConfigError, TaskModuleError) as exc:
         print(f"configuration error: {exc}", file=sys.stderr)
         return 2
     configure_logging(config.log_level)
-    app = create_app(config)
+    app = create_app(config, registry=registry)
     server = create_server(
         app, host=config.dispatcher_host, port=config.dispatcher_port,
         threads=config.dispatcher_threads,
@@ -88,9 +95,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     # waitress's loop has no stop flag to poll; turning the signal into SystemExit unwinds it.
     signal.signal(signal.SIGTERM, _raise_exit)
-    log.info("dispatcher listening on http://%s:%s (database %s, %s threads)",
+    log.info("dispatcher listening on http://%s:%s (database %s, %s threads); task types: %s",
              config.dispatcher_host, config.dispatcher_port, config.database_url,
-             config.dispatcher_threads)
+             config.dispatcher_threads, ", ".join(registry.names))
     try:
         server.run()  # returns once SIGTERM/SIGINT unwinds the loop (waitress catches it)
     finally:

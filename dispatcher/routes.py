@@ -30,7 +30,6 @@ from dispatcher.schemas import (
 )
 from dispatcher.service import Dispatcher
 from dispatcher.utils import ApiError, json_body, parse
-from tasks import validate_task
 from tasks.base import InvalidCheckpoint, InvalidParams
 
 api = Blueprint("api", __name__)
@@ -65,7 +64,7 @@ def _new_task(raw: Any, prefix: str, key: str | None) -> NewTask:
     config = _dispatcher().config
     _check_size(f"{prefix}params", body.params, config.max_params_bytes, "MAX_PARAMS_BYTES")
     try:
-        params = validate_task(body.task_type, body.params)
+        params = _dispatcher().registry.validate_task(body.task_type, body.params)
     except InvalidParams as exc:
         raise ApiError(400, "invalid_field", f"{prefix}{exc.field}: {exc.message}") from None
     max_attempts = body.max_attempts or config.max_attempts

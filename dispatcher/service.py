@@ -27,7 +27,7 @@ from dispatcher.models import (
 )
 from dispatcher.utils import Notifier
 from shared.config import Config
-from tasks import check_checkpoint
+from tasks.registry import Registry
 
 log = logging.getLogger(__name__)
 
@@ -35,12 +35,18 @@ THROUGHPUT_WINDOW_SECONDS = 60.0
 
 
 class Dispatcher:
-    """Owns the store and coordinates waiting requests with changes to the queue."""
+    """Owns the store and coordinates waiting requests with changes to the queue.
 
-    def __init__(self, store: SQLiteStore, config: Config, clock: Callable[[], float]) -> None:
+    ``registry`` holds the task types this dispatcher accepts and checks checkpoints against.
+    """
+
+    def __init__(
+        self, store: SQLiteStore, config: Config, clock: Callable[[], float], registry: Registry
+    ) -> None:
         self.store = store
         self.config = config
         self.clock = clock
+        self.registry = registry
         self.started_at = clock()
         self.tasks_available = Notifier()
         self.tasks_finished = Notifier()
@@ -136,7 +142,7 @@ class Dispatcher:
         """Save a checkpoint and renew the lease; return the new expiry."""
         return self.store.checkpoint(
             worker_id, task_id, attempt, state, progress, self.clock(),
-            self.config.lease_duration, check_checkpoint,
+            self.config.lease_duration, self.registry.check_checkpoint,
         )
 
     def release(
@@ -145,7 +151,8 @@ class Dispatcher:
     ) -> Reclaim:
         """Give a task back to the queue at once, keeping its latest state."""
         reclaim = self.store.release(
-            worker_id, task_id, attempt, state, progress, self.clock(), check_checkpoint, cause
+            worker_id, task_id, attempt, state, progress, self.clock(),
+            self.registry.check_checkpoint, cause,
         )
         log.info("worker %s released task %s (attempt %s, %s)", worker_id, task_id, attempt,
                  cause.value)

@@ -7,6 +7,7 @@ result down. Every key is documented in ``.env`` and in the README's configurati
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
@@ -16,6 +17,7 @@ from dotenv import dotenv_values
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+_MODULE_PATH = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*")
 
 
 class ConfigError(ValueError):
@@ -50,6 +52,8 @@ class Config:
     prefetch_max: int = 128
     run_dir: str = "run"
     log_level: str = "INFO"
+    task_modules: str = ""
+    """Comma-separated import paths of the operator's task modules (besides the built-ins)."""
 
     @property
     def sqlite_path(self) -> Path | None:
@@ -58,6 +62,11 @@ class Config:
         if not self.database_url.startswith(prefix):
             return None
         return resolve_path(self.database_url[len(prefix):])
+
+    @property
+    def task_module_names(self) -> tuple[str, ...]:
+        """The import paths listed in TASK_MODULES, in order."""
+        return tuple(name.strip() for name in self.task_modules.split(",") if name.strip())
 
     @property
     def run_path(self) -> Path:
@@ -107,6 +116,10 @@ _RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
         "must start with sqlite:/// or postgresql://",
     ),
     "dispatcher_url": (lambda v: v.startswith(("http://", "https://")), "must be an http(s) URL"),
+    "task_modules": (
+        lambda v: all(_MODULE_PATH.fullmatch(n.strip()) for n in v.split(",") if n.strip()),
+        "must be comma-separated Python import paths (e.g. examples.wordcount)",
+    ),
 }
 
 

@@ -5,10 +5,14 @@ A task is pure computation: it gets validated parameters, an optional resume sta
 It calls the callback at every safe point (cheaply: the worker decides how often a call is
 actually sent to the dispatcher) and returns a JSON-able dict. The callback may raise
 :class:`TaskInterrupted`; a task never catches it, so the worker can stop it at a safe point.
+
+:func:`task` declares a task type; built-in and operator modules use it alike.
 """
 
 from __future__ import annotations
 
+import inspect
+import re
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -39,9 +43,13 @@ class InvalidParams(ValueError):
         self.message = message
 
 
+TASK_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_.-]{0,63}")
+"""What a task type's name may be (it is stored with every task and sent on the wire)."""
+
+
 @dataclass(frozen=True)
 class TaskType:
-    """One entry of the fixed task registry."""
+    """A task type: its name, its parameter and state models, and the function that runs it."""
 
     name: str
     params_model: type[BaseModel]
@@ -51,6 +59,14 @@ class TaskType:
     """The shape of the task's checkpoint state; None accepts any JSON object."""
     never_decrease: tuple[str, ...] = ()
     """State fields that measure work done: a checkpoint where one goes down is corrupt."""
+    module: str = ""
+    """The module that defines it, named when two modules define one name."""
+
+    def __call__(
+        self, params: Any, resume: dict[str, Any] | None, checkpoint: CheckpointFn
+    ) -> dict[str, Any]:
+        """Run the task directly (tests, benchmarks): the decorated function stays callable."""
+        return self.run(params, resume, checkpoint)
 
     def validate(self, params: Any) -> BaseModel:
         """Validate raw JSON params; raise :class:`InvalidParams` naming the field."""
@@ -72,6 +88,68 @@ class TaskType:
 
 class InvalidCheckpoint(InvalidParams):
     """A checkpoint state is malformed or inconsistent with the previous one."""
+
+
+def task(
+    name: str,
+    *,
+    params: type[BaseModel],
+    state: type[BaseModel] | None = None,
+    never_decrease: tuple[str, ...] = (),
+    description: str | None = None,
+) -> Callable[[TaskRun], TaskType]:
+    """Declare a task type: ``@task("name", params=Model)`` on ``def run(params, resume, ckpt)``.
+
+    The decorated name becomes the :class:`TaskType` (still callable like the function). The
+    description defaults to the first line of the function's docstring. A mistake in the
+    declaration raises here, at import, so a process never starts with a half-valid task.
+    """
+
+    def declare(run: TaskRun) -> TaskType:
+        _check_declaration(name, params, state, never_decrease, run)
+        return TaskType(
+            name=name,
+            params_model=params,
+            run=run,
+            description=_first_line(run.__doc__) if description is None else description,
+            state_model=state,
+            never_decrease=tuple(never_decrease),
+            module=getattr(run, "__module__", "") or "",
+        )
+
+    return declare
+
+
+def _check_declaration(
+    name: Any, params: Any, state: Any, never_decrease: Any, run: Any
+) -> None:
+    """Raise TypeError or ValueError naming the task and the argument that is wrong."""
+    if not isinstance(name, str) or not TASK_NAME.fullmatch(name):
+        raise ValueError(f"task name {name!r}: must match {TASK_NAME.pattern}")
+    if not _is_model(params):
+        raise TypeError(f"task {name!r}: params must be a pydantic BaseModel class")
+    if state is not None and not _is_model(state):
+        raise TypeError(f"task {name!r}: state must be a pydantic BaseModel class or None")
+    if isinstance(never_decrease, str) or not all(isinstance(f, str) for f in never_decrease):
+        raise TypeError(f"task {name!r}: never_decrease must be a tuple of field names")
+    unknown = [f for f in never_decrease if state is not None and f not in state.model_fields]
+    if unknown:
+        raise ValueError(f"task {name!r}: never_decrease names {unknown}, not fields of "
+                         f"{state.__name__}")
+    try:
+        inspect.signature(run).bind(None, None, None)
+    except (TypeError, ValueError):
+        raise TypeError(f"task {name!r}: {getattr(run, '__name__', run)!s} must take "
+                        "(params, resume, checkpoint)") from None
+
+
+def _is_model(value: Any) -> bool:
+    return isinstance(value, type) and issubclass(value, BaseModel)
+
+
+def _first_line(doc: str | None) -> str:
+    lines = inspect.cleandoc(doc or "").splitlines()
+    return lines[0] if lines else ""
 
 
 def _validated(

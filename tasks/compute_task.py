@@ -13,7 +13,7 @@ from typing import Any, TypeVar
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 from pydantic_core import PydanticCustomError
 
-from tasks.base import CheckpointFn, Stopwatch, TaskType
+from tasks.base import CheckpointFn, Stopwatch, task
 
 SLEEP_STEP_SECONDS = 0.1
 CPU_BURN_SLICE = 20_000
@@ -42,7 +42,8 @@ class NoopParams(BaseModel):
     model_config = ConfigDict(extra="allow")
 
 
-def run_noop(
+@task("noop", params=NoopParams)
+def noop(
     params: NoopParams, resume: dict[str, Any] | None, checkpoint: CheckpointFn
 ) -> dict[str, Any]:
     """Return the params unchanged (for throughput benchmarks)."""
@@ -64,7 +65,8 @@ class SleepState(BaseModel):
     elapsed_seconds: float = Field(default=0.0, ge=0)
 
 
-def run_sleep(
+@task("sleep", params=SleepParams, state=SleepState, never_decrease=("slept",))
+def sleep(
     params: SleepParams, resume: dict[str, Any] | None, checkpoint: CheckpointFn
 ) -> dict[str, Any]:
     """Sleep for params.seconds in short steps, checkpointing after each."""
@@ -108,7 +110,9 @@ def _spin(iterations: int) -> int:
     return acc
 
 
-def run_cpu_burn(
+@task("cpu_burn", params=CpuBurnParams, state=CpuBurnState,
+      never_decrease=("burned", "iterations"))
+def cpu_burn(
     params: CpuBurnParams, resume: dict[str, Any] | None, checkpoint: CheckpointFn
 ) -> dict[str, Any]:
     """Keep one core busy with pure-Python work for params.seconds, checkpointing as it goes."""
@@ -139,7 +143,9 @@ class MonteCarloState(BaseModel):
     elapsed_seconds: float = Field(default=0.0, ge=0)
 
 
-def run_monte_carlo_pi(
+@task("monte_carlo_pi", params=MonteCarloParams, state=MonteCarloState,
+      never_decrease=("chunks_done", "inside"))
+def monte_carlo_pi(
     params: MonteCarloParams, resume: dict[str, Any] | None, checkpoint: CheckpointFn
 ) -> dict[str, Any]:
     """Estimate pi from random points, one seeded chunk of samples at a time."""
@@ -194,7 +200,9 @@ class SumOfSquaresState(BaseModel):
     elapsed_seconds: float = Field(ge=0)
 
 
-def run_sum_of_squares(
+@task("sum_of_squares", params=SumOfSquaresParams, state=SumOfSquaresState,
+      never_decrease=("next", "sum"))
+def sum_of_squares(
     params: SumOfSquaresParams, resume: dict[str, Any] | None, checkpoint: CheckpointFn
 ) -> dict[str, Any]:
     """Exact sum of i*i for start <= i <= end, one chunk at a time."""
@@ -235,7 +243,9 @@ class CollatzState(BaseModel):
     elapsed_seconds: float = Field(ge=0)
 
 
-def run_collatz_longest(
+@task("collatz_longest", params=CollatzParams, state=CollatzState,
+      never_decrease=("next", "steps"))
+def collatz_longest(
     params: CollatzParams, resume: dict[str, Any] | None, checkpoint: CheckpointFn
 ) -> dict[str, Any]:
     """The number below limit with the most Collatz steps to reach 1 (the smallest on ties)."""
@@ -264,25 +274,3 @@ def run_collatz_longest(
         "elapsed_seconds": stopwatch.seconds(),
     }
 
-
-NOOP_TASK = TaskType("noop", NoopParams, run_noop, "Echo the params back (for benchmarks).")
-SLEEP_TASK = TaskType(
-    "sleep", SleepParams, run_sleep, "Sleep, checkpointing every 0.1 s.",
-    SleepState, ("slept",),
-)
-CPU_BURN_TASK = TaskType(
-    "cpu_burn", CpuBurnParams, run_cpu_burn, "Pure-Python CPU work (liveness tests, demos).",
-    CpuBurnState, ("burned", "iterations"),
-)
-MONTE_CARLO_PI_TASK = TaskType(
-    "monte_carlo_pi", MonteCarloParams, run_monte_carlo_pi, "Estimate pi from random samples.",
-    MonteCarloState, ("chunks_done", "inside"),
-)
-SUM_OF_SQUARES_TASK = TaskType(
-    "sum_of_squares", SumOfSquaresParams, run_sum_of_squares, "Exact sum of i*i over [start, end].",
-    SumOfSquaresState, ("next", "sum"),
-)
-COLLATZ_TASK = TaskType(
-    "collatz_longest", CollatzParams, run_collatz_longest, "Longest Collatz chain below limit.",
-    CollatzState, ("next", "steps"),
-)

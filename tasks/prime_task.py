@@ -1,7 +1,9 @@
-"""The ``primes`` task: count and sum the primes up to a limit, resumably.
+"""The ``primes`` task: count and sum the primes in a range [start, limit], resumably.
 
-numpy loads only when a task runs (see ``run_primes``), so the dispatcher can import this
-module for validation cheaply.
+A range lets one big count be split into tasks for several workers: the counts and sums of
+[0, a], [a + 1, b], ..., [z + 1, limit] add up to those of [0, limit], and the largest prime
+is that of the last range holding one. numpy loads only when a task runs (see ``primes``), so
+the dispatcher can import this module for validation cheaply.
 """
 
 from __future__ import annotations
@@ -9,16 +11,25 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SerializerFunctionWrapHandler,
+    ValidationInfo,
+    field_validator,
+    model_serializer,
+)
 from pydantic_core import PydanticCustomError
 
-from tasks.base import CheckpointFn, Stopwatch, TaskType
+from tasks.base import CheckpointFn, Stopwatch, task
 
 if TYPE_CHECKING:
     from tasks.prime_math import PrimeBlock
 
 PRIMES_LIST_CAP = 100_000
-"""The result (and the resume state) lists the primes themselves only when limit <= this."""
+"""The result (and the resume state) lists the primes themselves only when limit - start <= this
+(at most 9,592 primes, the count below 100,000; fewer in any higher range of that width)."""
 
 MAX_LIMIT = {"sieve": 10**12, "trial_division": 10**10}
 """Largest accepted limit per algorithm (trial division is far slower)."""
@@ -31,9 +42,10 @@ class PrimeParams(BaseModel):
 
     model_config = ConfigDict(strict=True, extra="forbid")
 
-    # Declared before limit so that the limit validator can see it.
+    # Declared in this order so that each validator can see the fields before it.
     algorithm: Algorithm = "sieve"
     limit: int = Field(ge=0)
+    start: int = Field(default=0, ge=0)
 
     @field_validator("limit")
     @classmethod
@@ -48,9 +60,31 @@ class PrimeParams(BaseModel):
             )
         return limit
 
+    @field_validator("start")
+    @classmethod
+    def _within_range(cls, start: int, info: ValidationInfo) -> int:
+        limit = info.data.get("limit")
+        if limit is not None and start > limit:
+            raise PydanticCustomError("range_reversed", "must be <= limit ({limit})",
+                                      {"limit": limit})
+        return start
+
+    @model_serializer(mode="wrap")
+    def _without_default_start(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        # Stored params stay as before ranges existed, which workers not yet upgraded accept.
+        data: dict[str, Any] = handler(self)
+        if data.get("start") == 0:
+            del data["start"]
+        return data
+
+    @property
+    def lists_primes(self) -> bool:
+        """Whether the range is small enough for the result to list its primes."""
+        return self.limit - self.start <= PRIMES_LIST_CAP
+
 
 class PrimeProgress(BaseModel):
-    """Resume state: the totals over the numbers up to ``last_checked``."""
+    """Resume state: the totals over the numbers from the task's start up to ``last_checked``."""
 
     model_config = ConfigDict(strict=True, extra="forbid")
 
@@ -62,16 +96,17 @@ class PrimeProgress(BaseModel):
     primes: list[int] | None = None
 
     @classmethod
-    def start(cls, limit: int) -> PrimeProgress:
+    def fresh(cls, params: PrimeParams) -> PrimeProgress:
         """The state before any number is checked; 2, the only even prime, is counted here."""
-        has_two = limit >= 2
+        has_two = params.start <= 2 <= params.limit
         return cls(
-            last_checked=min(limit, 2),
+            # The engines take the odd numbers above last_checked (1 is never taken).
+            last_checked=max(params.start - 1, min(params.limit, 2)),
             prime_count=int(has_two),
             sum_of_primes=2 if has_two else 0,
             largest_prime=2 if has_two else None,
             elapsed_seconds=0.0,
-            primes=([2] if has_two else []) if limit <= PRIMES_LIST_CAP else None,
+            primes=([2] if has_two else []) if params.lists_primes else None,
         )
 
     def add(self, block: PrimeBlock) -> None:
@@ -85,26 +120,32 @@ class PrimeProgress(BaseModel):
             self.primes.extend(block.values)
 
 
-def run_primes(
+@task("primes", params=PrimeParams, state=PrimeProgress,
+      never_decrease=("last_checked", "prime_count", "sum_of_primes"))
+def primes(
     params: PrimeParams, resume: dict[str, Any] | None, checkpoint: CheckpointFn
 ) -> dict[str, Any]:
-    """Count, sum and (for small limits) list the primes <= params.limit."""
-    progress = _load_progress(params.limit, resume)
+    """Count, sum and (up to a cap) list the primes in [start, limit]: sieve or trial_division."""
+    progress = _load_progress(params, resume)
     stopwatch = Stopwatch(progress.elapsed_seconds)
+    width = max(params.limit - params.start, 1)
     for block in _blocks(params, progress):
         progress.add(block)
         progress.elapsed_seconds = stopwatch.seconds()
-        checkpoint(progress.model_dump(), progress.last_checked / max(params.limit, 1))
+        checkpoint(progress.model_dump(), (progress.last_checked - params.start) / width)
     return _result(params, progress, stopwatch.seconds())
 
 
-def _load_progress(limit: int, resume: dict[str, Any] | None) -> PrimeProgress:
+def _load_progress(params: PrimeParams, resume: dict[str, Any] | None) -> PrimeProgress:
     """The progress to start from: fresh, or a validated earlier checkpoint state."""
     if resume is None:
-        return PrimeProgress.start(limit)
+        return PrimeProgress.fresh(params)
     progress = PrimeProgress.model_validate(resume)
-    if progress.last_checked > limit or (progress.primes is None) != (limit > PRIMES_LIST_CAP):
-        raise ValueError("resume state does not belong to this task's limit")
+    if (
+        not params.start - 1 <= progress.last_checked <= params.limit
+        or (progress.primes is not None) != params.lists_primes
+    ):
+        raise ValueError("resume state does not belong to this task's range")
     return progress
 
 
@@ -122,6 +163,7 @@ def _result(params: PrimeParams, progress: PrimeProgress, elapsed: float) -> dic
     """The task's JSON result."""
     result: dict[str, Any] = {
         "algorithm": params.algorithm,
+        "start": params.start,
         "limit": params.limit,
         "prime_count": progress.prime_count,
         "largest_prime": progress.largest_prime,
@@ -132,12 +174,3 @@ def _result(params: PrimeParams, progress: PrimeProgress, elapsed: float) -> dic
         result["primes"] = progress.primes
     return result
 
-
-PRIME_TASK = TaskType(
-    name="primes",
-    params_model=PrimeParams,
-    run=run_primes,
-    description="Count, sum and (up to a cap) list the primes <= limit: sieve or trial_division.",
-    state_model=PrimeProgress,
-    never_decrease=("last_checked", "prime_count", "sum_of_primes"),
-)

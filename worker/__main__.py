@@ -7,6 +7,7 @@ import sys
 
 from shared.config import LOG_LEVELS, ConfigError, load_config
 from shared.utils import configure_logging
+from tasks.registry import TaskModuleError, load_registry
 from worker.cache_manager import ResultCache
 from worker.config import make_worker_config
 from worker.worker import Shutdown, Worker, install_signal_handlers
@@ -35,7 +36,8 @@ def main(argv: list[str] | None = None) -> int:
         config = load_config().with_overrides(log_level=args.log_level)
         worker_config = make_worker_config(config, args.worker_id, url=args.url,
                                            max_tasks=args.max_tasks, burst=args.burst)
-    except ConfigError as exc:
+        registry = load_registry(config.task_module_names)
+    except (ConfigError, TaskModuleError) as exc:
         print(f"configuration error: {exc}", file=sys.stderr)
         return 2
     configure_logging(config.log_level)
@@ -43,7 +45,7 @@ def main(argv: list[str] | None = None) -> int:
     shutdown = Shutdown()
     install_signal_handlers(shutdown)
     with ResultCache(worker_config.cache_path, config.sqlite_busy_timeout_ms) as cache:
-        return Worker(worker_config, cache, shutdown).run()
+        return Worker(worker_config, cache, shutdown, registry).run()
 
 
 if __name__ == "__main__":

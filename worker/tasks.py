@@ -1,7 +1,9 @@
-"""Task execution: adapts the fixed task registry to the worker.
+"""Task execution: adapts the task registry to the worker.
 
-A claimed task is looked up in the registry, its params validated, and its ``run`` called with
-the claim's checkpoint state (or None) and a :class:`Checkpointer` as the callback.
+A claimed task is looked up in the worker's registry (the built-ins plus its TASK_MODULES),
+its params validated, and its ``run`` called with the claim's checkpoint state (or None) and a
+:class:`Checkpointer` as the callback. A task type this worker lacks fails the task with an
+error naming the worker (see the README, "Writing a task").
 """
 
 from __future__ import annotations
@@ -14,8 +16,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from tasks import get_task_type
 from tasks.base import TaskInterrupted, TaskType
+from tasks.registry import Registry
 
 log = logging.getLogger(__name__)
 
@@ -135,14 +137,27 @@ def _describe(exc: BaseException) -> str:
     return text if len(text) <= MAX_ERROR_CHARS else text[: MAX_ERROR_CHARS - 3] + "..."
 
 
-def resolve(task: ClaimedTask) -> tuple[TaskType, Any]:
+class UnknownTaskType(LookupError):
+    """The claimed task's type is not loaded on this worker."""
+
+
+def resolve(task: ClaimedTask, registry: Registry, worker_id: str) -> tuple[TaskType, Any]:
     """Look the task type up in the registry and validate its params; raise on either failure."""
-    task_type = get_task_type(task.task_type)
+    if task.task_type not in registry:
+        raise UnknownTaskType(
+            f"task type {task.task_type!r} is not loaded on worker {worker_id} (add its module "
+            f"to TASK_MODULES there; loaded: {', '.join(registry.names)})"
+        )
+    task_type = registry.get(task.task_type)
     return task_type, task_type.validate(task.params)
 
 
 def run_task(
-    task: ClaimedTask, checkpoint: Checkpointer, worker_id: str, max_result_bytes: int
+    task: ClaimedTask,
+    checkpoint: Checkpointer,
+    worker_id: str,
+    registry: Registry,
+    max_result_bytes: int,
 ) -> dict[str, Any]:
     """Run a claimed task; return the payload to report, ``{"result": ...}`` or ``{"error": ...}``.
 
@@ -151,7 +166,7 @@ def run_task(
     the caller decides between release and drop.
     """
     try:
-        task_type, params = resolve(task)
+        task_type, params = resolve(task, registry, worker_id)
     except (LookupError, ValueError) as exc:
         log.error("task %s rejected by worker %s: %s", task.task_id, worker_id, _describe(exc))
         return {"error": _describe(exc)}

@@ -17,6 +17,7 @@ from collections.abc import Callable
 from typing import Any
 
 from tasks.base import TaskInterrupted
+from tasks.registry import Registry
 from worker.cache_manager import PendingResult, ResultCache
 from worker.client import Backoff, DispatcherClient, OutageLog, Reply, Unreachable
 from worker.config import WorkerConfig
@@ -297,8 +298,10 @@ class Prefetch:
 class Worker:
     """Claims, runs and reports tasks until stopped; call :meth:`run`, or :meth:`loop_once` in tests."""
 
-    def __init__(self, config: WorkerConfig, cache: ResultCache, shutdown: Shutdown) -> None:
-        self.config, self._shutdown = config, shutdown
+    def __init__(
+        self, config: WorkerConfig, cache: ResultCache, shutdown: Shutdown, registry: Registry
+    ) -> None:
+        self.config, self._shutdown, self.registry = config, shutdown, registry
         self._held = HeldTasks()
         self._heartbeat = Heartbeat(config, self._held)
         self._client = DispatcherClient(config.dispatcher_url)
@@ -315,8 +318,8 @@ class Worker:
     def run(self) -> int:
         """Work until stopped, the queue is empty (burst) or max_tasks are done; return the exit code."""
         cfg = self.config
-        log.info("worker %s (instance %s) starting against %s", cfg.worker_id, cfg.instance_id,
-                 cfg.dispatcher_url)
+        log.info("worker %s (instance %s) starting against %s; task types: %s", cfg.worker_id,
+                 cfg.instance_id, cfg.dispatcher_url, ", ".join(self.registry.names))
         # Re-send an earlier process's results before our first heartbeat announces a new
         # instance (which makes the dispatcher requeue what the old instance held).
         self._reporter.recover()
@@ -453,7 +456,7 @@ class Worker:
             on_call=on_call)
         started = time.monotonic()
         try:
-            payload = run_task(task, checkpointer, self.config.worker_id,
+            payload = run_task(task, checkpointer, self.config.worker_id, self.registry,
                                self.config.max_result_bytes)
         except TaskInterrupted:
             self._interrupted(task, checkpointer)

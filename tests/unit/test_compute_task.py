@@ -13,12 +13,12 @@ from hypothesis import strategies as st
 from tasks import compute_math, compute_task
 from tasks.base import InvalidParams, TaskInterrupted, TaskType, noop_checkpoint
 from tasks.compute_task import (
-    COLLATZ_TASK,
-    CPU_BURN_TASK,
-    MONTE_CARLO_PI_TASK,
-    NOOP_TASK,
-    SLEEP_TASK,
-    SUM_OF_SQUARES_TASK,
+    collatz_longest,
+    cpu_burn,
+    monte_carlo_pi,
+    noop,
+    sleep,
+    sum_of_squares,
 )
 
 
@@ -105,19 +105,19 @@ def fake_sleep(monkeypatch: pytest.MonkeyPatch) -> FakeSleep:
 
 def test_noop_echoes_any_json_object() -> None:
     params = {"a": [1, {"b": None}], "c": "x", "d": 1.5}
-    assert run(NOOP_TASK, params) == {"echo": params}
-    assert run(NOOP_TASK, {}) == {"echo": {}}
+    assert run(noop, params) == {"echo": params}
+    assert run(noop, {}) == {"echo": {}}
 
 
 def test_noop_refuses_a_non_object() -> None:
     with pytest.raises(InvalidParams) as caught:
-        NOOP_TASK.validate([1, 2])
+        noop.validate([1, 2])
     assert caught.value.field == "params"
 
 
 def test_sleep_sleeps_in_short_steps_and_checkpoints_each(fake_sleep: FakeSleep) -> None:
     recorder = Recorder()
-    assert without_elapsed(run(SLEEP_TASK, {"seconds": 0.35}, checkpoint=recorder)) == {
+    assert without_elapsed(run(sleep, {"seconds": 0.35}, checkpoint=recorder)) == {
         "slept_seconds": 0.35, "resumed_from_seconds": 0.0
     }
     assert all(0 < step <= 0.1 for step in fake_sleep.calls)
@@ -127,39 +127,39 @@ def test_sleep_sleeps_in_short_steps_and_checkpoints_each(fake_sleep: FakeSleep)
 
 
 def test_sleep_resumes_where_it_stopped(fake_sleep: FakeSleep) -> None:
-    result = run(SLEEP_TASK, {"seconds": 1}, resume={"slept": 0.7, "elapsed_seconds": 0.8})
+    result = run(sleep, {"seconds": 1}, resume={"slept": 0.7, "elapsed_seconds": 0.8})
     assert math.isclose(sum(fake_sleep.calls), 0.3)
     assert result["resumed_from_seconds"] == 0.7
 
 
 def test_sleep_zero_seconds(fake_sleep: FakeSleep) -> None:
-    assert run(SLEEP_TASK, {"seconds": 0})["slept_seconds"] == 0
+    assert run(sleep, {"seconds": 0})["slept_seconds"] == 0
     assert fake_sleep.calls == []
 
 
 def test_sleep_really_sleeps() -> None:
-    result = run(SLEEP_TASK, {"seconds": 0.05})
+    result = run(sleep, {"seconds": 0.05})
     assert result["elapsed_seconds"] >= 0.05
 
 
 def test_sleep_can_be_interrupted(fake_sleep: FakeSleep) -> None:
     with pytest.raises(TaskInterrupted):
-        run(SLEEP_TASK, {"seconds": 3600}, checkpoint=Recorder(interrupt_at=2))
+        run(sleep, {"seconds": 3600}, checkpoint=Recorder(interrupt_at=2))
     assert len(fake_sleep.calls) == 2
 
 
 def test_monte_carlo_pi_is_close_and_deterministic() -> None:
     params = {"samples": 2_500_000, "seed": 3}
-    first, second = run(MONTE_CARLO_PI_TASK, params), run(MONTE_CARLO_PI_TASK, params)
+    first, second = run(monte_carlo_pi, params), run(monte_carlo_pi, params)
     assert without_elapsed(first) == without_elapsed(second)
     assert abs(first["pi_estimate"] - math.pi) < 0.01
     assert first["pi_estimate"] == 4 * first["inside"] / 2_500_000
-    assert run(MONTE_CARLO_PI_TASK, params | {"seed": 4})["inside"] != first["inside"]
+    assert run(monte_carlo_pi, params | {"seed": 4})["inside"] != first["inside"]
 
 
 def test_monte_carlo_pi_resumes_identically(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(compute_task, "MONTE_CARLO_CHUNK", 1000)
-    assert_resumes_identically(MONTE_CARLO_PI_TASK, {"samples": 9_500, "seed": 11})
+    assert_resumes_identically(monte_carlo_pi, {"samples": 9_500, "seed": 11})
 
 
 @pytest.mark.parametrize(
@@ -175,7 +175,7 @@ def test_monte_carlo_pi_resumes_identically(monkeypatch: pytest.MonkeyPatch) -> 
     ],
 )
 def test_sum_of_squares_matches_closed_form(start: int, end: int) -> None:
-    result = run(SUM_OF_SQUARES_TASK, {"start": start, "end": end})
+    result = run(sum_of_squares, {"start": start, "end": end})
     assert result["sum"] == squares_closed_form(start, end)
     assert (result["start"], result["end"]) == (start, end)
 
@@ -195,11 +195,11 @@ def test_sum_of_squares_full_chunk_at_the_extremes(first: int) -> None:
 
 def test_sum_of_squares_resumes_identically(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(compute_task, "SQUARES_CHUNK", 100)
-    assert_resumes_identically(SUM_OF_SQUARES_TASK, {"start": -250, "end": 777})
+    assert_resumes_identically(sum_of_squares, {"start": -250, "end": 777})
 
 
 def test_collatz_below_a_million() -> None:
-    assert without_elapsed(run(COLLATZ_TASK, {"limit": 10**6})) == {
+    assert without_elapsed(run(collatz_longest, {"limit": 10**6})) == {
         "limit": 10**6,
         "number": 837799,
         "steps": 524,
@@ -212,22 +212,22 @@ def test_collatz_matches_reference(limit: int, table_len: int, block_len: int) -
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(compute_task, "COLLATZ_TABLE_LEN", table_len)
         patch.setattr(compute_task, "COLLATZ_BLOCK_LEN", block_len)
-        result = run(COLLATZ_TASK, {"limit": limit})
+        result = run(collatz_longest, {"limit": limit})
     assert (result["number"], result["steps"]) == collatz_reference(limit)
 
 
 def test_collatz_resumes_identically(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(compute_task, "COLLATZ_TABLE_LEN", 64)
     monkeypatch.setattr(compute_task, "COLLATZ_BLOCK_LEN", 50)
-    assert_resumes_identically(COLLATZ_TASK, {"limit": 2000})
+    assert_resumes_identically(collatz_longest, {"limit": 2000})
 
 
 @pytest.mark.parametrize(
     ("task", "params", "interrupt_at"),
     [
-        (MONTE_CARLO_PI_TASK, {"samples": 5_000_000}, 2),
-        (SUM_OF_SQUARES_TASK, {"start": 0, "end": 10**8}, 2),
-        (COLLATZ_TASK, {"limit": 10**8}, 1),
+        (monte_carlo_pi, {"samples": 5_000_000}, 2),
+        (sum_of_squares, {"start": 0, "end": 10**8}, 2),
+        (collatz_longest, {"limit": 10**8}, 1),
     ],
 )
 def test_interrupting_checkpoint_stops_the_task(
@@ -242,10 +242,10 @@ def test_interrupting_checkpoint_stops_the_task(
 @pytest.mark.parametrize(
     ("task", "params"),
     [
-        (SLEEP_TASK, {"seconds": 1}),
-        (MONTE_CARLO_PI_TASK, {"samples": 2_500_000, "seed": 1}),
-        (SUM_OF_SQUARES_TASK, {"start": -5, "end": 3_000_000}),
-        (COLLATZ_TASK, {"limit": 1_100_000}),
+        (sleep, {"seconds": 1}),
+        (monte_carlo_pi, {"samples": 2_500_000, "seed": 1}),
+        (sum_of_squares, {"start": -5, "end": 3_000_000}),
+        (collatz_longest, {"limit": 1_100_000}),
     ],
 )
 def test_checkpoint_states_are_plain_json(
@@ -260,34 +260,34 @@ def test_checkpoint_states_are_plain_json(
 def test_elapsed_accumulates_across_resumes(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(compute_task, "SQUARES_CHUNK", 10)
     state = {"next": 50, "sum": squares_closed_form(0, 49), "elapsed_seconds": 100.0}
-    result = run(SUM_OF_SQUARES_TASK, {"start": 0, "end": 99}, resume=state)
+    result = run(sum_of_squares, {"start": 0, "end": 99}, resume=state)
     assert result["elapsed_seconds"] >= 100.0 and result["sum"] == squares_closed_form(0, 99)
 
 
 @pytest.mark.parametrize(
     ("task", "params", "field"),
     [
-        (SLEEP_TASK, {"seconds": "1"}, "params.seconds"),
-        (SLEEP_TASK, {"seconds": True}, "params.seconds"),
-        (SLEEP_TASK, {"seconds": -0.1}, "params.seconds"),
-        (SLEEP_TASK, {"seconds": 3600.5}, "params.seconds"),
-        (SLEEP_TASK, {"seconds": float("nan")}, "params.seconds"),
-        (SLEEP_TASK, {}, "params.seconds"),
-        (SLEEP_TASK, {"seconds": 1, "extra": 1}, "params.extra"),
-        (MONTE_CARLO_PI_TASK, {"samples": 0}, "params.samples"),
-        (MONTE_CARLO_PI_TASK, {"samples": 10**10 + 1}, "params.samples"),
-        (MONTE_CARLO_PI_TASK, {"samples": 1000.0}, "params.samples"),
-        (MONTE_CARLO_PI_TASK, {"samples": 10, "seed": -1}, "params.seed"),
-        (MONTE_CARLO_PI_TASK, {"samples": 10, "seed": False}, "params.seed"),
-        (SUM_OF_SQUARES_TASK, {"start": 5, "end": 4}, "params.end"),
-        (SUM_OF_SQUARES_TASK, {"start": 0, "end": 10**10}, "params.end"),
-        (SUM_OF_SQUARES_TASK, {"start": -(10**12) - 1, "end": 0}, "params.start"),
-        (SUM_OF_SQUARES_TASK, {"start": 0, "end": 10**12 + 1}, "params.end"),
-        (SUM_OF_SQUARES_TASK, {"start": "0", "end": 1}, "params.start"),
-        (SUM_OF_SQUARES_TASK, {"start": 0}, "params.end"),
-        (COLLATZ_TASK, {"limit": 1}, "params.limit"),
-        (COLLATZ_TASK, {"limit": 10**8 + 1}, "params.limit"),
-        (COLLATZ_TASK, {"limit": 10, "x": 1}, "params.x"),
+        (sleep, {"seconds": "1"}, "params.seconds"),
+        (sleep, {"seconds": True}, "params.seconds"),
+        (sleep, {"seconds": -0.1}, "params.seconds"),
+        (sleep, {"seconds": 3600.5}, "params.seconds"),
+        (sleep, {"seconds": float("nan")}, "params.seconds"),
+        (sleep, {}, "params.seconds"),
+        (sleep, {"seconds": 1, "extra": 1}, "params.extra"),
+        (monte_carlo_pi, {"samples": 0}, "params.samples"),
+        (monte_carlo_pi, {"samples": 10**10 + 1}, "params.samples"),
+        (monte_carlo_pi, {"samples": 1000.0}, "params.samples"),
+        (monte_carlo_pi, {"samples": 10, "seed": -1}, "params.seed"),
+        (monte_carlo_pi, {"samples": 10, "seed": False}, "params.seed"),
+        (sum_of_squares, {"start": 5, "end": 4}, "params.end"),
+        (sum_of_squares, {"start": 0, "end": 10**10}, "params.end"),
+        (sum_of_squares, {"start": -(10**12) - 1, "end": 0}, "params.start"),
+        (sum_of_squares, {"start": 0, "end": 10**12 + 1}, "params.end"),
+        (sum_of_squares, {"start": "0", "end": 1}, "params.start"),
+        (sum_of_squares, {"start": 0}, "params.end"),
+        (collatz_longest, {"limit": 1}, "params.limit"),
+        (collatz_longest, {"limit": 10**8 + 1}, "params.limit"),
+        (collatz_longest, {"limit": 10, "x": 1}, "params.x"),
     ],
 )
 def test_invalid_params_name_the_field(task: TaskType, params: dict[str, Any], field: str) -> None:
@@ -297,14 +297,14 @@ def test_invalid_params_name_the_field(task: TaskType, params: dict[str, Any], f
 
 
 def test_sleep_accepts_an_integer() -> None:
-    assert SLEEP_TASK.validate({"seconds": 2}).model_dump() == {"seconds": 2.0}
+    assert sleep.validate({"seconds": 2}).model_dump() == {"seconds": 2.0}
 
 
 def test_cpu_burn_works_in_pure_python_and_resumes() -> None:
     recorder = Recorder()
-    result = run(CPU_BURN_TASK, {"seconds": 0.05}, checkpoint=recorder)
+    result = run(cpu_burn, {"seconds": 0.05}, checkpoint=recorder)
     assert result["burned_seconds"] >= 0.05 and result["iterations"] > 0
     states = [json.loads(text) for text in recorder.texts]
     assert all(b["burned"] >= a["burned"] for a, b in zip(states, states[1:]))
-    resumed = run(CPU_BURN_TASK, {"seconds": 0.05}, resume={"burned": 0.05, "iterations": 7})
+    resumed = run(cpu_burn, {"seconds": 0.05}, resume={"burned": 0.05, "iterations": 7})
     assert resumed == {"burned_seconds": 0.05, "iterations": 7}

@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 
 from tasks import prime_math
 from tasks.base import InvalidParams, TaskInterrupted, noop_checkpoint
-from tasks.prime_task import PRIME_TASK, PRIMES_LIST_CAP
+from tasks.prime_task import PRIMES_LIST_CAP, primes
 
 ALGORITHMS = ("sieve", "trial_division")
 
@@ -37,10 +37,16 @@ def run(
     algorithm: str = "sieve",
     resume: dict[str, Any] | None = None,
     checkpoint: Any = noop_checkpoint,
+    start: int = 0,
 ) -> dict[str, Any]:
-    """Validate and run a primes task."""
-    params = PRIME_TASK.validate({"limit": limit, "algorithm": algorithm})
-    return PRIME_TASK.run(params, resume, checkpoint)
+    """Validate and run a primes task over [start, limit]."""
+    params = primes.validate({"limit": limit, "algorithm": algorithm, "start": start})
+    return primes.run(params, resume, checkpoint)
+
+
+def totals_of(result: dict[str, Any]) -> tuple[int, int, int | None]:
+    """(prime_count, sum_of_primes, largest_prime) of a result."""
+    return result["prime_count"], result["sum_of_primes"], result["largest_prime"]
 
 
 def without_elapsed(result: dict[str, Any]) -> dict[str, Any]:
@@ -152,16 +158,145 @@ def test_sieve_crosses_off_around_segment_boundaries() -> None:
 
 @pytest.mark.usefixtures("small_blocks")
 @pytest.mark.parametrize("algorithm", ALGORITHMS)
-@pytest.mark.parametrize("limit", [5000, PRIMES_LIST_CAP + 2001])
-def test_resume_from_any_state_gives_same_result(algorithm: str, limit: int) -> None:
+@pytest.mark.parametrize(
+    ("start", "limit"),
+    [(0, 5000), (0, PRIMES_LIST_CAP + 2001), (1234, 5000),
+     (PRIMES_LIST_CAP // 2, 2 * PRIMES_LIST_CAP), (10**7, 10**7 + 3000)],
+)
+def test_resume_from_any_state_gives_same_result(algorithm: str, start: int, limit: int) -> None:
     recorder = Recorder()
-    expected = without_elapsed(run(limit, algorithm, checkpoint=recorder))
+    expected = without_elapsed(run(limit, algorithm, checkpoint=recorder, start=start))
     assert len(recorder.states) > 10
     assert recorder.texts == [json.dumps(state) for state in recorder.states]  # never mutated
     assert recorder.progress == sorted(recorder.progress) and recorder.progress[-1] == 1.0
+    assert 0 <= recorder.progress[0]
     for index in (0, 1, len(recorder.states) // 2, len(recorder.states) - 1):
         state = json.loads(recorder.texts[index])
-        assert without_elapsed(run(limit, algorithm, resume=state)) == expected
+        assert without_elapsed(run(limit, algorithm, resume=state, start=start)) == expected
+
+
+# Ranges [start, limit]: what split jobs run on different workers and add up.
+
+
+@pytest.mark.parametrize("algorithm", ALGORITHMS)
+@pytest.mark.parametrize(
+    ("start", "limit", "count", "total", "largest"),
+    [
+        (0, 0, 0, 0, None),
+        (1, 1, 0, 0, None),
+        (2, 2, 1, 2, 2),
+        (3, 3, 1, 3, 3),
+        (4, 4, 0, 0, None),
+        (1, 2, 1, 2, 2),
+        (2, 10, 4, 17, 7),
+        (3, 10, 3, 15, 7),
+        (6, 10, 1, 7, 7),
+        (24, 28, 0, 0, None),
+        (97, 97, 1, 97, 97),
+        (90, 100, 1, 97, 97),
+        # pi(10^6) - pi(10^5), and the sums likewise.
+        (10**5, 10**6, 78498 - 9592, 37550402023 - 454396537, 999983),
+        (10**5 + 1, 10**6, 78498 - 9592, 37550402023 - 454396537, 999983),
+    ],
+)
+def test_range_known_values(
+    algorithm: str, start: int, limit: int, count: int, total: int, largest: int | None
+) -> None:
+    result = run(limit, algorithm, start=start)
+    assert totals_of(result) == (count, total, largest)
+    assert (result["start"], result["limit"]) == (start, limit)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    limit=st.integers(0, 3 * PRIMES_LIST_CAP),
+    width=st.integers(0, PRIMES_LIST_CAP + 10),
+    algorithm=st.sampled_from(ALGORITHMS),
+)
+def test_range_lists_exactly_the_primes_in_it(limit: int, width: int, algorithm: str) -> None:
+    start = max(0, limit - width)
+    expected = [p for p in reference_primes(3 * PRIMES_LIST_CAP) if start <= p <= limit]
+    result = run(limit, algorithm, start=start)
+    assert totals_of(result) == (len(expected), sum(expected), max(expected, default=None))
+    assert result.get("primes") == (expected if limit - start <= PRIMES_LIST_CAP else None)
+
+
+def combine(results: list[dict[str, Any]]) -> tuple[int, int, int | None]:
+    """How a split job adds up its ranges: counts and sums add, the last largest prime wins."""
+    largest = [r["largest_prime"] for r in results if r["largest_prime"] is not None]
+    return (sum(r["prime_count"] for r in results), sum(r["sum_of_primes"] for r in results),
+            largest[-1] if largest else None)
+
+
+def split(limit: int, cuts: list[int]) -> list[tuple[int, int]]:
+    """[0, a], [a + 1, b], ..., [z + 1, limit] for the sorted distinct cuts a < b < ... < limit."""
+    ends = [*cuts, limit]
+    return list(zip([0, *(end + 1 for end in cuts)], ends, strict=True))
+
+
+@pytest.mark.parametrize("algorithm", ALGORITHMS)
+@pytest.mark.parametrize("limit", [2, 3, 1000, PRIMES_LIST_CAP + 17, 10**6])
+@pytest.mark.parametrize("parts", [1, 2, 3, 7])
+def test_split_ranges_add_up_to_the_whole(algorithm: str, limit: int, parts: int) -> None:
+    cuts = sorted({limit * i // parts for i in range(1, parts)} - {limit})
+    results = [run(end, algorithm, start=start) for start, end in split(limit, cuts)]
+    assert combine(results) == totals_of(run(limit, algorithm))
+
+
+@pytest.mark.usefixtures("small_blocks")
+@settings(max_examples=40, deadline=None)
+@given(
+    limit=st.integers(0, 20_000),
+    cut_fractions=st.lists(st.floats(0, 1), max_size=6),
+    algorithm=st.sampled_from(ALGORITHMS),
+)
+def test_ranges_split_anywhere_add_up(
+    limit: int, cut_fractions: list[float], algorithm: str
+) -> None:
+    cuts = sorted({int(limit * f) for f in cut_fractions} - {limit})
+    results = [run(end, algorithm, start=start) for start, end in split(limit, cuts)]
+    expected = [p for p in reference_primes() if p <= limit]
+    assert combine(results) == (len(expected), sum(expected), max(expected, default=None))
+
+
+@pytest.mark.parametrize("algorithm", ALGORITHMS)
+def test_ten_million_split_in_four(algorithm: str) -> None:
+    results = [run(end, algorithm, start=start)
+               for start, end in split(10**7, [2 * 10**6, 5 * 10**6, 9_999_990])]
+    assert combine(results) == (664579, 3203324994356, 9999991)
+    assert results[-1]["prime_count"] == 1  # 9,999,991 alone in the last range
+
+
+def test_a_billion_split_in_three_with_the_sieve() -> None:
+    results = [run(end, start=start) for start, end in split(10**9, [10**8, 6 * 10**8])]
+    assert combine(results) == (50847534, 24739512092254535, 999999937)
+
+
+def test_high_range_agrees_between_algorithms_and_halves() -> None:
+    start, limit = 10**10 - 10**5, 10**10
+    sieve = run(limit, "sieve", start=start)
+    assert without_elapsed(run(limit, "trial_division", start=start)) == without_elapsed(
+        sieve) | {"algorithm": "trial_division"}
+    # Counted independently with a deterministic Miller-Rabin test over the range.
+    assert totals_of(sieve) == (4306, 43059784195402, 9999999967)
+    assert sieve["primes"][:3] == [9999900017, 9999900059, 9999900077]
+    halves = [run(start + 50_000, start=start), run(limit, start=start + 50_001)]
+    assert combine(halves) == totals_of(sieve)
+
+
+@pytest.mark.parametrize("algorithm", ALGORITHMS)
+def test_primes_listed_up_to_the_cap_on_the_range_width(algorithm: str) -> None:
+    start = 10**6
+    assert "primes" in run(start + PRIMES_LIST_CAP, algorithm, start=start)
+    assert "primes" not in run(start + PRIMES_LIST_CAP + 1, algorithm, start=start)
+
+
+@pytest.mark.usefixtures("small_blocks")
+def test_resume_state_from_before_the_range_is_refused() -> None:
+    recorder = Recorder()
+    run(5000, checkpoint=recorder)
+    with pytest.raises(ValueError, match="resume state"):
+        run(5000, resume=recorder.states[0], start=4000)
 
 
 @pytest.mark.parametrize("algorithm", ALGORITHMS)
@@ -213,18 +348,31 @@ def test_resume_state_of_another_limit_is_refused() -> None:
         ({"limit": 10, "algorithm": "wheel"}, "params.algorithm"),
         ({"limit": 10, "algorithm": None}, "params.algorithm"),
         ({"limit": 10, "colour": "blue"}, "params.colour"),
+        ({"limit": 10, "start": 11}, "params.start"),
+        ({"limit": 10, "start": -1}, "params.start"),
+        ({"limit": 10, "start": "1"}, "params.start"),
+        ({"limit": 10, "start": 1.0}, "params.start"),
+        ({"limit": 10, "start": None}, "params.start"),
+        ({"limit": 10**12 + 1, "start": 10**12}, "params.limit"),
     ],
 )
 def test_invalid_params_name_the_field(params: dict[str, Any], field: str) -> None:
     with pytest.raises(InvalidParams) as caught:
-        PRIME_TASK.validate(params)
+        primes.validate(params)
     assert caught.value.field == field
+
+
+def test_reversed_range_message_gives_the_limit() -> None:
+    with pytest.raises(InvalidParams, match=r"^params.start: .*must be <= limit \(10\)"):
+        primes.validate({"limit": 10, "start": 11})
+    assert primes.validate({"limit": 10, "start": 10}).model_dump() == {
+        "algorithm": "sieve", "limit": 10, "start": 10}
 
 
 def test_oversized_limit_message_gives_the_maximum() -> None:
     with pytest.raises(InvalidParams, match="10000000000 for the trial_division"):
-        PRIME_TASK.validate({"limit": 10**10 + 1, "algorithm": "trial_division"})
-    assert PRIME_TASK.validate({"limit": 10**10 + 1}).model_dump()["limit"] == 10**10 + 1
+        primes.validate({"limit": 10**10 + 1, "algorithm": "trial_division"})
+    assert primes.validate({"limit": 10**10 + 1}).model_dump()["limit"] == 10**10 + 1
 
 
 def test_sieve_memory_does_not_grow_with_the_range() -> None:

@@ -1,4 +1,4 @@
-"""The task registry: lookup, validation of submissions, and a light import for the dispatcher."""
+"""The built-in task types: lookup, validation of submissions, a light import for the dispatcher."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from tasks import REGISTRY, get_task_type, validate_task
+from tasks import Registry, load_registry
 from tasks.base import InvalidParams, noop_checkpoint
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -26,39 +26,44 @@ SMALL_PARAMS = {
 }
 
 
-def test_registry_holds_every_task_type_under_its_own_name() -> None:
-    assert set(REGISTRY) == set(SMALL_PARAMS)
-    assert all(task.name == name and task.description for name, task in REGISTRY.items())
+@pytest.fixture(scope="module")
+def registry() -> Registry:
+    return load_registry()
 
 
-def test_get_task_type() -> None:
-    assert get_task_type("primes") is REGISTRY["primes"]
+def test_registry_holds_every_task_type_under_its_own_name(registry: Registry) -> None:
+    assert registry.names == tuple(sorted(SMALL_PARAMS))
+    assert all(registry.get(name).name == name for name in registry.names)
+    assert all(task.description and task.module.startswith("tasks.") for task in registry)
 
 
-def test_unknown_task_type_lists_the_known_ones() -> None:
+def test_unknown_task_type_lists_the_known_ones(registry: Registry) -> None:
+    assert "factorise" not in registry
     with pytest.raises(InvalidParams) as caught:
-        get_task_type("factorise")
+        registry.get("factorise")
     assert caught.value.field == "task_type"
     assert "'factorise'" in caught.value.message and "primes" in caught.value.message
 
 
 @pytest.mark.parametrize("task_type", [None, 7, ["primes"], {"name": "primes"}])
-def test_task_type_must_be_a_string(task_type: Any) -> None:
+def test_task_type_must_be_a_string(registry: Registry, task_type: Any) -> None:
     with pytest.raises(InvalidParams) as caught:
-        validate_task(task_type, {"limit": 10})
+        registry.validate_task(task_type, {"limit": 10})
     assert caught.value.field == "task_type"
 
 
-def test_validate_task_fills_defaults() -> None:
-    assert validate_task("primes", {"limit": 10}) == {"algorithm": "sieve", "limit": 10}
-    assert validate_task("monte_carlo_pi", {"samples": 5}) == {"samples": 5, "seed": 0}
-    assert validate_task("sleep", {"seconds": 2}) == {"seconds": 2.0}
+def test_validate_task_fills_defaults(registry: Registry) -> None:
+    assert registry.validate_task("primes", {"limit": 10}) == {"algorithm": "sieve", "limit": 10}
+    assert registry.validate_task("primes", {"limit": 10, "start": 3}) == {
+        "algorithm": "sieve", "limit": 10, "start": 3}
+    assert registry.validate_task("monte_carlo_pi", {"samples": 5}) == {"samples": 5, "seed": 0}
+    assert registry.validate_task("sleep", {"seconds": 2}) == {"seconds": 2.0}
 
 
 @pytest.mark.parametrize("name", sorted(SMALL_PARAMS))
-def test_normalised_params_validate_again_unchanged(name: str) -> None:
-    normalised = validate_task(name, SMALL_PARAMS[name])
-    assert validate_task(name, json.loads(json.dumps(normalised))) == normalised
+def test_normalised_params_validate_again_unchanged(registry: Registry, name: str) -> None:
+    normalised = registry.validate_task(name, SMALL_PARAMS[name])
+    assert registry.validate_task(name, json.loads(json.dumps(normalised))) == normalised
 
 
 @pytest.mark.parametrize(
@@ -71,20 +76,22 @@ def test_normalised_params_validate_again_unchanged(name: str) -> None:
         ("sum_of_squares", {"start": 1, "end": 0}, "params.end"),
     ],
 )
-def test_invalid_params_name_the_field(task_type: str, params: Any, field: str) -> None:
+def test_invalid_params_name_the_field(
+    registry: Registry, task_type: str, params: Any, field: str
+) -> None:
     with pytest.raises(InvalidParams) as caught:
-        validate_task(task_type, params)
+        registry.validate_task(task_type, params)
     assert caught.value.field == field
     assert str(caught.value).startswith(f"{field}: ")
 
 
-def test_noop_accepts_missing_params() -> None:
-    assert validate_task("noop", None) == {}
+def test_noop_accepts_missing_params(registry: Registry) -> None:
+    assert registry.validate_task("noop", None) == {}
 
 
 @pytest.mark.parametrize("name", sorted(SMALL_PARAMS))
-def test_every_task_runs_to_a_json_result(name: str) -> None:
-    task = get_task_type(name)
+def test_every_task_runs_to_a_json_result(registry: Registry, name: str) -> None:
+    task = registry.get(name)
     result = task.run(task.validate(SMALL_PARAMS[name]), None, noop_checkpoint)
     assert json.loads(json.dumps(result)) == result
 

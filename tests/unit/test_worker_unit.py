@@ -20,9 +20,9 @@ from typing import Any
 import pytest
 from pydantic import BaseModel
 
-import worker.tasks as worker_tasks
 from shared.config import REPO_ROOT, Config
 from tasks.base import TaskInterrupted, TaskType
+from tasks.registry import Registry, load_registry
 from worker.cache_manager import ResultCache
 from worker.config import WorkerConfig, make_worker_config
 from worker.tasks import Checkpointer, ClaimedTask, InterruptReason, SendOutcome
@@ -372,17 +372,9 @@ class EchoParams(BaseModel):
 
 
 @pytest.fixture
-def registry(monkeypatch: pytest.MonkeyPatch) -> dict[str, Callable[..., dict[str, Any]]]:
-    """Task runs by name, served to the worker in place of the real registry."""
-    runs: dict[str, Callable[..., dict[str, Any]]] = {}
-
-    def get_task_type(name: str) -> TaskType:
-        if name not in runs:
-            raise KeyError(f"unknown task type {name!r}")
-        return TaskType(name=name, params_model=EchoParams, run=runs[name], description="test")
-
-    monkeypatch.setattr(worker_tasks, "get_task_type", get_task_type)
-    return runs
+def registry() -> dict[str, Callable[..., dict[str, Any]]]:
+    """Task runs by name (params: EchoParams), added to the built-ins of each worker made."""
+    return {}
 
 
 def task_dict(task_id: int = 1, task_type: str = "echo", attempt: int = 1, **extra: Any) -> dict:
@@ -392,7 +384,9 @@ def task_dict(task_id: int = 1, task_type: str = "echo", attempt: int = 1, **ext
 
 
 @pytest.fixture
-def make_worker(stub: StubDispatcher, tmp_path: Path) -> Iterator[Callable[..., Worker]]:
+def make_worker(
+    stub: StubDispatcher, tmp_path: Path, registry: dict[str, Callable[..., dict[str, Any]]]
+) -> Iterator[Callable[..., Worker]]:
     caches: list[ResultCache] = []
 
     def make(url: str | None = None, shutdown: Shutdown | None = None, **changes: Any) -> Worker:
@@ -403,7 +397,9 @@ def make_worker(stub: StubDispatcher, tmp_path: Path) -> Iterator[Callable[..., 
                               backoff_max=0.02, request_timeout=2.0, burst=True)
         config = dataclasses.replace(config, **changes)
         caches.append(ResultCache(config.cache_path))
-        return Worker(config, caches[-1], shutdown or Shutdown())
+        extra = [TaskType(name, EchoParams, run, "test") for name, run in registry.items()]
+        task_types = Registry([*load_registry(), *extra])
+        return Worker(config, caches[-1], shutdown or Shutdown(), task_types)
 
     yield make
     for cache in caches:
@@ -449,7 +445,7 @@ def test_failures_are_reported_as_errors(stub, registry, make_worker) -> None:
     assert all("result" not in d for d in delivered)
     errors = {d["task_id"]: d["error"] for d in delivered}
     assert errors[1] == "ZeroDivisionError: no luck"
-    assert errors[2].startswith("KeyError:")
+    assert errors[2].startswith("UnknownTaskType: task type 'nope' is not loaded on worker w1")
     assert errors[3].startswith("InvalidParams: params")
     assert errors[4].startswith("RuntimeError: xxx") and len(errors[4]) <= 10_000
     assert errors[5].startswith("TypeError: task returned a non-JSON result")
@@ -683,7 +679,8 @@ def test_real_registry_tasks_run_through_the_worker(stub, make_worker) -> None:
     outcomes = {d["task_id"]: d for d in stub.delivered()}
     assert sorted(outcomes) == [1, 2]
     assert outcomes[1]["result"]["prime_count"] == 10
-    assert outcomes[2]["error"].startswith("InvalidParams: task_type: unknown task type")
+    assert outcomes[2]["error"].startswith(
+        "UnknownTaskType: task type 'no-such-type' is not loaded on worker w1 (add its module")
 
 
 # --- prefetching ------------------------------------------------------------------------

@@ -1,0 +1,1 @@
+"""Example task modules, loaded only when named in TASK_MODULES."""
