@@ -14,6 +14,8 @@ from typing import Any
 
 from dotenv import dotenv_values
 
+from shared.utils import split_urls
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
@@ -54,6 +56,11 @@ class Config:
         if not self.database_url.startswith(prefix):
             return None
         return resolve_path(self.database_url[len(prefix):])
+
+    @property
+    def dispatcher_urls(self) -> tuple[str, ...]:
+        """The dispatcher base URLs ``DISPATCHER_URL`` lists (comma-separated), in order."""
+        return split_urls(self.dispatcher_url)
 
     @property
     def run_path(self) -> Path:
@@ -98,7 +105,6 @@ _RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
         lambda v: v.startswith(("sqlite:///", "postgresql://", "postgres://")),
         "must start with sqlite:/// or postgresql://",
     ),
-    "dispatcher_url": (lambda v: v.startswith(("http://", "https://")), "must be an http(s) URL"),
 }
 
 
@@ -107,11 +113,20 @@ def _check(config: Config) -> None:
         value = getattr(config, name)
         if not ok(value):
             raise ConfigError(f"{name.upper()} {problem}, got {value!r}")
+    check_dispatcher_urls(config.dispatcher_url)
     if config.heartbeat_timeout <= config.heartbeat_interval:
         raise ConfigError(
             f"HEARTBEAT_TIMEOUT ({config.heartbeat_timeout}) must be greater than "
             f"HEARTBEAT_INTERVAL ({config.heartbeat_interval})"
         )
+
+
+def check_dispatcher_urls(raw: str, key: str = "DISPATCHER_URL") -> tuple[str, ...]:
+    """The URLs of a dispatcher list (``DISPATCHER_URL``, ``--url``); errors name the bad entry."""
+    try:
+        return split_urls(raw)
+    except ValueError as exc:
+        raise ConfigError(f"{key} must be a comma-separated list of http(s) URLs: {exc}") from None
 
 
 def _convert(name: str, raw: str, kind: type) -> Any:
