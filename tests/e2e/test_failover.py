@@ -1,12 +1,14 @@
 """Workers and clients with a list of dispatcher URLs, against real dispatcher processes.
 
 Two dispatchers on separate SQLite files do not share a queue, but they tell which one a
-client used: each stores only what reached it. A dead dispatcher is a port that was free a
-moment ago.
+client used: each stores only what reached it. The last test shares one SQLite file between
+two dispatchers to stand in for several on one PostgreSQL database. A dead dispatcher is a
+port that was free a moment ago.
 """
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 
@@ -105,3 +107,24 @@ def test_a_submission_whose_answer_is_lost_is_stored_once(cluster: LocalCluster)
         again.close()
     assert len(set(ids)) == 5 and total(cluster) == 6
     assert [cluster.task(i)["params"]["n"] for i in ids] == list(range(5))
+
+
+def test_a_worker_keeps_its_task_when_its_dispatcher_dies(make_cluster: ClusterFactory) -> None:
+    """Two dispatchers on one SQLite file stand in for several on one PostgreSQL database."""
+    home = make_cluster(CHECKPOINT_INTERVAL="0.5")
+    other = make_cluster(CHECKPOINT_INTERVAL="0.5", DATABASE_URL=f"sqlite:///{home.db_path}")
+    home.env["DISPATCHER_URL"] = f"{home.url},{other.url}"
+    name = next(n for n in (f"w{i}" for i in range(20)) if home_index(n, 2) == 0)
+    home.start_worker(name)
+    task_id = home.client.submit("primes", {"limit": 10**10})  # ~2 s of sieving
+    wait_until(lambda: other.task(task_id)["progress"] > 0.1, 60, message="checkpointed")
+    home.kill_dispatcher()
+    view = other.wait_finished(task_id, timeout=60)
+    result = view["result"]
+    assert (result["prime_count"], result["largest_prime"], result["sum_of_primes"]) == \
+        KNOWN_PRIMES[10**10]
+    assert view["attempt"] == 1 and view["worker_id"] == name
+    assert not any(other.stats()["reclaims"].values()), "nothing was taken from the worker"
+    # Refused, or reset if a call was in flight: either way one line.
+    switched = rf"dispatcher {home.url} unreachable \(\w+\), using {other.url}"
+    assert len(re.findall(switched, home.worker_log(name))) == 1
