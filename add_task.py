@@ -39,7 +39,7 @@ from shared.client import (  # noqa: E402
     RequestRefused,
     Unreachable,
 )
-from shared.config import ConfigError, load_config  # noqa: E402
+from shared.config import ConfigError, check_dispatcher_urls, load_config  # noqa: E402
 
 EXIT_ERROR, EXIT_TIMEOUT, EXIT_TASK_FAILED = 1, 3, 4
 
@@ -64,7 +64,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--wait", action="store_true", help="show progress, then the results")
     parser.add_argument("--timeout", type=float, default=3600.0, help="--wait limit, s (3600)")
     parser.add_argument("--json", action="store_true", help="print JSON instead of text")
-    parser.add_argument("--url", help="dispatcher URL (default DISPATCHER_URL)")
+    parser.add_argument("--url", help="dispatcher URL, or several separated by commas "
+                                      "(default DISPATCHER_URL)")
     return parser.parse_args(argv)
 
 
@@ -91,7 +92,11 @@ def build_tasks(args: argparse.Namespace) -> list[dict[str, Any]]:
 
 
 def submit(client: QueueClient, tasks: list[dict[str, Any]]) -> list[int]:
-    """Submit in batches (of shared.client.SUBMIT_BATCH); return every created id."""
+    """Submit in batches (of shared.client.SUBMIT_BATCH); return every created id.
+
+    Each batch carries an Idempotency-Key: one whose answer was lost is sent once more (to the
+    next dispatcher of the list) without being stored twice.
+    """
     return client.submit_many(tasks)
 
 
@@ -139,9 +144,9 @@ def print_table(views: dict[int, dict[str, Any]]) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Submit, optionally wait, print; return the exit code."""
-    url = (args.url or load_config().dispatcher_url).rstrip("/")
+    urls = check_dispatcher_urls(args.url, "--url") if args.url else load_config().dispatcher_urls
     tasks = build_tasks(args)
-    with QueueClient(url) as client:
+    with QueueClient(urls) as client:
         try:
             ids = submit(client, tasks)
             if not args.json:
@@ -152,7 +157,8 @@ def run(args: argparse.Namespace) -> int:
                 return 0
             views = wait_all(client, ids, args.timeout, quiet=args.json)
         except Unreachable:
-            raise CliError(f"cannot reach the dispatcher ({url}); is it running?") from None
+            raise CliError(f"cannot reach the dispatcher ({', '.join(urls)}); is it running?"
+                           ) from None
         except RequestRefused as exc:
             raise CliError(f"dispatcher refused the request ({exc.status}): {exc.message}"
                            ) from None

@@ -13,10 +13,11 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-import requests
+from shared.client import ClientError, QueueClient
 
 log = logging.getLogger(__name__)
 
@@ -46,9 +47,8 @@ class AttemptTrace:
 class ClusterWatcher:
     """Polls the dispatcher in a daemon thread until stopped; use as a context manager."""
 
-    def __init__(self, url: str, num_tasks: int,
+    def __init__(self, urls: str | Sequence[str], num_tasks: int,
                  interval_seconds: float = POLL_INTERVAL_SECONDS) -> None:
-        self.url = url
         self.num_tasks = num_tasks
         self.interval_seconds = interval_seconds
         self.attempts: dict[tuple[int, int], AttemptTrace] = {}
@@ -62,7 +62,8 @@ class ClusterWatcher:
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="cluster-watcher", daemon=True)
-        self._http = requests.Session()
+        # Its own client: the thread polls while the main thread uses the cluster's.
+        self._client = QueueClient(urls, timeout=REQUEST_TIMEOUT_SECONDS, connections=1)
 
     def __enter__(self) -> "ClusterWatcher":
         self._thread.start()
@@ -76,7 +77,7 @@ class ClusterWatcher:
         self._stop.set()
         if self._thread.is_alive():
             self._thread.join(timeout=REQUEST_TIMEOUT_SECONDS * 2 + 1)
-        self._http.close()
+        self._client.close()
 
     # -- what the main thread asks ----------------------------------------------------------
 
@@ -108,23 +109,19 @@ class ClusterWatcher:
                 self._poll_tasks()
                 self._poll_stats()
                 self.polls += 1
-            except (requests.RequestException, ValueError, KeyError) as exc:
+            except (ClientError, ValueError, KeyError) as exc:
                 self.errors += 1
                 log.debug("watcher poll failed: %s", exc)
             self._stop.wait(self.interval_seconds)
 
-    def _get(self, path: str, **params: Any) -> tuple[float, float, Any]:
-        sent = time.time()
-        resp = self._http.get(f"{self.url}{path}", params=params, timeout=REQUEST_TIMEOUT_SECONDS)
-        resp.raise_for_status()
-        return sent, time.time(), resp.json()
-
     def _poll_tasks(self) -> None:
-        sent, answered, body = self._get("/tasks", status="in-progress", limit=1000)
+        sent = time.time()
+        views = self._client.tasks(status="in-progress", limit=1000)
+        answered = time.time()
         with self._lock:
-            self._in_progress = {t["task_id"]: float(t["progress"]) for t in body["tasks"]}
+            self._in_progress = {t["task_id"]: float(t["progress"]) for t in views}
             self._holders = {}
-            for view in body["tasks"]:
+            for view in views:
                 self._holders.setdefault(view["worker_id"], []).append(view["task_id"])
                 self._record(view, sent, answered)
 
@@ -142,7 +139,9 @@ class ClusterWatcher:
             trace.checkpoints.append((answered, progress))
 
     def _poll_stats(self) -> None:
-        sent, answered, body = self._get("/stats")
+        sent = time.time()
+        body = self._client.stats()
+        answered = time.time()
         counts = body["tasks"]
         with self._lock:
             self.finished = sum(counts.get(s, 0) for s in ("completed", "failed", "cancelled"))

@@ -131,7 +131,7 @@ def prime_workload(num_tasks: int, task_size: int, algorithm: str) -> list[dict[
 
 def alive_workers(cluster: LocalCluster) -> set[str]:
     """Ids of the workers the dispatcher currently counts as alive."""
-    details = cluster.stats()["workers"]["details"]
+    details = cluster.client.stats()["workers"]["details"]
     return {w["worker_id"] for w in details if w["alive"]}
 
 
@@ -159,7 +159,7 @@ def wait_all(cluster: LocalCluster, task_ids: Sequence[int], timeout: float,
     with tqdm(total=len(task_ids), desc=desc, unit="task", leave=False) as bar:
         for task_id in task_ids:
             remaining = max(1.0, deadline - time.monotonic())
-            views.append(cluster.wait_finished(task_id, remaining))
+            views.append(cluster.client.wait(task_id, remaining))
             bar.update(1)
     return views
 

@@ -139,13 +139,13 @@ class RecoveryRun:
         """Run the workload with the planned kills; return the measurements."""
         workload = prime_workload(self.args.num_tasks, self.args.task_size, self.args.algorithm)
         with running_cluster(self.alive, cluster_env(self.args)) as cluster, \
-                ClusterWatcher(cluster.url, len(workload)) as watcher:
+                ClusterWatcher(cluster.urls, len(workload)) as watcher:
             self.meter = CpuMeter(cluster_pids(cluster))
-            task_ids = cluster.submit_many(workload)
+            task_ids = cluster.client.submit_many(workload)
             for point, count in kill_plan(self.dead, self.args.kill_at):
                 self._kill_at(cluster, watcher, point, count)
             views = wait_all(cluster, task_ids, self.args.timeout, desc=label)
-            reclaims = cluster.stats()["reclaims"]
+            reclaims = cluster.client.stats()["reclaims"]
             cpu = self.meter.report()
             watcher.stop()
         return self._measurements(views, watcher, reclaims, cpu)

@@ -63,7 +63,7 @@ def run_once(workers: int, workload: list[dict[str, Any]], timeout: float,
     with running_cluster(worker_ids(workers), env={}) as cluster:
         meter = CpuMeter(cluster_pids(cluster))
         started = time.monotonic()
-        task_ids = cluster.submit_many(workload)
+        task_ids = cluster.client.submit_many(workload)
         views = wait_all(cluster, task_ids, timeout, desc=label)
         client_wall = time.monotonic() - started
         cpu = meter.report()

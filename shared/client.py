@@ -6,7 +6,11 @@
         task_id = queue.submit("primes", {"limit": 1_000_000})
         print(queue.result(task_id, timeout=60))  # the result dict; TaskFailed if it failed
 
-``add_task.py``, the benchmarks and the worker (through :class:`JsonConnection`) use it.
+``add_task.py``, the analysis tools, the benchmarks and the worker (through
+:class:`JsonConnection`) use it. Given several dispatcher URLs (``"http://a:5000,http://b:5000"``,
+dispatchers sharing one database), it moves to the next one while one is unreachable and
+comes back later (:class:`Failover`; the rules are in docs/protocol.md).
+
 It speaks HTTP/1.1 with the standard library's ``http.client`` over keep-alive connections:
 on this project's small JSON calls the client's own CPU time per call measured 0.17 ms with
 it, 0.32 ms through urllib3 and about 0.6 ms through requests, and in an idle round trip
@@ -17,19 +21,31 @@ from __future__ import annotations
 
 import http.client
 import json
+import logging
 import select
 import threading
 import time
-from collections.abc import Iterable, Mapping
+import uuid
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlencode, urlsplit
+
+from shared.utils import split_urls
+
+log = logging.getLogger(__name__)
 
 FINISHED = ("completed", "failed", "cancelled")
 SUBMIT_BATCH = 1000
 """Tasks per POST /submit-task when submitting many (the dispatcher takes up to MAX_BATCH_SIZE)."""
 LONG_POLL_SECONDS = 10.0
 """One GET /task/<id>?wait= asks for at most this long (the dispatcher caps waits at 30 s)."""
+FAILBACK_SECONDS = 10.0
+"""After a failover, how long calls stay away from the home dispatcher before trying it again."""
+PROBE_SECONDS = 0.5
+"""Connect and read timeout of that retry (GET /health): a home still down delays a call little."""
+
+IDEMPOTENCY_HEADER = "Idempotency-Key"
 
 Timeout = tuple[float, float]  # (connect, read) seconds
 
@@ -39,7 +55,16 @@ class ClientError(Exception):
 
 
 class Unreachable(ClientError):
-    """The dispatcher could not be reached, or did not answer in time."""
+    """No dispatcher could be reached, or the one asked did not answer in time.
+
+    ``maybe_processed`` is False when no request left this process (no dispatcher of the
+    list accepted a connection), True when one was sent and its answer lost: it may have
+    been acted on.
+    """
+
+    def __init__(self, message: str, maybe_processed: bool = True) -> None:
+        super().__init__(message)
+        self.maybe_processed = maybe_processed
 
 
 class RequestRefused(ClientError):
@@ -90,25 +115,125 @@ def _retry_after(headers: Any) -> float | None:
         return None
 
 
-class JsonConnection:
-    """JSON calls to one dispatcher over keep-alive connections (thread-safe).
+class Failover:
+    """Which dispatcher of a list calls go to: the home one, the next while it is unreachable.
 
-    Each call borrows an idle connection (or opens one) and returns it afterwards, so
-    concurrent callers never share one. A connection that the server closed while idle is
-    noticed before reuse and replaced; a call never silently retries, because a POST that
-    may have been processed must be retried by the caller, not here.
+    Every dispatcher of a list can answer any request (they share one database), so a call
+    that cannot connect tries the next one; a call whose answer was lost, or that got a 5xx,
+    makes the next call start on the next one. Once away from home, one call every
+    ``failback_seconds`` asks home's ``/health`` first and goes back there if it answers
+    (a status under 500).
+    Thread-safe: a worker's main loop and heartbeat thread share one, so they move together
+    and each switch is logged once.
     """
 
-    def __init__(self, base_url: str, connections: int = 1) -> None:
-        parts = urlsplit(base_url.rstrip("/"))
-        if parts.scheme != "http" or not parts.hostname:
-            raise ValueError(f"dispatcher URL must be http://host[:port][/path], got {base_url!r}")
-        self.base_url = base_url.rstrip("/")
-        self._host, self._port = parts.hostname, parts.port or 80
-        self._prefix = parts.path
-        self._idle: list[http.client.HTTPConnection] = []
+    def __init__(self, urls: str | Sequence[str], home: int = 0, label: str = "client",
+                 failback_seconds: float = FAILBACK_SECONDS,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.urls = split_urls(urls if isinstance(urls, str) else ",".join(urls))
+        self.home = home % len(self.urls)
+        self.label = label
+        self._failback, self._clock = failback_seconds, clock
+        self._lock = threading.Lock()
+        self._current = self._answered = self.home
+        self._problems: dict[int, str] = {}
+        self._home_again_at = 0.0
+
+    @property
+    def current_url(self) -> str:
+        """The dispatcher the next call starts on (unless it tries home first)."""
+        with self._lock:
+            return self.urls[self._current]
+
+    def plan(self) -> tuple[list[int], bool]:
+        """The indexes one call may try, in order; True when it should check home first."""
+        with self._lock:
+            count = len(self.urls)
+            order = [(self._current + step) % count for step in range(count)]
+            now = self._clock()
+            if self._current == self.home or now < self._home_again_at:
+                return order, False
+            self._home_again_at = now + self._failback  # one call per interval checks home
+            return order, True
+
+    def failed(self, index: int, problem: str) -> None:
+        """A call to ``index`` failed: calls that started there start on the next one."""
+        with self._lock:
+            self._problems[index] = problem
+            if self._current != index:
+                return
+            self._current = (index + 1) % len(self.urls)
+            if index == self.home:
+                self._home_again_at = self._clock() + self._failback
+
+    def replied(self, index: int, status: int) -> None:
+        """``index`` answered with ``status``; after a 5xx the next call starts on the next one."""
+        if status >= 500:
+            return self.failed(index, f"answered HTTP {status}")
+        with self._lock:
+            self._current = index
+            previous, self._answered = self._answered, index
+            problem = self._problems.get(previous, "unavailable")
+        if index == previous:
+            return
+        if index == self.home:
+            log.warning("%s: dispatcher %s answers again, back to it from %s", self.label,
+                        self.urls[index], self.urls[previous])
+        else:
+            log.warning("%s: dispatcher %s %s, using %s", self.label, self.urls[previous],
+                        problem, self.urls[index])
+
+
+@dataclass(frozen=True)
+class _Endpoint:
+    """Where one base URL points: scheme, host, port and path prefix."""
+
+    https: bool
+    host: str
+    port: int
+    prefix: str
+
+    @classmethod
+    def parse(cls, url: str) -> "_Endpoint":
+        """Split a base URL checked by :func:`split_urls`."""
+        parts = urlsplit(url)
+        https = parts.scheme == "https"
+        return cls(https, parts.hostname or "", parts.port or (443 if https else 80), parts.path)
+
+    def connect(self, timeout: float) -> http.client.HTTPConnection:
+        """A new connection, connected; OSError when it cannot be (nothing was sent)."""
+        kind = http.client.HTTPSConnection if self.https else http.client.HTTPConnection
+        conn = kind(self.host, self.port, timeout=timeout)
+        try:
+            conn.connect()
+        except OSError:
+            conn.close()
+            raise
+        return conn
+
+
+class JsonConnection:
+    """JSON calls to the dispatchers of a list over keep-alive connections (thread-safe).
+
+    Each call borrows an idle connection to its dispatcher (or opens one) and returns it
+    afterwards, so concurrent callers never share one. A connection that the server closed
+    while idle is noticed before reuse and replaced. A dispatcher that cannot be connected to
+    (nothing was sent) is skipped for the next one of the list, each tried at most once per
+    call. A call never re-sends a request that may have been processed: it raises
+    :class:`Unreachable` and the caller decides; :class:`Failover` says where calls go.
+    """
+
+    def __init__(self, urls: str | Sequence[str] | Failover, connections: int = 1) -> None:
+        self.failover = urls if isinstance(urls, Failover) else Failover(urls)
+        self._endpoints = [_Endpoint.parse(url) for url in self.failover.urls]
+        self._idle: list[list[http.client.HTTPConnection]] = [[] for _ in self._endpoints]
         self._keep = max(1, connections)
         self._lock = threading.Lock()
+
+    @property
+    def base_url(self) -> str:
+        """The base URL of the dispatcher the next call starts on."""
+        return self.failover.current_url
 
     def call(
         self,
@@ -121,44 +246,73 @@ class JsonConnection:
         """Send one request; raise :class:`Unreachable` on connection errors and timeouts."""
         data = None if body is None else json.dumps(body, allow_nan=False).encode()
         all_headers = {**_JSON_HEADERS, **headers} if headers else dict(_JSON_HEADERS)
-        conn = self._borrow(timeout[0])
+        order, check_home = self.failover.plan()
+        home = self.failover.home
+        if check_home and self._healthy(home, min(timeout[0], PROBE_SECONDS)):
+            order = [home, *(index for index in order if index != home)]
+        failures = []
+        for index in order:
+            try:
+                conn = self._borrow(index, timeout[0])
+            except OSError as exc:
+                self.failover.failed(index, f"unreachable ({type(exc).__name__})")
+                failures.append(f"{type(exc).__name__} connecting to {self.failover.urls[index]}")
+                continue
+            return self._exchange(index, conn, method, path, data, all_headers, timeout[1])
+        raise Unreachable("; ".join(failures), maybe_processed=False)
+
+    def _healthy(self, index: int, seconds: float) -> bool:
+        """True if ``index`` answers GET /health within ``seconds``, without a 5xx (fail-back)."""
         try:
-            conn.sock.settimeout(timeout[1])  # type: ignore[union-attr]
-            conn.request(method, self._prefix + path, body=data, headers=all_headers)
+            conn = self._borrow(index, seconds)
+        except OSError as exc:
+            self.failover.failed(index, f"unreachable ({type(exc).__name__})")
+            return False
+        try:
+            reply = self._exchange(index, conn, "GET", "/health", None, dict(_JSON_HEADERS),
+                                   seconds)
+        except Unreachable:
+            return False
+        return reply.status < 500
+
+    def _exchange(self, index: int, conn: http.client.HTTPConnection, method: str, path: str,
+                  data: bytes | None, headers: dict[str, str], read_timeout: float) -> Reply:
+        try:
+            conn.sock.settimeout(read_timeout)  # type: ignore[union-attr]
+            conn.request(method, self._endpoints[index].prefix + path, body=data,
+                         headers=headers)
             resp = conn.getresponse()
             raw = resp.read()
         except (OSError, http.client.HTTPException) as exc:
             conn.close()
-            raise Unreachable(f"{type(exc).__name__} on {method} {path}") from exc
+            self.failover.failed(index, f"unreachable ({type(exc).__name__})")
+            raise Unreachable(f"{type(exc).__name__} on {method} {path} "
+                              f"to {self.failover.urls[index]}") from exc
         if resp.will_close:
             conn.close()
         else:
-            self._give_back(conn)
+            self._give_back(index, conn)
+        self.failover.replied(index, resp.status)
         try:
             parsed = json.loads(raw) if raw else None
         except ValueError:
             parsed = None
         return Reply(resp.status, parsed, _retry_after(resp.headers))
 
-    def _borrow(self, connect_timeout: float) -> http.client.HTTPConnection:
+    def _borrow(self, index: int, connect_timeout: float) -> http.client.HTTPConnection:
         with self._lock:
-            while self._idle:
-                conn = self._idle.pop()
+            idle = self._idle[index]
+            while idle:
+                conn = idle.pop()
                 if not _dropped(conn):
                     return conn
                 conn.close()
-        conn = http.client.HTTPConnection(self._host, self._port, timeout=connect_timeout)
-        try:
-            conn.connect()
-        except OSError as exc:
-            conn.close()
-            raise Unreachable(f"{type(exc).__name__} connecting to {self.base_url}") from exc
-        return conn
+        return self._endpoints[index].connect(connect_timeout)
 
-    def _give_back(self, conn: http.client.HTTPConnection) -> None:
+    def _give_back(self, index: int, conn: http.client.HTTPConnection) -> None:
         with self._lock:
-            if len(self._idle) < self._keep:
-                self._idle.append(conn)
+            if len(self._idle[index]) < self._keep:
+                self._idle[index].append(conn)
                 return
         conn.close()
 
@@ -169,9 +323,10 @@ class JsonConnection:
     def close(self) -> None:
         """Close the idle connections."""
         with self._lock:
-            idle, self._idle = self._idle, []
-        for conn in idle:
-            conn.close()
+            idle, self._idle = self._idle, [[] for _ in self._endpoints]
+        for conns in idle:
+            for conn in conns:
+                conn.close()
 
 
 def _dropped(conn: http.client.HTTPConnection) -> bool:
@@ -188,23 +343,48 @@ def _dropped(conn: http.client.HTTPConnection) -> bool:
 class QueueClient:
     """Submit tasks, read and await them, cancel them, read /stats.
 
-    Errors: :class:`Unreachable` when the dispatcher cannot be reached, and
-    :class:`RequestRefused` (with the dispatcher's error code and message) when it refuses.
+    ``url`` is one dispatcher base URL or several (a sequence, or one comma-separated string)
+    that share one database: calls start on the first and move to the next while one is
+    unreachable (a :class:`Failover` instead chooses the home and the fail-back interval).
+    Reads and submissions whose answer was lost are asked once more, on the next dispatcher:
+    reads change nothing, and every submission carries an ``Idempotency-Key`` (made here
+    unless given), so the dispatcher answers a repeated one with the task ids it already
+    stored instead of storing the tasks twice.
+
+    Errors: :class:`Unreachable` when no dispatcher can be reached or an answer was lost
+    twice, and :class:`RequestRefused` (with the dispatcher's error code and message) when
+    it refuses.
     """
 
-    def __init__(self, url: str, timeout: float = 30.0, connections: int = 4) -> None:
+    def __init__(self, url: str | Sequence[str] | Failover, timeout: float = 30.0,
+                 connections: int = 4) -> None:
         self._http = JsonConnection(url, connections)
         self._timeout: Timeout = (min(timeout, 5.0), timeout)
 
     @property
     def url(self) -> str:
-        """The dispatcher's base URL."""
+        """The base URL of the dispatcher the next call starts on."""
         return self._http.base_url
 
+    @property
+    def urls(self) -> tuple[str, ...]:
+        """Every dispatcher base URL this client may use, in order."""
+        return self._http.failover.urls
+
     def _ok(self, method: str, path: str, body: Any = None, *, read_timeout: float | None = None,
-            headers: Mapping[str, str] | None = None) -> Any:
+            headers: Mapping[str, str] | None = None, repeatable: bool = False) -> Any:
         timeout = self._timeout if read_timeout is None else (self._timeout[0], read_timeout)
-        reply = self._http.call(method, path, body, timeout, headers)
+        try:
+            reply = self._http.call(method, path, body, timeout, headers)
+        except Unreachable as lost:
+            if not (repeatable and lost.maybe_processed):
+                raise
+            # The answer was lost; ask the next dispatcher. Only for requests that get the
+            # same answer twice: reads, and submissions under one Idempotency-Key.
+            try:
+                reply = self._http.call(method, path, body, timeout, headers)
+            except Unreachable as again:
+                raise Unreachable(f"{lost}; again: {again}") from again
         if reply.status >= 400:
             error = reply.field("error")
             if isinstance(error, dict):
@@ -221,18 +401,25 @@ class QueueClient:
         max_attempts: int | None = None,
         idempotency_key: str | None = None,
     ) -> int:
-        """Submit one task; return its id (with a key, a retry returns the first id)."""
+        """Submit one task; return its id (a submission repeated with its key: the same id)."""
         body = _task_body(task_type, params, priority, max_attempts)
-        headers = {"Idempotency-Key": idempotency_key} if idempotency_key else None
-        return int(self._ok("POST", "/submit-task", body, headers=headers)["task_id"])
+        headers = {IDEMPOTENCY_HEADER: idempotency_key or new_idempotency_key()}
+        return int(self._ok("POST", "/submit-task", body, headers=headers,
+                            repeatable=True)["task_id"])
 
-    def submit_many(self, tasks: Iterable[Mapping[str, Any]],
-                    batch_size: int = SUBMIT_BATCH) -> list[int]:
-        """Submit task bodies (``{"task_type", "params", ...}``) in batches; return the ids."""
+    def submit_many(self, tasks: Iterable[Mapping[str, Any]], batch_size: int = SUBMIT_BATCH,
+                    *, idempotency_key: str | None = None) -> list[int]:
+        """Submit task bodies (``{"task_type", "params", ...}``) in batches; return the ids.
+
+        Each batch goes under the key ``KEY/FIRST`` (FIRST: the index of its first task), so
+        the same tasks submitted again under the same key and batch size get the same ids.
+        """
         pending = list(tasks)
+        key = idempotency_key or new_idempotency_key()
         ids: list[int] = []
         for start in range(0, len(pending), batch_size):
-            answer = self._ok("POST", "/submit-task", {"tasks": pending[start:start + batch_size]})
+            answer = self._ok("POST", "/submit-task", {"tasks": pending[start:start + batch_size]},
+                              headers={IDEMPOTENCY_HEADER: f"{key}/{start}"}, repeatable=True)
             ids.extend(int(task_id) for task_id in answer["task_ids"])
         return ids
 
@@ -241,7 +428,7 @@ class QueueClient:
         path = f"/task/{int(task_id)}"
         if wait > 0:
             path += "?" + urlencode({"wait": round(wait, 3)})
-        return dict(self._ok("GET", path, read_timeout=self._timeout[1] + wait))
+        return dict(self._ok("GET", path, read_timeout=self._timeout[1] + wait, repeatable=True))
 
     def wait(self, task_id: int, timeout: float | None = None) -> dict[str, Any]:
         """Long-poll until the task finishes; its view. Raise :class:`WaitTimeout`."""
@@ -265,9 +452,14 @@ class QueueClient:
         """Cancel an unfinished task; its view."""
         return dict(self._ok("POST", f"/task/{int(task_id)}/cancel"))
 
+    def tasks(self, status: str | None = None, limit: int = 100) -> list[dict[str, Any]]:
+        """GET /tasks: the newest tasks' views, of one status if given."""
+        query = {"limit": limit, **({"status": status} if status else {})}
+        return list(self._ok("GET", "/tasks?" + urlencode(query), repeatable=True)["tasks"])
+
     def stats(self) -> dict[str, Any]:
         """The /stats document."""
-        return dict(self._ok("GET", "/stats"))
+        return dict(self._ok("GET", "/stats", repeatable=True))
 
     def close(self) -> None:
         """Close the connections."""
@@ -278,6 +470,11 @@ class QueueClient:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def new_idempotency_key() -> str:
+    """A fresh random ``Idempotency-Key`` (32 hex digits)."""
+    return uuid.uuid4().hex
 
 
 def _task_body(task_type: str, params: Mapping[str, Any] | None, priority: int,

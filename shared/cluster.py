@@ -16,8 +16,9 @@ from typing import Any, TypeVar
 
 import requests
 
+from shared.client import QueueClient
 from shared.config import REPO_ROOT
-from shared.utils import free_port
+from shared.utils import free_port, split_urls
 
 T = TypeVar("T")
 
@@ -64,6 +65,7 @@ class LocalCluster:
         self.workers: dict[str, subprocess.Popen[bytes]] = {}
         self.paused: set[str] = set()
         self.http = requests.Session()
+        self._client: QueueClient | None = None
 
     # -- processes ------------------------------------------------------------------------
 
@@ -139,6 +141,18 @@ class LocalCluster:
             self.dispatcher.wait(timeout=10)
             self.dispatcher = None
 
+    @property
+    def urls(self) -> tuple[str, ...]:
+        """The dispatcher URLs its workers use: ``DISPATCHER_URL`` if given, else its own."""
+        return split_urls(self.env["DISPATCHER_URL"])
+
+    @property
+    def client(self) -> QueueClient:
+        """The public client over :attr:`urls` (made on first use, closed with the cluster)."""
+        if self._client is None:
+            self._client = QueueClient(self.urls)
+        return self._client
+
     def healthy(self) -> bool:
         """True when the dispatcher answers /health with 200."""
         try:
@@ -163,6 +177,8 @@ class LocalCluster:
                 proc.kill()
                 proc.wait(timeout=10)
         self.http.close()
+        if self._client is not None:
+            self._client.close()
 
     def __enter__(self) -> "LocalCluster":
         return self

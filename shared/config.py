@@ -15,6 +15,8 @@ from typing import Any
 
 from dotenv import dotenv_values
 
+from shared.utils import split_urls
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 _MODULE_PATH = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*")
@@ -69,6 +71,11 @@ class Config:
         return tuple(name.strip() for name in self.task_modules.split(",") if name.strip())
 
     @property
+    def dispatcher_urls(self) -> tuple[str, ...]:
+        """The dispatcher base URLs ``DISPATCHER_URL`` lists (comma-separated), in order."""
+        return split_urls(self.dispatcher_url)
+
+    @property
     def run_path(self) -> Path:
         """Directory for PID files, worker caches and logs."""
         return resolve_path(self.run_dir)
@@ -115,7 +122,6 @@ _RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
         lambda v: v.startswith(("sqlite:///", "postgresql://", "postgres://")),
         "must start with sqlite:/// or postgresql://",
     ),
-    "dispatcher_url": (lambda v: v.startswith(("http://", "https://")), "must be an http(s) URL"),
     "task_modules": (
         lambda v: all(_MODULE_PATH.fullmatch(n.strip()) for n in v.split(",") if n.strip()),
         "must be comma-separated Python import paths (e.g. examples.wordcount)",
@@ -128,6 +134,7 @@ def _check(config: Config) -> None:
         value = getattr(config, name)
         if not ok(value):
             raise ConfigError(f"{name.upper()} {problem}, got {value!r}")
+    check_dispatcher_urls(config.dispatcher_url)
     for name in ("max_params_bytes", "max_result_bytes", "max_checkpoint_bytes"):
         # One item must fit in a request with room to spare, or a worker could never deliver it.
         if getattr(config, name) * 2 > config.max_request_bytes:
@@ -140,6 +147,14 @@ def _check(config: Config) -> None:
             f"HEARTBEAT_TIMEOUT ({config.heartbeat_timeout}) must be greater than "
             f"HEARTBEAT_INTERVAL ({config.heartbeat_interval})"
         )
+
+
+def check_dispatcher_urls(raw: str, key: str = "DISPATCHER_URL") -> tuple[str, ...]:
+    """The URLs of a dispatcher list (``DISPATCHER_URL``, ``--url``); errors name the bad entry."""
+    try:
+        return split_urls(raw)
+    except ValueError as exc:
+        raise ConfigError(f"{key} must be a comma-separated list of http(s) URLs: {exc}") from None
 
 
 def _convert(name: str, raw: str, kind: type) -> Any:

@@ -21,7 +21,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Parse the worker's command line."""
     parser = argparse.ArgumentParser(prog="python -m worker", description=__doc__)
     parser.add_argument("worker_id", help="this worker's name, e.g. worker-1")
-    parser.add_argument("--url", help="dispatcher base URL (overrides DISPATCHER_URL)")
+    parser.add_argument("--url", help="dispatcher base URL, or several separated by commas "
+                                      "(overrides DISPATCHER_URL)")
     parser.add_argument("--max-tasks", type=int, metavar="N", help="exit after N tasks")
     parser.add_argument("--burst", action="store_true", help="exit once the queue is empty")
     parser.add_argument("--log-level", type=str.upper, choices=LOG_LEVELS,

@@ -1,7 +1,8 @@
 """The worker's side of the dispatcher's HTTP API: its JSON client and retry policy.
 
 :class:`DispatcherClient` (a :class:`shared.client.JsonConnection`) turns connection errors
-and timeouts into :class:`Unreachable`; :class:`OutageLog` keeps an outage to two log lines;
+and timeouts into :class:`Unreachable` and moves between the dispatchers of the worker's list
+(:func:`worker_failover`); :class:`OutageLog` keeps an outage to two log lines;
 :class:`Backoff` paces the retries.
 """
 
@@ -9,11 +10,14 @@ from __future__ import annotations
 
 import logging
 import random
+import zlib
 from collections.abc import Callable
 
-from shared.client import JsonConnection, Reply, Timeout, Unreachable
+from shared.client import Failover, JsonConnection, Reply, Timeout, Unreachable
+from worker.config import WorkerConfig
 
-__all__ = ["Backoff", "DispatcherClient", "OutageLog", "Reply", "Timeout", "Unreachable"]
+__all__ = ["Backoff", "DispatcherClient", "OutageLog", "Reply", "Timeout", "Unreachable",
+           "home_index", "worker_failover"]
 
 log = logging.getLogger(__name__)
 
@@ -38,11 +42,23 @@ class Backoff:
         self.failures = 0
 
 
-class DispatcherClient(JsonConnection):
-    """The worker's JSON POSTs over one keep-alive connection (one client per thread)."""
+def home_index(worker_id: str, count: int) -> int:
+    """Which of ``count`` dispatchers a worker starts on: spread out, the same after a restart."""
+    return zlib.crc32(worker_id.encode()) % count
 
-    def __init__(self, base_url: str) -> None:
-        super().__init__(base_url, connections=1)
+
+def worker_failover(config: WorkerConfig) -> Failover:
+    """The worker's dispatcher list, shared by its main loop and its heartbeat thread."""
+    urls = config.dispatcher_urls
+    return Failover(urls, home=home_index(config.worker_id, len(urls)),
+                    label=f"worker {config.worker_id}")
+
+
+class DispatcherClient(JsonConnection):
+    """The worker's JSON POSTs, one keep-alive connection per dispatcher (one client per thread)."""
+
+    def __init__(self, failover: Failover) -> None:
+        super().__init__(failover, connections=1)
 
 
 class OutageLog:

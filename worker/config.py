@@ -7,7 +7,8 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
-from shared.config import Config, ConfigError
+from shared.config import Config, ConfigError, check_dispatcher_urls
+from shared.utils import split_urls
 
 # The dispatcher's (and start_worker.sh's) rule; also safe as the cache's file name.
 _WORKER_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:@-]{0,127}")
@@ -20,6 +21,7 @@ class WorkerConfig:
     worker_id: str
     instance_id: str
     dispatcher_url: str
+    """One dispatcher base URL, or several separated by commas."""
     cache_path: Path
     heartbeat_interval: float = 1.0
     checkpoint_interval: float = 2.0
@@ -31,6 +33,11 @@ class WorkerConfig:
     max_result_bytes: int = 1024 * 1024
     max_tasks: int | None = None
     burst: bool = False
+
+    @property
+    def dispatcher_urls(self) -> tuple[str, ...]:
+        """The dispatcher base URLs, in order."""
+        return split_urls(self.dispatcher_url)
 
     @property
     def heartbeat_timeout(self) -> tuple[float, float]:
@@ -65,11 +72,11 @@ def make_worker_config(
         )
     if max_tasks is not None and max_tasks < 1:
         raise ConfigError(f"--max-tasks must be >= 1, got {max_tasks}")
-    config = config.with_overrides(dispatcher_url=url)
+    urls = config.dispatcher_urls if url is None else check_dispatcher_urls(url, "--url")
     return WorkerConfig(
         worker_id=worker_id,
         instance_id=uuid.uuid4().hex,
-        dispatcher_url=config.dispatcher_url.rstrip("/"),
+        dispatcher_url=",".join(urls),
         cache_path=config.run_path / "cache" / f"{worker_id}.sqlite3",
         heartbeat_interval=config.heartbeat_interval,
         checkpoint_interval=config.checkpoint_interval,

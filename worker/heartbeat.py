@@ -1,7 +1,8 @@
 """Held-task bookkeeping and the heartbeat thread that reports it to the dispatcher.
 
-The heartbeat thread has its own HTTP session and short timeouts, so neither a CPU-bound task
-nor a slow dispatcher delays a beat; revocations it hears about are flagged in :class:`HeldTasks`.
+The heartbeat thread has its own HTTP connections and short timeouts, so neither a CPU-bound
+task nor a slow dispatcher delays a beat; it shares the main loop's dispatcher list (and its
+failovers). Revocations it hears about are flagged in :class:`HeldTasks`.
 """
 
 from __future__ import annotations
@@ -11,7 +12,8 @@ import threading
 import time
 from typing import Any
 
-from worker.client import DispatcherClient, OutageLog, Unreachable
+from shared.client import Failover
+from worker.client import DispatcherClient, OutageLog, Unreachable, worker_failover
 from worker.config import WorkerConfig
 
 log = logging.getLogger(__name__)
@@ -67,10 +69,11 @@ class HeldTasks:
 class Heartbeat(threading.Thread):
     """Beats every ``heartbeat_interval`` on a monotonic schedule, listing the held tasks."""
 
-    def __init__(self, config: WorkerConfig, held: HeldTasks) -> None:
+    def __init__(self, config: WorkerConfig, held: HeldTasks,
+                 failover: Failover | None = None) -> None:
         super().__init__(name=f"heartbeat-{config.worker_id}", daemon=True)
         self._config, self._held = config, held
-        self._client = DispatcherClient(config.dispatcher_url)
+        self._client = DispatcherClient(failover or worker_failover(config))
         self._outage = OutageLog(config.worker_id, "heartbeats")
         self._stop_event = threading.Event()
         self.beats = 0

@@ -19,7 +19,14 @@ from typing import Any
 from tasks.base import TaskInterrupted
 from tasks.registry import Registry
 from worker.cache_manager import PendingResult, ResultCache
-from worker.client import Backoff, DispatcherClient, OutageLog, Reply, Unreachable
+from worker.client import (
+    Backoff,
+    DispatcherClient,
+    OutageLog,
+    Reply,
+    Unreachable,
+    worker_failover,
+)
 from worker.config import WorkerConfig
 from worker.heartbeat import Heartbeat, HeldTasks
 from worker.tasks import (
@@ -303,8 +310,10 @@ class Worker:
     ) -> None:
         self.config, self._shutdown, self.registry = config, shutdown, registry
         self._held = HeldTasks()
-        self._heartbeat = Heartbeat(config, self._held)
-        self._client = DispatcherClient(config.dispatcher_url)
+        # One dispatcher list for both threads: they fail over together, logged once.
+        failover = worker_failover(config)
+        self._heartbeat = Heartbeat(config, self._held, failover)
+        self._client = DispatcherClient(failover)
         self._outage = OutageLog(config.worker_id, "tasks and results")
         # A task stays held (listed in heartbeats) until its result is answered, so the
         # dispatcher never mistakes a finished, undelivered task for a lost claim.
@@ -318,8 +327,9 @@ class Worker:
     def run(self) -> int:
         """Work until stopped, the queue is empty (burst) or max_tasks are done; return the exit code."""
         cfg = self.config
-        log.info("worker %s (instance %s) starting against %s; task types: %s", cfg.worker_id,
-                 cfg.instance_id, cfg.dispatcher_url, ", ".join(self.registry.names))
+        log.info("worker %s (instance %s) starting against %s (dispatchers: %s); task types: %s",
+                 cfg.worker_id, cfg.instance_id, self._client.base_url,
+                 ", ".join(cfg.dispatcher_urls), ", ".join(self.registry.names))
         # Re-send an earlier process's results before our first heartbeat announces a new
         # instance (which makes the dispatcher requeue what the old instance held).
         self._reporter.recover()

@@ -7,7 +7,11 @@ import sqlite3
 import time
 from typing import Any
 
+import pytest
+
 from shared.cluster import LocalCluster, wait_until
+from shared.utils import free_port
+from tests.support.primes_reference import KNOWN_PRIMES
 
 
 def holder(cluster: LocalCluster, task_id: int) -> tuple[str | None, int]:
@@ -94,9 +98,12 @@ def test_dispatcher_sigkill_keeps_acknowledged_tasks(cluster: LocalCluster) -> N
         assert db.execute("SELECT COUNT(*) FROM task_results").fetchone()[0] == len(acked)
 
 
-def test_results_survive_a_dispatcher_outage(cluster: LocalCluster) -> None:
+@pytest.mark.parametrize("urls", ["one", "dead-first"])
+def test_results_survive_a_dispatcher_outage(cluster: LocalCluster, urls: str) -> None:
+    if urls == "dead-first":  # the worker's only live dispatcher goes down and comes back
+        cluster.env["DISPATCHER_URL"] = f"http://127.0.0.1:{free_port()},{cluster.url}"
     cluster.start_worker("w1")
-    task_id = cluster.submit("sleep", {"seconds": 1.5})
+    task_id = cluster.submit("primes", {"limit": 10**10})  # ~2 s of sieving
     wait_until(lambda: cluster.task(task_id)["status"] == "in-progress", 20, message="claimed")
     cluster.kill_dispatcher()
     cache = cluster.workdir / "run" / "cache" / "w1.sqlite3"
@@ -105,10 +112,13 @@ def test_results_survive_a_dispatcher_outage(cluster: LocalCluster) -> None:
         with sqlite3.connect(cache) as db:
             return db.execute("SELECT COUNT(*) FROM pending_results").fetchone()[0] > 0
 
-    wait_until(cached, 20, interval=0.1, message="result kept in the worker cache")
+    wait_until(cached, 60, interval=0.1, message="result kept in the worker cache")
     cluster.start_dispatcher()
     view = cluster.wait_finished(task_id, timeout=30)
     assert view["status"] == "completed" and view["attempt"] == 1 and view["worker_id"] == "w1"
+    result = view["result"]
+    assert (result["prime_count"], result["largest_prime"], result["sum_of_primes"]) == \
+        KNOWN_PRIMES[10**10]
     wait_until(lambda: not cached(), 10, message="cache emptied after the ack")
 
 

@@ -76,6 +76,10 @@ class BlackholeProxy:
     def close(self) -> None:
         """Stop accepting and close every connection."""
         self._closed.set()
+        try:
+            self._listener.shutdown(socket.SHUT_RDWR)  # wakes the accept loop at once
+        except OSError:
+            pass
         self._listener.close()
         with self._lock:
             for sock in self._sockets:

@@ -57,3 +57,28 @@ def test_sqlite_path_resolves_relative_to_the_repo(tmp_path: Path) -> None:
     absolute = Config(database_url=f"sqlite:///{tmp_path}/x.db")
     assert absolute.sqlite_path == tmp_path / "x.db"
     assert Config(database_url="postgresql://localhost/test").sqlite_path is None
+
+
+def test_dispatcher_url_takes_a_list(tmp_path: Path) -> None:
+    config = load_config(env={"DISPATCHER_URL": "http://10.0.0.1:5000/, https://b.example/q"},
+                         dotenv_path=tmp_path / "none")
+    assert config.dispatcher_urls == ("http://10.0.0.1:5000", "https://b.example/q")
+    assert config.dispatcher_url == "http://10.0.0.1:5000/, https://b.example/q"
+    assert load_config(env={}, dotenv_path=tmp_path / "none").dispatcher_urls == (
+        "http://127.0.0.1:5000",)
+
+
+@pytest.mark.parametrize(
+    ("raw", "entry"),
+    [
+        ("http://a:5000,ftp://b", "entry 2 ('ftp://b')"),
+        ("http://a:5000,,http://b", "entry 2 ('') is empty"),
+        ("http://a:99999", "entry 1 ('http://a:99999') has a bad port"),
+        ("http://a,http://a/", "entry 2 ('http://a') is listed twice"),
+        ("a:5000", "entry 1 ('a:5000')"),
+    ],
+)
+def test_a_bad_dispatcher_url_entry_is_named(tmp_path: Path, raw: str, entry: str) -> None:
+    with pytest.raises(ConfigError) as bad:
+        load_config(env={"DISPATCHER_URL": raw}, dotenv_path=tmp_path / "none")
+    assert str(bad.value).startswith("DISPATCHER_URL ") and entry in str(bad.value)

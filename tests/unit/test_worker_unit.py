@@ -220,6 +220,10 @@ def test_worker_config_derives_paths_and_checks_the_id(tmp_path: Path) -> None:
     assert wc.heartbeat_timeout == (0.5, 0.5) and len(wc.instance_id) == 32
     with pytest.raises(ValueError, match="WORKER_ID"):
         make_worker_config(config, "../etc")
+    listed = make_worker_config(config, "worker-1", url="http://a:1/, http://b:2")
+    assert listed.dispatcher_urls == ("http://a:1", "http://b:2")
+    with pytest.raises(ValueError, match=r"--url .*entry 2 \('b:2'\)"):
+        make_worker_config(config, "worker-1", url="http://a:1,b:2")
 
 
 # --- the loop against a stub dispatcher -------------------------------------------------
