@@ -4,6 +4,7 @@ the simulator processes (``benchmarks.fleet_sim``) started, stopped and read bac
 from __future__ import annotations
 
 import json
+import os
 import sys
 import threading
 import time
@@ -102,7 +103,7 @@ class Window:
         cpu = {name: tree_usage(pids, name not in self._flat).cpu_seconds
                for name, pids in self._groups.items()}
         # This process alone (the /stats sampler, the bookkeeping), not its children.
-        cpu["harness"] = tree_usage([psutil.Process().pid], descendants=False).cpu_seconds
+        cpu["harness"] = tree_usage([os.getpid()], descendants=False).cpu_seconds
         cpu["machine_busy"] = machine_busy_seconds()
         return cpu
 
