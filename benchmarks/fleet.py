@@ -223,7 +223,8 @@ def _idle_lines(r: dict[str, Any]) -> list[str]:
         f"{d['peak_rss_mib']} MiB, peak threads {d['peak_threads']}",
         f"  simulators     CPU {sims['cpu_seconds']} s ({sims['cpu_cores']} cores, busiest "
         f"process {sims['busiest_process_cores']}), schedule lag p99 "
-        f"{_n(hb['simulator_lag_ms']['p99'])} ms",
+        f"{_n(hb['simulator_lag_ms']['p99'])} ms; connections opened (whole run) "
+        f"{sims['connections_opened']}",
         _machine_line(w),
     ]
 

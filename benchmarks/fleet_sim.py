@@ -86,30 +86,37 @@ class SimulatedWorker:
     async def _beat_loop(self) -> None:
         conn = HttpConnection(self._host, self._port)
         next_at = time.monotonic()
-        while not self._stop.is_set():
-            await asyncio.sleep(max(0.0, next_at - time.monotonic()))
-            if self._stop.is_set():
-                break
-            started = time.monotonic()
-            outcome, seconds, _ = await timed_call(conn, self._beat, HEARTBEAT_TIMEOUT)
-            self._records["heartbeats"].append([self.index, next_at, started, seconds, outcome])
-            # Like worker.heartbeat.Heartbeat: skip beats missed while blocked, no burst.
-            next_at = max(next_at + HEARTBEAT_INTERVAL, time.monotonic())
-        conn.close()
+        try:
+            while not self._stop.is_set():
+                await asyncio.sleep(max(0.0, next_at - time.monotonic()))
+                if self._stop.is_set():
+                    break
+                started = time.monotonic()
+                outcome, seconds, _ = await timed_call(conn, self._beat, HEARTBEAT_TIMEOUT)
+                self._records["heartbeats"].append([self.index, next_at, started, seconds,
+                                                    outcome])
+                # Like worker.heartbeat.Heartbeat: skip beats missed while blocked, no burst.
+                next_at = max(next_at + HEARTBEAT_INTERVAL, time.monotonic())
+        finally:
+            conn.close()
+            self._records["connects"]["heartbeat"] += conn.connects
 
     async def _claim_loop(self) -> None:
         conn = HttpConnection(self._host, self._port)
         backoff = Backoff(BACKOFF_BASE, BACKOFF_MAX)
-        while not self._stop.is_set():
-            started = time.monotonic()
-            outcome, seconds, answer = await timed_call(conn, self._claim, CLAIM_TIMEOUT)
-            self._records["claims"].append([self.index, started, seconds, outcome])
-            if outcome == "200":
-                backoff.reset()
-                continue
-            at_least = (answer.retry_after or 0.0) if answer is not None else 0.0
-            await asyncio.sleep(backoff.next_delay(at_least))
-        conn.close()
+        try:
+            while not self._stop.is_set():
+                started = time.monotonic()
+                outcome, seconds, answer = await timed_call(conn, self._claim, CLAIM_TIMEOUT)
+                self._records["claims"].append([self.index, started, seconds, outcome])
+                if outcome == "200":
+                    backoff.reset()
+                    continue
+                at_least = (answer.retry_after or 0.0) if answer is not None else 0.0
+                await asyncio.sleep(backoff.next_delay(at_least))
+        finally:
+            conn.close()
+            self._records["connects"]["claim"] += conn.connects
 
 
 async def submit_loop(index: int, conn: HttpConnection, request: bytes,
@@ -159,7 +166,8 @@ async def simulate(args: argparse.Namespace) -> dict[str, Any]:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    records: dict[str, Any] = {"heartbeats": [], "claims": [], "submissions": []}
+    records: dict[str, Any] = {"heartbeats": [], "claims": [], "submissions": [],
+                               "connects": {"heartbeat": 0, "claim": 0}}
     if args.mode == "workers":
         runs = start_workers(args, host, port, records, stop)
     else:

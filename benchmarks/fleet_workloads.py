@@ -185,7 +185,10 @@ def idle(checkout: Checkout, sizes: FleetSizes) -> dict[str, Any]:
         "dispatcher": {"cpu_seconds": usage["cpu_seconds"]["dispatcher"],
                        "cpu_cores": usage["cpu_cores"]["dispatcher"], **dispatcher},
         "simulators": {**_group_cpu(usage, names),
-                       "cancelled_in_flight": sum(r["cancelled_in_flight"] for r in records)},
+                       "cancelled_in_flight": sum(r["cancelled_in_flight"] for r in records),
+                       # Over the whole run: a beat that times out costs a new connection.
+                       "connections_opened": {kind: sum(r["connects"][kind] for r in records)
+                                              for kind in ("heartbeat", "claim")}},
     }
 
 
