@@ -223,7 +223,20 @@ def _heartbeats(records: list[dict[str, Any]], window: Window, n: int,
         "workers_with_gap_over_timeout": sum(1 for g in gaps if g > timeout_seconds),
         "heartbeat_timeout_s": timeout_seconds,
         "simulator_lag_ms": latency_ms([r[2] - r[1] for r in beats]),
+        "per_second": _per_second([(r[2], r[3], r[4] == "200") for r in beats], window),
     }
+
+
+def _per_second(items: list[tuple[float, float, bool]], window: Window) -> dict[str, list[Any]]:
+    """(time, seconds, ok) items per whole second of the window (the last takes the rest):
+    how many, how many ok, and the p99 of the ok ones."""
+    buckets: list[list[tuple[float, bool]]] = [
+        [] for _ in range(max(1, round(window.ended - window.started)))]
+    for at, seconds, ok in items:
+        buckets[min(len(buckets) - 1, int(at - window.started))].append((seconds, ok))
+    return {"count": [len(b) for b in buckets],
+            "ok": [sum(1 for _, ok in b if ok) for b in buckets],
+            "ok_p99_ms": [latency_ms([s for s, ok in b if ok])["p99"] for b in buckets]}
 
 
 def _longest_gaps(ok: list[list[Any]], window: Window, n: int) -> list[float]:
@@ -422,4 +435,6 @@ def _submissions(records: list[dict[str, Any]], window: Window, count: int) -> d
             "outcomes": dict(Counter(r[3] for r in done)),
             "per_connection_completed": {"min": spread[0], "median": median(spread),
                                          "max": spread[-1]},
-            "connections_never_answered": sum(1 for n in spread if n == 0)}
+            "connections_never_answered": sum(1 for n in spread if n == 0),
+            "per_second": _per_second([(r[1] + r[2], r[2], r[3] == "201") for r in done],
+                                      window)}
