@@ -27,7 +27,12 @@ from benchmarks.fleet_measure import (
     summarize_samples,
     tree_usage,
 )
-from benchmarks.fleet_sim import HEARTBEAT_TIMEOUT, POLL_WAIT
+from benchmarks.fleet_sim import (
+    CLAIM_TIMEOUT,
+    HEARTBEAT_INTERVAL,
+    HEARTBEAT_TIMEOUT,
+    POLL_WAIT,
+)
 from benchmarks.ours import ProjectCluster
 from shared.client import ClientError, QueueClient
 from shared.config import ConfigError, load_config
@@ -170,10 +175,7 @@ def idle(checkout: Checkout, sizes: FleetSizes) -> dict[str, Any]:
     stats = summarize_samples(samples, window.started)
     wrongly_dead = sorted(set(stats["dead_seen_ids"]) | set(final["dead_ids"]))
     return {
-        "settings": {"workers": n, "seconds": seconds, "simulator_processes": len(shares),
-                     "ramp_seconds": sizes.ramp_seconds, "stats_interval": sizes.stats_interval,
-                     "heartbeat_interval": 1.0, "heartbeat_timeouts": list(HEARTBEAT_TIMEOUT),
-                     "poll_wait": POLL_WAIT, "env": checkout.env},
+        "settings": _idle_settings(checkout, sizes, len(shares)),
         "registration": registration,
         "window": usage,
         "heartbeats": _heartbeats(records, window, n, checkout.heartbeat_timeout()),
@@ -184,12 +186,25 @@ def idle(checkout: Checkout, sizes: FleetSizes) -> dict[str, Any]:
         "wrongly_dead_ids": wrongly_dead,
         "dispatcher": {"cpu_seconds": usage["cpu_seconds"]["dispatcher"],
                        "cpu_cores": usage["cpu_cores"]["dispatcher"], **dispatcher},
-        "simulators": {**_group_cpu(usage, names),
-                       "cancelled_in_flight": sum(r["cancelled_in_flight"] for r in records),
-                       # Over the whole run: a beat that times out costs a new connection.
-                       "connections_opened": {kind: sum(r["connects"][kind] for r in records)
-                                              for kind in ("heartbeat", "claim")}},
+        "simulators": _simulators(usage, names, records),
     }
+
+
+def _idle_settings(checkout: Checkout, sizes: FleetSizes, processes: int) -> dict[str, Any]:
+    return {"workers": sizes.idle_workers, "seconds": sizes.idle_seconds,
+            "simulator_processes": processes, "ramp_seconds": sizes.ramp_seconds,
+            "stats_interval": sizes.stats_interval, "heartbeat_interval": HEARTBEAT_INTERVAL,
+            "heartbeat_timeouts": list(HEARTBEAT_TIMEOUT), "poll_wait": POLL_WAIT,
+            "claim_timeouts": list(CLAIM_TIMEOUT), "env": checkout.env}
+
+
+def _simulators(usage: dict[str, Any], names: list[str],
+                records: list[dict[str, Any]]) -> dict[str, Any]:
+    return {**_group_cpu(usage, names),
+            "cancelled_in_flight": sum(r["cancelled_in_flight"] for r in records),
+            # Over the whole run: a beat that timed out costs a new connection.
+            "connections_opened": {kind: sum(r["connects"][kind] for r in records)
+                                   for kind in ("heartbeat", "claim")}}
 
 
 def _await_registration(sampler: StatsSampler, n: int) -> dict[str, Any]:
