@@ -182,7 +182,7 @@ def metadata(args: argparse.Namespace, sizes: Sizes) -> dict[str, Any]:
     return {
         "started_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "host": platform.node(), "platform": platform.platform(),
-        "cpu_count": os.cpu_count(), "cpu_model": _cpu_model(),
+        "cpu_count": os.cpu_count(), "cpu_model": cpu_model(),
         "memory_gib": round(psutil.virtual_memory().total / 2**30, 1),
         "python": sys.version.split()[0], "project_root": str(args.project_root),
         "project_commit": git_commit(args.project_root), "harness_commit": git_commit(HARNESS_ROOT),
@@ -190,7 +190,8 @@ def metadata(args: argparse.Namespace, sizes: Sizes) -> dict[str, Any]:
     }
 
 
-def _cpu_model() -> str:
+def cpu_model() -> str:
+    """The CPU's model name (from /proc/cpuinfo on Linux)."""
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
