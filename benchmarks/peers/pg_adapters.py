@@ -107,7 +107,8 @@ class ProcrastinateQueue(PgPeer):
             "store": "PostgreSQL 127.0.0.1:5432, fresh database per run, schema by "
                      "`procrastinate schema --apply`; PsycopgConnector, library defaults",
             "workers": "2 x `procrastinate worker --concurrency 1` (the default concurrency; "
-                       "LISTEN/NOTIFY on, polling fallback every 5 s, jobs kept after success)",
+                       "LISTEN/NOTIFY on, polling fallback every 5 s, jobs kept after success, "
+                       "default log level INFO: two lines per job, to a file)",
             "task": "async def noop() -> True",
             "enqueue": "noop.batch_defer() of all tasks at once",
             "finished_count": "SELECT count(*) FROM procrastinate_jobs WHERE status = "
@@ -175,7 +176,8 @@ class PgQueuerQueue(PgPeer):
                      "`pgq install` (default durability: logged tables)",
             "workers": "2 x `pgq run benchmarks.peers.pgqueuer_app:main`, defaults: batch "
                        "size 10, dequeue timeout 30 s (LISTEN/NOTIFY wakes it), status log "
-                       "flushed every 0.1 s or per 10 jobs; one asyncpg connection each",
+                       "flushed every 0.1 s or per 10 jobs; one asyncpg connection each; "
+                       "default log level INFO (nothing per job)",
             "task": "async entrypoint noop(job) -> None",
             "enqueue": "Queries.enqueue() of all tasks in one call (asyncpg)",
             "finished_count": "SELECT count(*) FROM pgqueuer_log WHERE status = 'successful'",
