@@ -15,7 +15,7 @@ from benchmarks.targets import PG_SYSTEMS, _ratio
 
 def _num(value: Any, digits: int = 1) -> str:
     if value is None:
-        return "-"
+        return "n/a"
     if abs(value) < 10:
         digits = max(digits, 2)
     return f"{value:,.{digits}f}"
@@ -43,10 +43,11 @@ def queue_tables(results: dict[str, Any]) -> list[str]:
         bases = _bases(drain)
         rows = [[name, _num(s["median"], 0),
                  " / ".join(_num(r["tasks_per_second"], 0) for r in s["runs"]),
+                 _num(s.get("steady_tasks_per_second"), 0), _num(s.get("first_result_seconds"), 2),
                  *(_times(_ratio((drain.get(b) or {}).get("median"), s["median"]))
                    for b in bases)] for name, s in drain.items()]
         lines += [f"**Drain** ({results['drain']['tasks']:,} no-op tasks, 2 worker processes)", ""]
-        lines += _table(["system", "tasks/s (median)", "runs",
+        lines += _table(["system", "tasks/s (median)", "runs", "steady tasks/s", "first result s",
                          *(f"{b} ÷ system" for b in bases)], rows) + [""]
     trip = (results.get("roundtrip") or {}).get("systems") or {}
     if trip:

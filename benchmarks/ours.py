@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.common import BenchError, clean_env
-from benchmarks.pg import FreshDatabase, pg_reason
+from benchmarks.pg import ANALYZE_SETTING, FreshDatabase, analyze, pg_reason
 from benchmarks.systems import QueueSystem
 from shared.client import QueueClient
 from shared.cluster import LocalCluster, wait_until
@@ -176,6 +176,7 @@ class OurPgQueue(OurQueue):
         self.second_client: QueueClient | None = None
         self.settings["store"] = ("PostgreSQL 127.0.0.1:5432, fresh database per run, "
                                   "DATABASE_URL=postgresql://postgres@127.0.0.1:5432/<db>")
+        self.settings["analyze"] = ANALYZE_SETTING
         if cross:
             self.settings["dispatchers"] = ("2 on the same database: A (workers, "
                                             "submissions) and B (result waits)")
@@ -208,6 +209,10 @@ class OurPgQueue(OurQueue):
             self.second.close()
             self.second = None
         self.database.drop()
+
+    def enqueue_noops(self, count: int) -> None:
+        super().enqueue_noops(count)
+        analyze(self.database.url)
 
     def roundtrip(self, timeout: float) -> None:
         if not self.cross:

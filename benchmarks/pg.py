@@ -3,6 +3,12 @@
 Every PostgreSQL system (ours-pg and the PostgreSQL peers) gets a new, uniquely named database
 for each run and drops it afterwards, so no run sees another's rows, and a run that fails
 leaves nothing behind.
+
+A table created and filled a moment ago has no planner statistics until autovacuum's next
+round (up to a minute later): the planner then guesses, and some plans are far slower than on
+a live database (Procrastinate's fetch sorts every pending job: 5.5 ms per fetch instead of
+0.07 ms with 5,000 jobs). So every PostgreSQL system's drain runs ``analyze()`` after the
+enqueue, before its workers start, as autovacuum would have done.
 """
 
 from __future__ import annotations
@@ -15,6 +21,9 @@ PG_SERVER_URL = "postgresql://postgres@127.0.0.1:5432"
 """The server (trust authentication, user postgres); each run adds a database name."""
 ADMIN_DATABASE = "postgres"
 """Where CREATE DATABASE and DROP DATABASE are sent from."""
+ANALYZE_SETTING = ("the harness runs ANALYZE on the fresh database after the drain's enqueue, "
+                   "before the workers start (planner statistics, as autovacuum keeps them)")
+"""The ``settings["analyze"]`` of every PostgreSQL system."""
 
 
 def pg_url(database: str) -> str:
@@ -34,6 +43,14 @@ def pg_reason() -> str | None:
     except psycopg.Error as exc:
         return f"PostgreSQL at {PG_SERVER_URL} does not answer: {str(exc).strip()}"
     return None
+
+
+def analyze(url: str) -> None:
+    """ANALYZE every table of one database (planner statistics, as autovacuum keeps them)."""
+    import psycopg
+
+    with psycopg.connect(url, autocommit=True, connect_timeout=5) as conn:
+        conn.execute("ANALYZE")
 
 
 def _admin() -> Any:

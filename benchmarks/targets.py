@@ -130,6 +130,10 @@ def _times(value: float | None) -> str:
     return "n/a" if value is None else _fmt(value, 2) + "x"
 
 
+LABELS = {"steady_tasks_per_second": "steady", "first_result_seconds": "1st result s"}
+"""Short column headers for long result keys."""
+
+
 def _queue_table(results: Results, workload: str, columns: list[str], better: str) -> list[str]:
     data = results.get(workload) or {}
     systems = data.get("systems") or {}
@@ -137,7 +141,7 @@ def _queue_table(results: Results, workload: str, columns: list[str], better: st
         return [f"  ({data.get('error', 'not run')})"] + _problems(data)
     named = set(systems) | set(data.get("errors") or {}) | set(data.get("skipped") or {})
     bases = ["ours"] + (["ours-pg"] if named & set(PG_SYSTEMS) else [])
-    header = (f"  {'system':<14}" + "".join(f"{c:>14}" for c in columns)
+    header = (f"  {'system':<14}" + "".join(f"{LABELS.get(c, c):>14}" for c in columns)
               + "".join(f"{base + ' vs it':>16}" for base in bases))
     lines = [header]
     for name, summary in systems.items():
@@ -184,8 +188,10 @@ def format_report(report: dict[str, Any]) -> str:
              f"{_load(meta.get('load_average_after'))} after"]
     if "drain" in results:
         lines += [f"\ndrain: {results['drain'].get('tasks')} no-op tasks, 2 worker processes, "
-                  "tasks/s (ours vs it = ours / it)"]
-        lines += _queue_table(results, "drain", ["median"], "higher")
+                  "tasks/s (ours vs it = ours / it; steady = from the first result on)"]
+        lines += _queue_table(results, "drain",
+                              ["median", "steady_tasks_per_second", "first_result_seconds"],
+                              "higher")
     if "roundtrip" in results:
         lines += ["\nidle round trip, ms (ours vs it = it / ours: how many times faster ours is)"]
         lines += _queue_table(results, "roundtrip", ["median", "p90_ms", "p99_ms", "mean_ms"],

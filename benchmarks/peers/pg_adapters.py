@@ -16,7 +16,7 @@ from typing import Any
 
 from benchmarks.common import HARNESS_ROOT, BenchError, clean_env
 from benchmarks.peers.adapters import WorkerProcesses, missing_module
-from benchmarks.pg import FreshDatabase, pg_reason
+from benchmarks.pg import ANALYZE_SETTING, FreshDatabase, analyze, pg_reason
 from benchmarks.systems import QueueSystem
 
 SCHEMA_TIMEOUT_SECONDS = 120.0
@@ -64,6 +64,14 @@ class PgPeer(QueueSystem):
     def install(self, workdir: Path) -> None:
         """Install the peer's schema into the fresh database."""
 
+    def enqueue_noops(self, count: int) -> None:
+        self.enqueue(count)
+        analyze(self.url)
+
+    def enqueue(self, count: int) -> None:
+        """Enqueue ``count`` no-op tasks with the peer's fastest normal client API."""
+        raise NotImplementedError
+
     def connect(self) -> None:
         """Open the harness's client of the peer (after install)."""
 
@@ -104,6 +112,7 @@ class ProcrastinateQueue(PgPeer):
         self.app: Any = None
         self.noop: Any = None
         self.settings = {
+            "analyze": ANALYZE_SETTING,
             "store": "PostgreSQL 127.0.0.1:5432, fresh database per run, schema by "
                      "`procrastinate schema --apply`; PsycopgConnector, library defaults",
             "workers": "2 x `procrastinate worker --concurrency 1` (the default concurrency; "
@@ -134,7 +143,7 @@ class ProcrastinateQueue(PgPeer):
             self.app.close()
             self.app = None
 
-    def enqueue_noops(self, count: int) -> None:
+    def enqueue(self, count: int) -> None:
         self.noop.batch_defer(*({} for _ in range(count)))
 
     def start_workers(self, count: int) -> None:
@@ -172,6 +181,7 @@ class PgQueuerQueue(PgPeer):
         self._queries: Any = None
         self._watcher: Any = None
         self.settings = {
+            "analyze": ANALYZE_SETTING,
             "store": "PostgreSQL 127.0.0.1:5432, fresh database per run, schema by "
                      "`pgq install` (default durability: logged tables)",
             "workers": "2 x `pgq run benchmarks.peers.pgqueuer_app:main`, defaults: batch "
@@ -225,7 +235,7 @@ class PgQueuerQueue(PgPeer):
             raise BenchError("pgqueuer: not open")
         return self._runner.run(coroutine)
 
-    def enqueue_noops(self, count: int) -> None:
+    def enqueue(self, count: int) -> None:
         self._run(self._queries.enqueue(["noop"] * count, [None] * count, [0] * count))
 
     def start_workers(self, count: int) -> None:
@@ -261,6 +271,7 @@ class BarePgQueue(PgPeer):
         self.bare = pg_bare
         self._listener: Any = None
         self.settings = {
+            "analyze": ANALYZE_SETTING,
             "store": "PostgreSQL 127.0.0.1:5432, fresh database per run: one table "
                      "bare_jobs(id, status, payload) + a partial index of pending ids; server "
                      "defaults (synchronous_commit on)",
@@ -293,7 +304,7 @@ class BarePgQueue(PgPeer):
             self._listener.close()
             self._listener = None
 
-    def enqueue_noops(self, count: int) -> None:
+    def enqueue(self, count: int) -> None:
         self._conn.execute(self.bare.QUERIES["enqueue_many"], {"count": count})
 
     def start_workers(self, count: int) -> None:
