@@ -122,8 +122,9 @@ class ProcrastinateQueue(PgPeer):
             "enqueue": "noop.batch_defer() of all tasks at once",
             "finished_count": "SELECT count(*) FROM procrastinate_jobs WHERE status = "
                               "'succeeded'",
-            "roundtrip": "noop.defer(), then app.job_manager.get_job_status(id) every "
-                         f"{PROCRASTINATE_POLL_SECONDS * 1000:g} ms until 'succeeded' "
+            "roundtrip": "noop.defer(), then app.job_manager.get_job_status(id, connection=c) "
+                         f"every {PROCRASTINATE_POLL_SECONDS * 1000:g} ms until 'succeeded', on "
+                         "one connection c kept open for the polls "
                          "(Procrastinate has no result backend and sends no completion "
                          "NOTIFY; the poll interval bounds the latency added)",
         }
@@ -160,12 +161,18 @@ class ProcrastinateQueue(PgPeer):
 
         job_id = self.noop.defer()
         deadline = time.monotonic() + timeout
-        while (status := self.app.job_manager.get_job_status(job_id)) != Status.SUCCEEDED:
+        while (status := self._status(job_id)) != Status.SUCCEEDED:
             if status in (Status.FAILED, Status.CANCELLED, Status.ABORTED):
                 raise BenchError(f"procrastinate: job {job_id} ended {status.value}")
             if time.monotonic() > deadline:
                 raise BenchError(f"procrastinate: job {job_id} still {status.value}")
             time.sleep(PROCRASTINATE_POLL_SECONDS)
+
+
+    def _status(self, job_id: int) -> Any:
+        # One connection kept for the polls: through the pool each poll would first check its
+        # connection (one more round trip) and lengthen the poll interval the wait adds.
+        return self.app.job_manager.get_job_status(job_id, connection=self._conn)
 
 
 class PgQueuerQueue(PgPeer):
