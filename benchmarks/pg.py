@@ -41,7 +41,7 @@ def pg_reason() -> str | None:
         with psycopg.connect(pg_url(ADMIN_DATABASE), connect_timeout=2) as conn:
             conn.execute("SELECT 1")
     except psycopg.Error as exc:
-        return f"PostgreSQL at {PG_SERVER_URL} does not answer: {str(exc).strip()}"
+        return f"PostgreSQL at {PG_SERVER_URL} does not answer: {' '.join(str(exc).split())}"
     return None
 
 
