@@ -29,14 +29,13 @@ from benchmarks.common import HARNESS_ROOT, BenchError, fsync_probe_ms, median
 from benchmarks.ours import OurPgQueue, OurQueue
 from benchmarks.peers.adapters import all_peers
 from benchmarks.peers.pg_adapters import pg_peers
+from benchmarks.pg import PG_SYSTEMS
 from benchmarks.systems import QueueSystem, run_drain, run_roundtrip
 
 WORKLOADS = ("drain", "roundtrip", "cross_roundtrip", "submission", "big_queue", "kernels",
              "scaling")
 QUEUE_WORKLOADS = {"drain", "roundtrip", "cross_roundtrip"}
 """The workloads that run peers (cross_roundtrip runs ours-pg only, when it is selected)."""
-PG_SYSTEMS = ("ours-pg", "procrastinate", "pgqueuer", "pg-bare")
-"""What ``--peers pg`` selects."""
 RESULTS_DIR = HARNESS_ROOT / "benchmarks" / "results"
 CHARTS_DIR = HARNESS_ROOT / "docs" / "images"
 
@@ -184,10 +183,10 @@ def run_drain_all(systems: list[QueueSystem], sizes: Sizes, repeats: int,
 
 
 def run_roundtrip_all(systems: list[QueueSystem], sizes: Sizes, repeats: int,
-                      workdir: Path) -> dict[str, Any]:
+                      workdir: Path, label: str = "roundtrip") -> dict[str, Any]:
     """Workload 2: idle round trip."""
     result = compare_systems(
-        "roundtrip", systems, repeats, workdir,
+        label, systems, repeats, workdir,
         lambda s, w: run_roundtrip(s, w, sizes.roundtrip_samples, sizes.roundtrip_warmup),
         "p50_ms")
     for summary in result["systems"].values():
@@ -199,7 +198,8 @@ def run_roundtrip_all(systems: list[QueueSystem], sizes: Sizes, repeats: int,
 def run_cross_roundtrip(project_root: Path, sizes: Sizes, repeats: int,
                         workdir: Path) -> dict[str, Any]:
     """ours-pg with two dispatchers on one database: submit through A, wait through B."""
-    result = run_roundtrip_all([OurPgQueue(project_root, cross=True)], sizes, repeats, workdir)
+    result = run_roundtrip_all([OurPgQueue(project_root, cross=True)], sizes, repeats, workdir,
+                               "cross_roundtrip")
     return {"dispatchers": 2, **result}
 
 

@@ -10,7 +10,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from benchmarks.targets import PG_SYSTEMS, _ratio
+from benchmarks.pg import PG_SYSTEMS
+from benchmarks.targets import _ratio
 
 
 def _num(value: Any, digits: int = 1) -> str:

@@ -21,6 +21,8 @@ PG_SERVER_URL = "postgresql://postgres@127.0.0.1:5432"
 """The server (trust authentication, user postgres); each run adds a database name."""
 ADMIN_DATABASE = "postgres"
 """Where CREATE DATABASE and DROP DATABASE are sent from."""
+PG_SYSTEMS = ("ours-pg", "procrastinate", "pgqueuer", "pg-bare")
+"""The systems on PostgreSQL: what ``--peers pg`` selects; the tables compare them with ours-pg."""
 ANALYZE_SETTING = ("the harness runs ANALYZE on the fresh database after the drain's enqueue, "
                    "before the workers start (planner statistics, as autovacuum keeps them)")
 """The ``settings["analyze"]`` of every PostgreSQL system."""

@@ -9,6 +9,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from benchmarks.pg import PG_SYSTEMS
+
 Results = dict[str, Any]
 
 
@@ -94,8 +96,7 @@ TARGETS = (
     Target("pg_cross_roundtrip", "round trip p50, ours-pg across 2 dispatchers / on one",
            _cross_over_same, 2.0, False),
 )
-PG_SYSTEMS = ("ours-pg", "procrastinate", "pgqueuer", "pg-bare")
-"""Systems on PostgreSQL: the tables compare them with ours-pg too."""
+
 
 
 def evaluate(results: Results) -> list[dict[str, Any]]:

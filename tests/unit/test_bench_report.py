@@ -7,7 +7,8 @@ from typing import Any
 import pytest
 
 from benchmarks import markdown, targets
-from benchmarks.compare import PG_SYSTEMS, peer_names
+from benchmarks.compare import peer_names
+from benchmarks.pg import PG_SYSTEMS
 
 KNOWN = ["ours-pg", "huey-sqlite", "celery", "procrastinate", "pgqueuer", "pg-bare"]
 
