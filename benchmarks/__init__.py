@@ -1,1 +1,1 @@
-"""Benchmarks (issue 5): this project against Huey, Celery, RQ and Dramatiq; prime kernels."""
+"""Benchmarks: this project against task-queue peers (Redis and PostgreSQL ones); prime kernels."""

@@ -11,6 +11,14 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402 - after choosing the non-interactive backend
 
 OURS_COLOR, PEER_COLOR, BASE_COLOR = "#d95f02", "#7570b3", "#1b9e77"
+CROSS_LABEL = "ours-pg, 2 disp."
+"""The cross-dispatcher round trip, drawn beside the round trips of one dispatcher."""
+
+
+def _color(system: str) -> str:
+    if system.startswith("ours"):
+        return OURS_COLOR
+    return BASE_COLOR if system == "pg-bare" else PEER_COLOR
 
 
 def _bars(ax: Any, labels: list[str], values: list[float], colors: list[str],
@@ -36,8 +44,9 @@ def _subtitle(report: dict[str, Any]) -> str:
 
 
 def _queue_chart(report: dict[str, Any], workload: str, title: str, ylabel: str,
-                 path: Path, extra: str | None = None) -> Path | None:
-    systems = (report["results"].get(workload) or {}).get("systems") or {}
+                 path: Path, extra: str | None = None,
+                 more: dict[str, Any] | None = None) -> Path | None:
+    systems = {**((report["results"].get(workload) or {}).get("systems") or {}), **(more or {})}
     if not systems:
         return None
     metric = report["results"][workload]["metric"]
@@ -46,7 +55,7 @@ def _queue_chart(report: dict[str, Any], workload: str, title: str, ylabel: str,
     spans = [(min(r[metric] for r in systems[s]["runs"]),
               max(r[metric] for r in systems[s]["runs"])) for s in labels]
     fig, ax = plt.subplots(figsize=(8, 4.5))
-    _bars(ax, labels, values, [OURS_COLOR if s == "ours" else PEER_COLOR for s in labels], spans,
+    _bars(ax, labels, values, [_color(s) for s in labels], spans,
           "{:,.0f}" if metric == "tasks_per_second" else "{:.1f}")
     if extra:
         ax.plot(range(len(labels)), [systems[s][extra] for s in labels], "k_", markersize=14,
@@ -58,6 +67,11 @@ def _queue_chart(report: dict[str, Any], workload: str, title: str, ylabel: str,
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+def _cross_bar(report: dict[str, Any]) -> dict[str, Any]:
+    cross = ((report["results"].get("cross_roundtrip") or {}).get("systems") or {}).get("ours-pg")
+    return {CROSS_LABEL: cross} if cross else {}
 
 
 def _kernel_chart(report: dict[str, Any], path: Path) -> Path | None:
@@ -123,7 +137,8 @@ def draw_all(report: dict[str, Any], out_dir: Path) -> list[Path]:
         _queue_chart(report, "drain", f"Drain: {tasks} no-op tasks, 2 worker processes",
                      "tasks/s", out_dir / "bench_drain.png"),
         _queue_chart(report, "roundtrip", "Idle round trip: submit one task, wait for its result",
-                     "p50 latency, ms (marker: p90)", out_dir / "bench_roundtrip.png", "p90_ms"),
+                     "p50 latency, ms (marker: p90)", out_dir / "bench_roundtrip.png", "p90_ms",
+                     _cross_bar(report)),
         _kernel_chart(report, out_dir / "bench_kernels.png"),
         _ours_chart(report, out_dir / "bench_ours.png"),
     ]

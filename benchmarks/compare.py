@@ -4,7 +4,7 @@
 
 Each workload runs every system once per repeat, in an order rotated between repeats, so slow
 phases of a noisy machine spread over all systems. Writes benchmarks/results/<stamp>.json,
-bar charts, and prints a table of the figures against the targets of issue 5.
+bar charts, and prints a table of the figures against the performance targets.
 """
 
 from __future__ import annotations
@@ -26,11 +26,16 @@ from typing import Any
 
 from benchmarks import charts, kernels, ours_workloads, targets
 from benchmarks.common import HARNESS_ROOT, BenchError, fsync_probe_ms, median
-from benchmarks.ours import OurQueue
+from benchmarks.ours import OurPgQueue, OurQueue
 from benchmarks.peers.adapters import all_peers
+from benchmarks.peers.pg_adapters import pg_peers
+from benchmarks.pg import PG_SYSTEMS
 from benchmarks.systems import QueueSystem, run_drain, run_roundtrip
 
-WORKLOADS = ("drain", "roundtrip", "submission", "big_queue", "kernels", "scaling")
+WORKLOADS = ("drain", "roundtrip", "cross_roundtrip", "submission", "big_queue", "kernels",
+             "scaling")
+QUEUE_WORKLOADS = {"drain", "roundtrip", "cross_roundtrip"}
+"""The workloads that run peers (cross_roundtrip runs ours-pg only, when it is selected)."""
 RESULTS_DIR = HARNESS_ROOT / "benchmarks" / "results"
 CHARTS_DIR = HARNESS_ROOT / "docs" / "images"
 
@@ -72,8 +77,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--only", default=",".join(WORKLOADS),
                         help=f"comma-separated workloads of {', '.join(WORKLOADS)}")
     parser.add_argument("--peers", default="all",
-                        help="'all', 'none', or names: huey-sqlite,huey-redis,celery,rq,"
-                             "rq-simple,dramatiq")
+                        help="'all', 'none', 'pg' (ours-pg and the PostgreSQL peers), or names: "
+                             "huey-sqlite,huey-redis,celery,rq,rq-simple,dramatiq,ours-pg,"
+                             "procrastinate,pgqueuer,pg-bare")
     parser.add_argument("--output", type=Path, help="result JSON (default results/<stamp>.json)")
     parser.add_argument("--charts-dir", type=Path, default=CHARTS_DIR,
                         help="where bench_*.png go (default docs/images)")
@@ -87,17 +93,39 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         parser.error(f"--only: unknown workload(s) {', '.join(sorted(unknown))}")
     args.repeats = args.repeats or (1 if args.quick else 3)
     args.project_root = args.project_root.resolve()
+    try:
+        args.peer_names = peer_names(args.peers, [p.name for p in candidates(args.project_root)])
+    except ValueError as exc:
+        parser.error(f"--peers: {exc}")
     return args
 
 
-def select_peers(spec: str) -> tuple[list[QueueSystem], dict[str, str]]:
+def candidates(project_root: Path) -> list[QueueSystem]:
+    """Every system that can run beside ours, in the order of the results tables."""
+    return [OurPgQueue(project_root), *all_peers(), *pg_peers()]
+
+
+def peer_names(spec: str, known: list[str]) -> list[str]:
+    """The names ``--peers`` selects: 'all', 'none', 'pg' and names, comma-separated."""
+    wanted: set[str] = set()
+    for item in filter(None, spec.split(",")):
+        if item == "all":
+            wanted.update(known)
+        elif item == "pg":
+            wanted.update(PG_SYSTEMS)
+        elif item in known:
+            wanted.add(item)
+        elif item != "none":
+            raise ValueError(f"unknown peer {item!r} (known: all, none, pg, {', '.join(known)})")
+    return [name for name in known if name in wanted]
+
+
+def select_peers(names: list[str], project_root: Path,
+                 ) -> tuple[list[QueueSystem], dict[str, str]]:
     """The peers asked for that can run here, and why the others cannot."""
-    if spec == "none":
-        return [], {}
-    wanted = None if spec == "all" else set(spec.split(","))
     ready, skipped = [], {}
-    for peer in all_peers():
-        if wanted is not None and peer.name not in wanted:
+    for peer in candidates(project_root):
+        if peer.name not in names:
             continue
         reason = peer.unavailable()
         if reason:
@@ -147,20 +175,32 @@ def run_drain_all(systems: list[QueueSystem], sizes: Sizes, repeats: int,
     """Workload 1: drain throughput."""
     result = compare_systems("drain", systems, repeats, workdir,
                              lambda s, w: run_drain(s, w, sizes.drain_tasks), "tasks_per_second")
+    # The drain includes the workers' start-up; these say how much of it that was.
+    for summary in result["systems"].values():
+        for key in ("steady_tasks_per_second", "first_result_seconds"):
+            summary[key] = median([r[key] for r in summary["runs"]])
     return {"tasks": sizes.drain_tasks, "workers": 2, **result}
 
 
 def run_roundtrip_all(systems: list[QueueSystem], sizes: Sizes, repeats: int,
-                      workdir: Path) -> dict[str, Any]:
+                      workdir: Path, label: str = "roundtrip") -> dict[str, Any]:
     """Workload 2: idle round trip."""
     result = compare_systems(
-        "roundtrip", systems, repeats, workdir,
+        label, systems, repeats, workdir,
         lambda s, w: run_roundtrip(s, w, sizes.roundtrip_samples, sizes.roundtrip_warmup),
         "p50_ms")
     for summary in result["systems"].values():
         for pct in ("p90_ms", "p99_ms", "mean_ms"):
             summary[pct] = median([r[pct] for r in summary["runs"]])
     return {"samples": sizes.roundtrip_samples, **result}
+
+
+def run_cross_roundtrip(project_root: Path, sizes: Sizes, repeats: int,
+                        workdir: Path) -> dict[str, Any]:
+    """ours-pg with two dispatchers on one database: submit through A, wait through B."""
+    result = run_roundtrip_all([OurPgQueue(project_root, cross=True)], sizes, repeats, workdir,
+                               "cross_roundtrip")
+    return {"dispatchers": 2, **result}
 
 
 def git_commit(root: Path) -> str | None:
@@ -206,11 +246,14 @@ def run_workloads(args: argparse.Namespace, sizes: Sizes, workdir: Path) -> dict
     only = args.only.split(",")
     ours = OurQueue(args.project_root)
     results: dict[str, Any] = {}
-    peers, skipped = select_peers(args.peers) if {"drain", "roundtrip"} & set(only) else ([], {})
+    peers, skipped = (select_peers(args.peer_names, args.project_root)
+                      if QUEUE_WORKLOADS & set(only) else ([], {}))
     systems: list[QueueSystem] = [ours, *peers]
     steps: dict[str, Callable[[], dict[str, Any]]] = {
         "drain": lambda: run_drain_all(systems, sizes, args.repeats, workdir),
         "roundtrip": lambda: run_roundtrip_all(systems, sizes, args.repeats, workdir),
+        "cross_roundtrip": lambda: run_cross_roundtrip(args.project_root, sizes, args.repeats,
+                                                       workdir),
         "submission": lambda: ours_workloads.submission(
             args.project_root, workdir, sizes.submission_tasks, args.repeats),
         "big_queue": lambda: ours_workloads.big_queue(
@@ -224,6 +267,10 @@ def run_workloads(args: argparse.Namespace, sizes: Sizes, workdir: Path) -> dict
     }
     for name in WORKLOADS:
         if name not in only:
+            continue
+        if name == "cross_roundtrip" and "ours-pg" not in [p.name for p in peers]:
+            results[name] = {"skipped": skipped.get("ours-pg", "ours-pg is not in --peers")}
+            print(f"skipping cross_roundtrip: {results[name]['skipped']}", file=sys.stderr)
             continue
         started = time.monotonic()
         try:

@@ -10,12 +10,13 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from benchmarks.pg import PG_SYSTEMS
 from benchmarks.targets import _ratio
 
 
 def _num(value: Any, digits: int = 1) -> str:
     if value is None:
-        return "-"
+        return "n/a"
     if abs(value) < 10:
         digits = max(digits, 2)
     return f"{value:,.{digits}f}"
@@ -26,27 +27,53 @@ def _table(header: list[str], rows: list[list[str]]) -> list[str]:
     return lines + ["| " + " | ".join(row) + " |" for row in rows]
 
 
+def _times(value: float | None) -> str:
+    return "n/a" if value is None else _num(value, 2) + "x"
+
+
+def _bases(systems: dict[str, Any]) -> list[str]:
+    """Ours, and ours-pg when PostgreSQL systems are in the table."""
+    return ["ours"] + (["ours-pg"] if set(systems) & set(PG_SYSTEMS) else [])
+
+
 def queue_tables(results: dict[str, Any]) -> list[str]:
-    """Drain and round trip: every system, with ours' ratio to it."""
+    """Drain and round trips: every system, with ours' (and ours-pg's) ratio to it."""
     lines: list[str] = []
     drain = (results.get("drain") or {}).get("systems") or {}
     if drain:
-        ours = drain.get("ours", {}).get("median")
+        bases = _bases(drain)
         rows = [[name, _num(s["median"], 0),
                  " / ".join(_num(r["tasks_per_second"], 0) for r in s["runs"]),
-                 _num(_ratio(ours, s["median"]), 2) + "x"] for name, s in drain.items()]
+                 _num(s.get("steady_tasks_per_second"), 0), _num(s.get("first_result_seconds"), 2),
+                 *(_times(_ratio((drain.get(b) or {}).get("median"), s["median"]))
+                   for b in bases)] for name, s in drain.items()]
         lines += [f"**Drain** ({results['drain']['tasks']:,} no-op tasks, 2 worker processes)", ""]
-        lines += _table(["system", "tasks/s (median)", "runs", "ours ÷ system"], rows) + [""]
+        lines += _table(["system", "tasks/s (median)", "runs", "steady tasks/s", "first result s",
+                         *(f"{b} ÷ system" for b in bases)], rows) + [""]
     trip = (results.get("roundtrip") or {}).get("systems") or {}
     if trip:
-        ours = trip.get("ours", {}).get("median")
+        bases = _bases(trip)
         rows = [[name, _num(s["median"], 2), _num(s.get("p90_ms"), 1), _num(s.get("p99_ms"), 1),
-                 _num(s.get("mean_ms"), 1), _num(_ratio(ours, s["median"]), 2) + "x"]
+                 _num(s.get("mean_ms"), 1),
+                 *(_times(_ratio((trip.get(b) or {}).get("median"), s["median"])) for b in bases)]
                 for name, s in trip.items()]
         lines += [f"**Idle round trip** ({results['roundtrip']['samples']} samples per run)", ""]
-        lines += _table(["system", "p50 ms", "p90 ms", "p99 ms", "mean ms", "ours p50 ÷ system"],
-                        rows) + [""]
-    return lines
+        lines += _table(["system", "p50 ms", "p90 ms", "p99 ms", "mean ms",
+                         *(f"{b} p50 ÷ system" for b in bases)], rows) + [""]
+    return lines + cross_table(results)
+
+
+def cross_table(results: dict[str, Any]) -> list[str]:
+    """ours-pg's round trip across two dispatchers, against its round trip on one."""
+    cross = ((results.get("cross_roundtrip") or {}).get("systems") or {}).get("ours-pg")
+    if not cross:
+        return []
+    same = (((results.get("roundtrip") or {}).get("systems") or {}).get("ours-pg") or {})
+    row = [_num(cross["median"], 2), _num(cross.get("p90_ms"), 1), _num(cross.get("p99_ms"), 1),
+           _num(cross.get("mean_ms"), 1), _times(_ratio(cross["median"], same.get("median")))]
+    return ["**Round trip across two dispatchers** (ours-pg: submit through A, wait through B)",
+            ""] + _table(["p50 ms", "p90 ms", "p99 ms", "mean ms", "÷ one dispatcher"],
+                         [row]) + [""]
 
 
 def kernel_table(results: dict[str, Any]) -> list[str]:
@@ -68,7 +95,7 @@ def kernel_table(results: dict[str, Any]) -> list[str]:
 
 
 def targets_table(report: dict[str, Any]) -> list[str]:
-    """The targets of issue 5."""
+    """The performance targets."""
     rows = [[t["description"], _num(t["figure"], 2), t["bound"], f"**{t['status']}**"]
             for t in report["targets"]]
     return _table(["target", "measured", "goal", "status"], rows) + [""]

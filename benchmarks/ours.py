@@ -14,9 +14,12 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.common import BenchError, clean_env
+from benchmarks.pg import ANALYZE_SETTING, FreshDatabase, analyze, pg_reason
 from benchmarks.systems import QueueSystem
 from shared.client import QueueClient
-from shared.cluster import LocalCluster
+from shared.cluster import LocalCluster, wait_until
+
+DISPATCHER_START_SECONDS = 20.0
 
 SUBMIT_BATCH = 1000
 """Tasks per POST /submit-task, as add_task.py sends them."""
@@ -44,6 +47,25 @@ class ProjectCluster(LocalCluster):
                 [self.python, *args], cwd=self.project_root, env={**self.env, **(env or {})},
                 stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
             )
+
+    def start_dispatcher(self, timeout: float = DISPATCHER_START_SECONDS,
+                         ) -> subprocess.Popen[bytes]:
+        """Start the dispatcher; BenchError with its last log line if it exits instead."""
+        proc = self._spawn("dispatcher", ["-m", "dispatcher.app"])
+        self.dispatcher = proc
+        wait_until(lambda: proc.poll() is not None or self.healthy(), timeout, 0.05,
+                   "dispatcher /health")
+        if proc.poll() is not None:
+            self.dispatcher = None
+            raise BenchError(f"the dispatcher exited with {proc.returncode} at start: "
+                             f"{self.last_log_line('dispatcher')}")
+        return proc
+
+    def last_log_line(self, name: str) -> str:
+        """The last non-empty line a process of this cluster logged (why it stopped)."""
+        path = self.workdir / "logs" / f"{name}.log"
+        lines = path.read_text(errors="replace").strip().splitlines() if path.exists() else []
+        return lines[-1] if lines else "(no output)"
 
     def submit_noops(self, count: int, batch: int = SUBMIT_BATCH) -> list[int]:
         """Submit ``count`` noop tasks in batches; return their ids."""
@@ -77,13 +99,23 @@ class OurQueue(QueueSystem):
         self.client: QueueClient | None = None
 
     def open(self, workdir: Path) -> None:
-        self.cluster = ProjectCluster(workdir / f"ours-{uuid.uuid4().hex[:8]}", self.project_root)
-        try:
-            self.cluster.start_dispatcher()
-        except Exception:
-            self.cluster.close()
-            raise
+        self.cluster = self.start_cluster(workdir)
         self.client = QueueClient(self.cluster.url)
+
+    def start_cluster(self, workdir: Path) -> ProjectCluster:
+        """A scratch directory and a started dispatcher on this system's store."""
+        cluster = ProjectCluster(workdir / f"{self.name}-{uuid.uuid4().hex[:8]}",
+                                 self.project_root, self.store_env())
+        try:
+            cluster.start_dispatcher()
+        except Exception:
+            cluster.close()
+            raise
+        return cluster
+
+    def store_env(self) -> dict[str, str]:
+        """The dispatcher's DATABASE_URL; none here: the cluster's temp SQLite file."""
+        return {}
 
     def close(self) -> None:
         if self.client is not None:
@@ -95,7 +127,7 @@ class OurQueue(QueueSystem):
 
     def _cluster(self) -> ProjectCluster:
         if self.cluster is None:
-            raise BenchError("ours: not open")
+            raise BenchError(f"{self.name}: not open")
         return self.cluster
 
     def enqueue_noops(self, count: int) -> None:
@@ -110,18 +142,86 @@ class OurQueue(QueueSystem):
 
     def roundtrip(self, timeout: float) -> None:
         if self.client is None:
-            raise BenchError("ours: not open")
-        task_id = self.client.submit("noop")
-        view = self.client.wait(task_id, timeout)
+            raise BenchError(f"{self.name}: not open")
+        self.await_task(self.client.submit("noop"), self.client, timeout)
+
+    def await_task(self, task_id: int, client: QueueClient, timeout: float) -> None:
+        """Long-poll one task through client; BenchError unless it completed."""
+        view = client.wait(task_id, timeout)
         if view["status"] != "completed":
-            raise BenchError(f"ours: task {task_id} ended {view['status']}: {view['error']}")
+            raise BenchError(f"{self.name}: task {task_id} ended {view['status']}: "
+                             f"{view['error']}")
 
     def pid(self) -> int:
         """The dispatcher's PID."""
         proc = self._cluster().dispatcher
         if proc is None:
-            raise BenchError("ours: no dispatcher")
+            raise BenchError(f"{self.name}: no dispatcher")
         return proc.pid
+
+
+class OurPgQueue(OurQueue):
+    """This project on PostgreSQL: a fresh database per run, named by DATABASE_URL.
+
+    With ``cross=True`` a second dispatcher (B) shares the database: round trips submit
+    through the first (A, where the workers are) and wait for the result through B.
+    """
+
+    name = "ours-pg"
+
+    def __init__(self, project_root: Path, cross: bool = False) -> None:
+        super().__init__(project_root)
+        self.cross = cross
+        self.database = FreshDatabase("ours")
+        self.second: ProjectCluster | None = None
+        self.second_client: QueueClient | None = None
+        self.settings["store"] = ("PostgreSQL 127.0.0.1:5432, fresh database per run, "
+                                  "DATABASE_URL=postgresql://postgres@127.0.0.1:5432/<db>")
+        self.settings["analyze"] = ANALYZE_SETTING
+        if cross:
+            self.settings["dispatchers"] = ("2 on the same database: A (workers, "
+                                            "submissions) and B (result waits)")
+            self.settings["roundtrip"] = ("QueueClient(A).submit(), then "
+                                          "QueueClient(B).wait() = GET B/task/<id>?wait=10")
+
+    def unavailable(self) -> str | None:
+        return pg_reason()
+
+    def store_env(self) -> dict[str, str]:
+        return {"DATABASE_URL": self.database.url}
+
+    def open(self, workdir: Path) -> None:
+        self.database.create()
+        try:
+            super().open(workdir)
+            if self.cross:
+                self.second = self.start_cluster(workdir)
+                self.second_client = QueueClient(self.second.url)
+        except Exception:
+            self.close()
+            raise
+
+    def close(self) -> None:
+        super().close()
+        if self.second_client is not None:
+            self.second_client.close()
+            self.second_client = None
+        if self.second is not None:
+            self.second.close()
+            self.second = None
+        self.database.drop()
+
+    def enqueue_noops(self, count: int) -> None:
+        super().enqueue_noops(count)
+        analyze(self.database.url)
+
+    def roundtrip(self, timeout: float) -> None:
+        if not self.cross:
+            super().roundtrip(timeout)
+            return
+        if self.client is None or self.second_client is None:
+            raise BenchError(f"{self.name}: not open")
+        self.await_task(self.client.submit("noop"), self.second_client, timeout)
 
 
 def run_add_task(project_root: Path, url: str, count: int) -> list[int]:

@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
-# Benchmark this project against Huey, Celery, RQ and Dramatiq (issue 5).
+# Benchmark this project against Huey, Celery, RQ, Dramatiq, Procrastinate and PgQueuer.
 #   benchmarks/run.sh [--quick] [--repeats N] [--project-root DIR] [--only drain,roundtrip,...]
 # Sets up .venv with requirements-dev.txt plus requirements-bench.txt (the peers' packages,
 # never part of requirements.txt), installs Debian's primesieve CLI when missing and running
-# as root, starts a local Redis when none answers, then runs python -m benchmarks.compare.
+# as root, starts a local Redis when none answers, checks that PostgreSQL answers on
+# 127.0.0.1:5432, then runs python -m benchmarks.compare.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 source scripts/common.sh
@@ -33,6 +34,14 @@ if ! "$PYTHON" -c 'import redis, sys; redis.Redis(socket_connect_timeout=1).ping
     else
         echo "note: no Redis on 127.0.0.1:6379; the Redis peers are skipped" >&2
     fi
+fi
+
+# The PostgreSQL systems (ours-pg, procrastinate, pgqueuer, pg-bare) skip themselves, with the
+# reason, when the server does not answer; this says so up front.
+pg_problem=$("$PYTHON" -c 'from benchmarks.pg import pg_reason; print(pg_reason() or "")' 2>&1) \
+    || pg_problem="the PostgreSQL check failed: $pg_problem"
+if [ -n "$pg_problem" ]; then
+    echo "note: $pg_problem; the PostgreSQL systems are skipped" >&2
 fi
 
 exec "$PYTHON" -m benchmarks.compare "$@"

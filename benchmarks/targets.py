@@ -1,10 +1,15 @@
-"""The targets of issue 5 as ratios, and the text report (reporting, not a test)."""
+"""The performance targets as ratios of figures from the same run, and the text report.
+
+Reporting, not a test: a missed target prints MISS, a figure that was not measured n/a.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
+
+from benchmarks.pg import PG_SYSTEMS
 
 Results = dict[str, Any]
 
@@ -41,8 +46,16 @@ def _system(workload: str, system: str) -> Callable[[Results], float | None]:
     return lambda r: get_path(r, workload, "systems", system, "median")
 
 
+def _over(workload: str, top: str, bottom: str) -> Callable[[Results], float | None]:
+    return lambda r: _ratio(_system(workload, top)(r), _system(workload, bottom)(r))
+
+
 def _ours_over(workload: str, peer: str) -> Callable[[Results], float | None]:
-    return lambda r: _ratio(_system(workload, "ours")(r), _system(workload, peer)(r))
+    return _over(workload, "ours", peer)
+
+
+def _cross_over_same(r: Results) -> float | None:
+    return _ratio(_system("cross_roundtrip", "ours-pg")(r), _system("roundtrip", "ours-pg")(r))
 
 
 TARGETS = (
@@ -71,6 +84,18 @@ TARGETS = (
            10.0, True),
     Target("scaling_2_workers", "CPU-bound sieve tasks, 2 workers speed-up over 1",
            lambda r: get_path(r, "scaling", "speedup"), 1.8, True),
+    Target("pg_drain_vs_procrastinate", "drain tasks/s, ours-pg / Procrastinate",
+           _over("drain", "ours-pg", "procrastinate"), 3.0, True),
+    Target("pg_drain_vs_pgqueuer", "drain tasks/s, ours-pg / PgQueuer",
+           _over("drain", "ours-pg", "pgqueuer"), 1.0, True),
+    Target("pg_drain_vs_sqlite", "drain tasks/s, ours-pg / ours (SQLite)",
+           _over("drain", "ours-pg", "ours"), 0.5, True),
+    Target("pg_roundtrip_vs_procrastinate", "idle round trip p50, ours-pg / Procrastinate",
+           _over("roundtrip", "ours-pg", "procrastinate"), 1.0, False),
+    Target("pg_roundtrip_vs_pgqueuer", "idle round trip p50, ours-pg / PgQueuer",
+           _over("roundtrip", "ours-pg", "pgqueuer"), 0.1, False),
+    Target("pg_cross_roundtrip", "round trip p50, ours-pg across 2 dispatchers / on one",
+           _cross_over_same, 2.0, False),
 )
 
 
@@ -93,7 +118,7 @@ def evaluate(results: Results, targets: Sequence[Target] = TARGETS,
 
 def _fmt(value: Any, digits: int = 1) -> str:
     if value is None:
-        return "-"
+        return "n/a"
     if isinstance(value, float) and abs(value) < 10:
         return f"{value:.{max(digits, 2)}f}"
     return f"{value:,.{digits}f}" if isinstance(value, float) else str(value)
@@ -103,24 +128,53 @@ def _load(value: Any) -> str:
     return "/".join(f"{v:.1f}" for v in value) if value else "-"
 
 
+def _times(value: float | None) -> str:
+    return "n/a" if value is None else _fmt(value, 2) + "x"
+
+
+LABELS = {"steady_tasks_per_second": "steady", "first_result_seconds": "1st result s"}
+"""Short column headers for long result keys."""
+
+
 def _queue_table(results: Results, workload: str, columns: list[str], better: str) -> list[str]:
     data = results.get(workload) or {}
     systems = data.get("systems") or {}
     if not systems:
-        return [f"  ({data.get('error', 'not run')})"]
-    ours = systems.get("ours", {}).get("median")
-    header = f"  {'system':<12}" + "".join(f"{c:>14}" for c in columns) + f"{'ours vs it':>12}"
+        return [f"  ({data.get('error', 'not run')})"] + _problems(data)
+    named = set(systems) | set(data.get("errors") or {}) | set(data.get("skipped") or {})
+    bases = ["ours"] + (["ours-pg"] if named & set(PG_SYSTEMS) else [])
+    header = (f"  {'system':<14}" + "".join(f"{LABELS.get(c, c):>14}" for c in columns)
+              + "".join(f"{base + ' vs it':>16}" for base in bases))
     lines = [header]
     for name, summary in systems.items():
-        row = f"  {name:<12}" + "".join(f"{_fmt(summary.get(c)):>14}" for c in columns)
-        ratio = _ratio(ours, summary["median"]) if better == "higher" else _ratio(
-            summary["median"], ours)
-        lines.append(row + f"{_fmt(ratio, 2) + 'x':>12}")
-    for name, error in (data.get("errors") or {}).items():
-        lines.append(f"  {name:<12} failed: {error}")
-    for name, reason in (data.get("skipped") or {}).items():
-        lines.append(f"  {name:<12} skipped: {reason}")
-    return lines
+        row = f"  {name:<14}" + "".join(f"{_fmt(summary.get(c)):>14}" for c in columns)
+        for base in bases:
+            ours = (systems.get(base) or {}).get("median")
+            ratio = (_ratio(ours, summary["median"]) if better == "higher"
+                     else _ratio(summary["median"], ours))
+            row += f"{_times(ratio):>16}"
+        lines.append(row)
+    return lines + _problems(data)
+
+
+def _cross_table(results: Results) -> list[str]:
+    data = results.get("cross_roundtrip") or {}
+    summary = (data.get("systems") or {}).get("ours-pg")
+    if not summary:
+        return [f"  ({data.get('error', 'no figures')})"] + _problems(data)
+    columns = ["median", "p90_ms", "p99_ms", "mean_ms"]
+    same = _system("roundtrip", "ours-pg")(results)
+    return [f"  {'system':<14}" + "".join(f"{c:>14}" for c in columns) + f"{'/ one disp.':>14}",
+            f"  {'ours-pg':<14}" + "".join(f"{_fmt(summary.get(c)):>14}" for c in columns)
+            + f"{_times(_ratio(summary['median'], same)):>14}"] + _problems(data)
+
+
+def _problems(data: Results) -> list[str]:
+    lines = [f"  {name:<14} failed: {error}" for name, error in (data.get("errors") or {}).items()]
+    skipped = data.get("skipped")
+    if isinstance(skipped, str):
+        return lines + [f"  skipped: {skipped}"]
+    return lines + [f"  {name:<14} skipped: {why}" for name, why in (skipped or {}).items()]
 
 
 def format_report(report: dict[str, Any]) -> str:
@@ -136,16 +190,22 @@ def format_report(report: dict[str, Any]) -> str:
              f"{_load(meta.get('load_average_after'))} after"]
     if "drain" in results:
         lines += [f"\ndrain: {results['drain'].get('tasks')} no-op tasks, 2 worker processes, "
-                  "tasks/s (ours vs it = ours / it)"]
-        lines += _queue_table(results, "drain", ["median"], "higher")
+                  "tasks/s (ours vs it = ours / it; steady = from the first result on)"]
+        lines += _queue_table(results, "drain",
+                              ["median", "steady_tasks_per_second", "first_result_seconds"],
+                              "higher")
     if "roundtrip" in results:
         lines += ["\nidle round trip, ms (ours vs it = it / ours: how many times faster ours is)"]
         lines += _queue_table(results, "roundtrip", ["median", "p90_ms", "p99_ms", "mean_ms"],
                               "lower")
+    if "cross_roundtrip" in results:
+        lines += ["\ncross-dispatcher round trip, ms (ours-pg, 2 dispatchers on one database: "
+                  "submit through A, wait through B)"]
+        lines += _cross_table(results)
     lines += _other_sections(results)
-    lines += ["\ntargets (issue 5)", f"  {'target':<52}{'figure':>12}{'bound':>10}  status"]
+    lines += ["\ntargets", f"  {'target':<56}{'figure':>12}{'bound':>10}  status"]
     for row in report["targets"]:
-        lines.append(f"  {row['description']:<52}{_fmt(row['figure'], 2):>12}"
+        lines.append(f"  {row['description']:<56}{_fmt(row['figure'], 2):>12}"
                      f"{row['bound']:>10}  {row['status']}")
     return "\n".join(lines)
 

@@ -23,7 +23,8 @@ BIN = Path(sys.executable).parent
 """Where pip put the peers' worker commands (huey_consumer, celery, rq, dramatiq)."""
 
 
-def _missing(*modules: str) -> str | None:
+def missing_module(*modules: str) -> str | None:
+    """Why a peer cannot run when one of its packages is not installed, else None."""
     for module in modules:
         if importlib.util.find_spec(module) is None:
             return f"package {module!r} is not installed (pip install -r requirements-bench.txt)"
@@ -70,7 +71,7 @@ class RedisPeer(QueueSystem):
     modules: tuple[str, ...] = ("redis",)
 
     def unavailable(self) -> str | None:
-        return _missing(*self.modules) or redis_reason(self.url)
+        return missing_module(*self.modules) or redis_reason(self.url)
 
     def open(self, workdir: Path) -> None:
         import redis
@@ -116,7 +117,7 @@ class HueyQueue(RedisPeer):
 
     def unavailable(self) -> str | None:
         if self.kind == "sqlite":
-            return _missing("huey")
+            return missing_module("huey")
         return super().unavailable()
 
     def open(self, workdir: Path) -> None:

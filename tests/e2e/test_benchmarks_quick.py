@@ -27,7 +27,7 @@ def report(tmp_path_factory: pytest.TempPathFactory) -> dict:
         cwd=REPO_ROOT, capture_output=True, text=True, timeout=150, check=False,
     )
     assert done.returncode == 0, done.stderr[-2000:]
-    assert "targets (issue 5)" in done.stdout
+    assert "\ntargets\n" in done.stdout
     result = json.loads((out / "result.json").read_text())
     result["chart_files"] = sorted(p.name for p in (out / "charts").glob("bench_*.png"))
     return result
@@ -65,14 +65,19 @@ def test_kernels_agree_on_the_prime_counts(report: dict) -> None:
 
 def test_targets_are_reported(report: dict) -> None:
     rows = report["targets"]
-    assert len(rows) == 10
+    assert len(rows) == 16
     assert {row["status"] for row in rows} <= {"PASS", "MISS", "n/a"}
     # Without peers, only the ratios against peers (and primesieve if absent) are missing.
     expected = ["drain_vs_huey_sqlite", "drain_vs_huey_redis", "roundtrip_vs_huey_sqlite",
                 "roundtrip_vs_celery"]
     if shutil.which("primesieve") is None:
         expected.append("sieve_vs_primesieve")
+    expected += [row["name"] for row in rows if row["name"].startswith("pg_")]
     assert [row["name"] for row in rows if row["status"] == "n/a"] == expected
+
+
+def test_cross_roundtrip_is_skipped_without_ours_pg(report: dict) -> None:
+    assert report["results"]["cross_roundtrip"] == {"skipped": "ours-pg is not in --peers"}
 
 
 def test_charts_are_drawn(report: dict) -> None:
