@@ -53,7 +53,8 @@ found=0
 shopt -s nullglob
 for pidfile in "$RUN"/worker-*.pid; do found=1; stop_pidfile "$pidfile" & done
 wait
-for pidfile in "$RUN"/dispatcher.pid; do found=1; stop_pidfile "$pidfile"; done
+for pidfile in "$RUN"/dispatcher*.pid; do found=1; stop_pidfile "$pidfile" & done
+wait
 [ "$found" -eq 1 ] || echo "nothing to stop (no PID files in $RUN)"
 
 if [ "$purge" -eq 1 ]; then

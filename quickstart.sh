@@ -20,7 +20,7 @@ stop_started() {
         kill -TERM "$dispatcher_pid" 2>/dev/null || true
         wait "$dispatcher_pid" 2>/dev/null || true
     fi
-    for pidfile in "$RUN"/dispatcher.pid "$RUN"/worker-worker-1.pid "$RUN"/worker-worker-2.pid; do
+    for pidfile in "$RUN"/dispatcher-*.pid "$RUN"/worker-worker-1.pid "$RUN"/worker-worker-2.pid; do
         pid_is_ours "$pidfile" || rm -f "$pidfile"
     done
     echo "stopped the dispatcher and workers this script started (logs in $LOGS)"

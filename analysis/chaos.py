@@ -2,11 +2,14 @@
 
     .venv/bin/python analysis/chaos.py --duration 600 --seed 1            # table
     .venv/bin/python analysis/chaos.py --duration 60 --seed 2 --json      # JSON
+    .venv/bin/python analysis/chaos.py --scale-out 300 --seed 3           # + PostgreSQL phase
 
 The same scenarios as tests/chaos (tests/support/scenarios.py), run for longer: the storm keeps
 the queue topped up with prime tasks of mixed sizes and SIGKILLs a random busy worker every
 ``--kill-interval`` seconds; the crash phase SIGKILLs the dispatcher at random moments while
-clients submit with Idempotency-Key. Every process is started in a temp directory and stopped
+clients submit with Idempotency-Key. ``--scale-out SECONDS`` adds a phase with three dispatchers
+on a fresh PostgreSQL database (``--postgres`` names the server) and six workers, SIGKILLing
+random dispatchers and workers. Every process is started in a temp directory and stopped
 by PID when the run ends (also on Ctrl-C or SIGTERM).
 """
 
@@ -26,6 +29,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from shared.cluster import LocalCluster  # noqa: E402
 from tests.support.audit import database  # noqa: E402
+from tests.support import postgres  # noqa: E402
+from tests.support.scale_out import ScaleOutChaos  # noqa: E402
 from tests.support.scenarios import DispatcherCrash, KillStorm, prime_tasks  # noqa: E402
 
 ROWS = [
@@ -44,6 +49,9 @@ ROWS = [
     ("reclaims_returned_unstarted", "reclaims: returned_unstarted"), ("outage_p50_s", "outage p50 (s)"),
     ("outage_max_s", "outage max (s)"), ("outages_with_cached_results", "outages with cached results"),
     ("wrongly_dead", "wrongly-declared-dead workers"), ("taken_from_live", "tasks taken from live workers"),
+    ("dispatcher_kills", "dispatcher kills"), ("worker_kills", "worker kills"),
+    ("resumed_from_scratch", "reassigned without their checkpoint"),
+    ("failover_p50_s", "worker failover p50 (s)"), ("failover_max_s", "worker failover max (s)"),
     ("integrity", "PRAGMA integrity_check"),
 ]
 
@@ -55,6 +63,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--workers", type=int, default=4)
     parser.add_argument("--kill-interval", type=float, default=2.0)
+    parser.add_argument("--scale-out", type=float, default=0, metavar="SECONDS",
+                        help="also run the PostgreSQL phase (3 dispatchers, 6 workers) this long")
+    parser.add_argument("--postgres", default=postgres.ADMIN_URL,
+                        help="PostgreSQL server for that phase (a database is made and dropped)")
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
     return parser.parse_args(argv)
 
@@ -70,7 +82,7 @@ def run_storm(workdir: Path, rng: random.Random, seconds: float, workers: int,
         cluster.start_dispatcher()
 
         def top_up() -> list[dict[str, Any]]:
-            with database(cluster.db_path) as db:
+            with database(cluster.database_url) as db:
                 pending = db.execute("SELECT COUNT(*) FROM tasks WHERE status = 'pending'"
                                      ).fetchone()[0]
             # Sometimes let the queue run dry so that kills also happen while workers are idle.
@@ -86,6 +98,19 @@ def run_crashes(workdir: Path, rng: random.Random, seconds: float) -> dict[str, 
     with LocalCluster(workdir, {"CHECKPOINT_INTERVAL": "0.5", "BACKOFF_MAX": "1"}) as cluster:
         cluster.start_dispatcher()
         return DispatcherCrash(cluster, rng).run(seconds=seconds, drain_timeout=300).summary()
+
+
+def run_scale_out(workdir: Path, rng: random.Random, seconds: float, server: str
+                  ) -> dict[str, Any]:
+    """Three dispatchers on a fresh PostgreSQL database, six workers, kills; then audited."""
+    database_url = postgres.create_database(server)
+    try:
+        env = {"CHECKPOINT_INTERVAL": "0.5", "BACKOFF_MAX": "1", "DATABASE_URL": database_url}
+        with LocalCluster(workdir, env) as cluster:
+            cluster.start_dispatcher()
+            return ScaleOutChaos(cluster, rng).run(seconds, drain_timeout=300).summary()
+    finally:
+        postgres.drop_database(database_url, server)
 
 
 def table(results: list[dict[str, Any]]) -> str:
@@ -112,14 +137,17 @@ def main(argv: list[str] | None = None) -> int:
         storm = run_storm(Path(tmp) / "storm", rng, args.duration / 2, args.workers,
                           args.kill_interval)
         crash = run_crashes(Path(tmp) / "crash", rng, args.duration / 2)
-    results = [storm, crash]
+        results = [storm, crash]
+        if args.scale_out:
+            results.append(run_scale_out(Path(tmp) / "scale-out", rng, args.scale_out,
+                                         args.postgres))
     if args.json:
         print(json.dumps({"seed": args.seed, "duration": args.duration, "results": results},
                          indent=2))
     else:
         print(f"chaos run: --duration {args.duration:g} --seed {args.seed}\n")
         print(table(results))
-    bad = any(r["lost"] or r["duplicates"] or r["integrity"] != "ok" for r in results)
+    bad = any(r["lost"] or r["duplicates"] or r.get("integrity", "ok") != "ok" for r in results)
     return 1 if bad else 0
 
 

@@ -39,6 +39,8 @@ class ProjectCluster(LocalCluster):
         super().__init__(workdir, {"PYTHONPATH": "", **(env or {})})
         self.project_root = project_root
         self.python = project_python(project_root)
+        if not (project_root / "dispatcher" / "__main__.py").exists():
+            self.dispatcher_module = "dispatcher.app"  # a checkout from before the gevent server
 
     def _spawn(self, name: str, args: list[str], env: dict[str, str] | None = None
                ) -> subprocess.Popen[bytes]:
@@ -51,7 +53,7 @@ class ProjectCluster(LocalCluster):
     def start_dispatcher(self, timeout: float = DISPATCHER_START_SECONDS,
                          ) -> subprocess.Popen[bytes]:
         """Start the dispatcher; BenchError with its last log line if it exits instead."""
-        proc = self._spawn("dispatcher", ["-m", "dispatcher.app"])
+        proc = self._spawn("dispatcher", ["-m", self.dispatcher_module])
         self.dispatcher = proc
         wait_until(lambda: proc.poll() is not None or self.healthy(), timeout, 0.05,
                    "dispatcher /health")

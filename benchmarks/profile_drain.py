@@ -31,7 +31,7 @@ FRAME = re.compile(r"^(?P<func>.*?) \((?P<file>[^:()]*)(?::(?P<line>\d+))?\)$")
 IDLE_LEAVES = ("Condition.wait", "Event.wait", "select", "poll", "epoll", "_physical_pull")
 """Leaf functions of threads that wait for work (long polls, the server's event loop): py-spy
 counts some of them as active, this summary does not."""
-LIBRARIES = ("sqlite3", "waitress", "werkzeug", "flask", "pydantic", "json", "logging",
+LIBRARIES = ("sqlite3", "gevent", "psycopg", "werkzeug", "flask", "pydantic", "json", "logging",
              "requests", "urllib3", "http", "socket", "threading", "selectors", "dispatcher",
              "worker", "tasks", "shared")
 

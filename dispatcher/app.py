@@ -1,45 +1,43 @@
-"""The dispatcher's app factory and its production entry point (waitress)."""
+"""The dispatcher's app factory and its server (gevent's WSGI server; see ``__main__.py``)."""
 
 from __future__ import annotations
 
 import argparse
 import logging
 import signal
+import socket
 import sys
-import time
 from collections.abc import Callable
-from types import FrameType
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit, urlunsplit
 
 from flask import Flask
 
-from dispatcher.db import SQLiteStore
+from dispatcher.db import StoreError, open_store
 from dispatcher.routes import api, register_error_handlers
+from dispatcher.runtime import on_gevent
 from dispatcher.service import Dispatcher
 from shared.config import Config, ConfigError, load_config
 from shared.utils import configure_logging
 from tasks.registry import Registry, TaskModuleError, load_registry
 
+if TYPE_CHECKING:
+    import gevent.pywsgi
+
 log = logging.getLogger(__name__)
-
-
-def open_store(config: Config) -> SQLiteStore:
-    """The store selected by DATABASE_URL."""
-    path = config.sqlite_path
-    if path is None:
-        raise ConfigError(f"DATABASE_URL {config.database_url!r}: only sqlite:/// is supported")
-    return SQLiteStore(path, config.sqlite_busy_timeout_ms)
 
 
 def create_app(
     config: Config | None = None,
     *,
-    clock: Callable[[], float] = time.time,
+    clock: Callable[[], float] | None = None,
     start_monitor: bool = True,
     registry: Registry | None = None,
 ) -> Flask:
     """Build the dispatcher app; the heartbeat monitor starts unless told not to.
 
-    Without a ``registry`` the task types are loaded from the config's TASK_MODULES.
+    ``clock`` replaces the store's clock (tests inject a fake one). Without a ``registry``
+    the task types are loaded from the config's TASK_MODULES.
     """
     config = config or load_config()
     registry = registry if registry is not None else load_registry(config.task_module_names)
@@ -47,7 +45,7 @@ def create_app(
     app.config["MAX_CONTENT_LENGTH"] = config.max_request_bytes
     app.json.sort_keys = False  # type: ignore[attr-defined]
     app.json.compact = True  # type: ignore[attr-defined]
-    dispatcher = Dispatcher(open_store(config), config, clock, registry)
+    dispatcher = Dispatcher(open_store(config, clock), config, registry)
     app.extensions["taskqueue"] = dispatcher
     app.register_blueprint(api)
     register_error_handlers(app)
@@ -57,55 +55,87 @@ def create_app(
 
 
 def _parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description="Run the task queue dispatcher.")
+    parser = argparse.ArgumentParser(prog="python -m dispatcher",
+                                     description="Run the task queue dispatcher.")
     parser.add_argument("--host", help="bind address (default DISPATCHER_HOST)")
     parser.add_argument("--port", type=int, help="port (default DISPATCHER_PORT)")
-    parser.add_argument("--threads", type=int, help="request threads (default DISPATCHER_THREADS)")
     parser.add_argument("--log-level", help="LOG_LEVEL override")
     return parser.parse_args(argv)
 
 
-def _raise_exit(signum: int, frame: FrameType | None) -> None:
-    raise SystemExit(0)
+IDLE_SECONDS = 60.0
+"""A connection that sends nothing for this long is closed (idle keep-alive, half-open)."""
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Serve the dispatcher with waitress until SIGTERM/SIGINT."""
-    from waitress import create_server
+    """Serve the dispatcher until SIGTERM/SIGINT; run it as ``python -m dispatcher``.
+
+    Every connection is a greenlet (gevent), so a waiting long poll costs a socket, not a
+    thread, and hundreds of idle workers do not starve anyone; the entry point patches the
+    standard library before anything else is imported, which this function checks.
+    """
+    if not on_gevent():
+        print("error: start the dispatcher with `python -m dispatcher` (it runs on gevent)",
+              file=sys.stderr)
+        return 2
+    import gevent
 
     args = _parse_args(argv)
     try:
         config = load_config().with_overrides(
             dispatcher_host=args.host, dispatcher_port=args.port,
-            dispatcher_threads=args.threads,
             log_level=args.log_level.upper() if args.log_level else None,
         )
+        configure_logging(config.log_level)
         registry = load_registry(config.task_module_names)
-    except (ConfigError, TaskModuleError) as exc:
+        app = create_app(config, registry=registry)
+    except (ConfigError, StoreError, TaskModuleError) as exc:
         print(f"configuration error: {exc}", file=sys.stderr)
         return 2
-    configure_logging(config.log_level)
-    app = create_app(config, registry=registry)
-    server = create_server(
-        app, host=config.dispatcher_host, port=config.dispatcher_port,
-        threads=config.dispatcher_threads,
-        # Above Flask's limit, so a slightly larger body still gets Flask's JSON 413.
-        max_request_body_size=config.max_request_bytes + (1 << 20),
-        ident="taskqueue", connection_limit=max(100, config.dispatcher_threads * 4),
-    )
-    # waitress's loop has no stop flag to poll; turning the signal into SystemExit unwinds it.
-    signal.signal(signal.SIGTERM, _raise_exit)
-    log.info("dispatcher listening on http://%s:%s (database %s, %s threads); task types: %s",
-             config.dispatcher_host, config.dispatcher_port, config.database_url,
-             config.dispatcher_threads, ", ".join(registry.names))
+    server = _server(app, config)
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        gevent.signal_handler(signum, lambda: gevent.spawn(server.stop, 1.0))
+    log.info("dispatcher listening on http://%s:%s (database %s); task types: %s",
+             config.dispatcher_host, config.dispatcher_port, _redacted(config.database_url),
+             ", ".join(registry.names))
     try:
-        server.run()  # returns once SIGTERM/SIGINT unwinds the loop (waitress catches it)
+        server.serve_forever()
     finally:
         log.info("dispatcher stopping")
-        server.close()
         app.extensions["taskqueue"].close()
     return 0
 
 
-if __name__ == "__main__":
-    sys.exit(main())
+def _server(app: Flask, config: Config) -> "gevent.pywsgi.WSGIServer":
+    from gevent.pool import Pool
+    from gevent.pywsgi import WSGIServer
+
+    class Server(WSGIServer):
+        def handle(self, sock: Any, address: Any) -> None:
+            sock.settimeout(IDLE_SECONDS)  # each read or write; a waiting long poll does neither
+            # The handler sends headers and body in two writes: without this, Nagle holds the
+            # body back until the client's delayed ACK (~40 ms per answer).
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            super().handle(sock, address)
+
+    return Server((config.dispatcher_host, config.dispatcher_port), app,
+                  spawn=Pool(config.max_connections), log=None, error_log=_GeventErrors())
+
+
+class _GeventErrors:
+    """gevent's error log (a file-like object) into our logger."""
+
+    def write(self, text: str) -> None:
+        if text.strip():
+            log.warning("server: %s", text.strip())
+
+    def flush(self) -> None:
+        pass
+
+
+def _redacted(url: str) -> str:
+    """The database URL without a password, for the log."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    return urlunsplit(parts._replace(netloc=parts.netloc.replace(f":{parts.password}@", ":***@")))

@@ -1,4 +1,9 @@
-"""The heartbeat monitor: declares silent workers dead and expires stalled leases."""
+"""The heartbeat monitor: declares silent workers dead and expires stalled leases.
+
+Every dispatcher runs one. A sweep is one transaction of the store, taken by at most one
+dispatcher at a time (the others skip that round), and judged by the store's one clock, so any
+number of monitors behave as one and any surviving dispatcher keeps detecting dead workers.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +12,7 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from dispatcher.db import SQLiteStore, StorageUnavailable
+from dispatcher.db import StorageUnavailable, Store
 from dispatcher.models import Reclaim
 
 log = logging.getLogger(__name__)
@@ -15,10 +20,10 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class MonitorStats:
-    """What the monitor has done since the dispatcher started."""
+    """What this dispatcher's monitor has done since it started."""
 
     sweeps: int = 0
-    last_sweep_at: float | None = None
+    skipped: int = 0  # another dispatcher was sweeping
     reclaimed: int = 0
     errors: int = 0
 
@@ -27,54 +32,51 @@ class MonitorStats:
 class HeartbeatMonitor:
     """Sweeps the store: dead workers (silent for ``heartbeat_timeout``) and expired leases.
 
-    After a dispatcher (re)start, workers get one ``heartbeat_timeout`` of grace before anyone
-    is declared dead: the dispatcher, not the workers, was the one who went silent.
+    After a gap in sweeping longer than ``gap_seconds`` (every dispatcher was down), the
+    cluster gets one ``heartbeat_timeout`` of grace before anyone is declared dead, and every
+    lease restarts: the dispatchers, not the workers, were the ones who went silent. One
+    dispatcher restarting while others sweep causes no gap, so no pause in detection.
     """
 
-    store: SQLiteStore
+    store: Store
     heartbeat_timeout: float
+    lease_seconds: float
     interval: float
-    clock: Callable[[], float]
     on_reclaim: Callable[[list[Reclaim]], None] = lambda reclaimed: None
-    started_at: float = field(init=False)
     stats: MonitorStats = field(default_factory=MonitorStats)
 
-    def __post_init__(self) -> None:
-        self.started_at = self.clock()
-
     @property
-    def grace_until(self) -> float:
-        """Before this time nobody is declared dead."""
-        return self.started_at + self.heartbeat_timeout
+    def gap_seconds(self) -> float:
+        """A pause in sweeping longer than this counts as the cluster having been down."""
+        return max(0.5, 3 * self.interval)
 
-    def sweep(self, now: float) -> list[Reclaim]:
-        """One pass: reap dead workers (after the grace period), then expired leases."""
-        reclaimed: list[Reclaim] = []
-        if now >= self.grace_until:
-            reclaimed += self.store.reap_dead_workers(now - self.heartbeat_timeout, now)
-        reclaimed += self.store.expire_leases(now)
-        for item in reclaimed:
+    def sweep(self) -> list[Reclaim]:
+        """One pass: reap dead workers (after any grace), then expired leases; what it changed."""
+        swept = self.store.sweep(self.heartbeat_timeout, self.lease_seconds, self.gap_seconds)
+        if not swept.ran:
+            self.stats.skipped += 1
+            return []
+        for item in swept.reclaims:
             log.warning(
                 "reclaimed task %s from worker %s (attempt %s, cause %s) -> %s",
                 item.task_id, item.worker_id, item.attempt, item.cause.value,
                 "failed (out of attempts)" if item.failed else "pending",
             )
         self.stats.sweeps += 1
-        self.stats.last_sweep_at = now
-        self.stats.reclaimed += len(reclaimed)
-        if reclaimed:
-            self.on_reclaim(reclaimed)
-        return reclaimed
+        self.stats.reclaimed += len(swept.reclaims)
+        if swept.reclaims:
+            self.on_reclaim(swept.reclaims)
+        return swept.reclaims
 
     def run(self, stop: threading.Event) -> None:
         """Sweep every ``interval`` seconds until ``stop`` is set."""
         while not stop.wait(self.interval):
             try:
-                self.sweep(self.clock())
+                self.sweep()
             except StorageUnavailable as exc:
                 self.stats.errors += 1
                 log.warning("sweep skipped, storage unavailable: %s", exc)
-            except Exception:
+            except Exception:  # the loop boundary: log and keep sweeping
                 self.stats.errors += 1
                 log.exception("heartbeat monitor sweep failed")
 

@@ -1,4 +1,7 @@
-"""Database schema and the domain records built from its rows."""
+"""The domain records built from the store's rows, task statuses and the moves between them.
+
+The tables themselves (both backends) are in ``dispatcher/db/schema.py``.
+"""
 
 from __future__ import annotations
 
@@ -6,97 +9,6 @@ import enum
 import json
 from dataclasses import dataclass
 from typing import Any
-
-SCHEMA_VERSION = 2
-
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS schema_info (
-    key   TEXT PRIMARY KEY,
-    value TEXT NOT NULL
-);
-CREATE TABLE IF NOT EXISTS tasks (
-    task_id          INTEGER PRIMARY KEY AUTOINCREMENT,
-    task_type        TEXT    NOT NULL,
-    params           TEXT    NOT NULL,
-    status           TEXT    NOT NULL DEFAULT 'pending'
-                     CHECK (status IN ('pending', 'in-progress', 'completed', 'failed', 'cancelled')),
-    priority         INTEGER NOT NULL DEFAULT 0,
-    attempt          INTEGER NOT NULL DEFAULT 0,
-    max_attempts     INTEGER NOT NULL,
-    worker_id        TEXT,
-    worker_instance  TEXT,
-    lease_expires_at REAL,
-    progress         REAL    NOT NULL DEFAULT 0,
-    error            TEXT,
-    idempotency_key  TEXT UNIQUE,
-    created_at       REAL    NOT NULL,
-    started_at       REAL,
-    claimed_at       REAL,
-    finished_at      REAL
-);
-CREATE INDEX IF NOT EXISTS tasks_pending_idx
-    ON tasks (priority DESC, task_id) WHERE status = 'pending';
-CREATE INDEX IF NOT EXISTS tasks_held_idx
-    ON tasks (worker_id) WHERE status = 'in-progress';
-CREATE INDEX IF NOT EXISTS tasks_lease_idx
-    ON tasks (lease_expires_at) WHERE status = 'in-progress';
-CREATE INDEX IF NOT EXISTS tasks_finished_idx
-    ON tasks (finished_at) WHERE finished_at IS NOT NULL;
-CREATE TABLE IF NOT EXISTS task_results (
-    task_id    INTEGER PRIMARY KEY REFERENCES tasks (task_id),
-    attempt    INTEGER NOT NULL,
-    worker_id  TEXT    NOT NULL,
-    result     TEXT    NOT NULL,
-    created_at REAL    NOT NULL
-);
-CREATE TABLE IF NOT EXISTS checkpoints (
-    task_id   INTEGER PRIMARY KEY REFERENCES tasks (task_id),
-    attempt   INTEGER NOT NULL,
-    worker_id TEXT    NOT NULL,
-    state     TEXT    NOT NULL,
-    progress  REAL    NOT NULL,
-    saved_at  REAL    NOT NULL
-);
-CREATE TABLE IF NOT EXISTS workers (
-    worker_id       TEXT PRIMARY KEY,
-    instance_id     TEXT,
-    status          TEXT NOT NULL CHECK (status IN ('alive', 'dead', 'stopped')),
-    last_heartbeat  REAL NOT NULL,
-    registered_at   REAL NOT NULL,
-    tasks_completed INTEGER NOT NULL DEFAULT 0
-);
-CREATE TABLE IF NOT EXISTS counters (
-    name  TEXT PRIMARY KEY,
-    value INTEGER NOT NULL
-);
-"""
-
-MIGRATIONS: dict[int, str] = {
-    # v2: tasks per status kept by triggers, so /stats is O(1) however long the queue.
-    2: """
-CREATE TABLE IF NOT EXISTS status_counts (
-    status TEXT PRIMARY KEY,
-    n      INTEGER NOT NULL
-);
-INSERT OR REPLACE INTO status_counts (status, n)
-    SELECT status, COUNT(*) FROM tasks GROUP BY status;
-CREATE TRIGGER IF NOT EXISTS tasks_count_insert AFTER INSERT ON tasks BEGIN
-    INSERT INTO status_counts (status, n) VALUES (NEW.status, 1)
-        ON CONFLICT (status) DO UPDATE SET n = n + 1;
-END;
-CREATE TRIGGER IF NOT EXISTS tasks_count_update AFTER UPDATE OF status ON tasks
-    WHEN OLD.status IS NOT NEW.status BEGIN
-    UPDATE status_counts SET n = n - 1 WHERE status = OLD.status;
-    INSERT INTO status_counts (status, n) VALUES (NEW.status, 1)
-        ON CONFLICT (status) DO UPDATE SET n = n + 1;
-END;
-CREATE TRIGGER IF NOT EXISTS tasks_count_delete AFTER DELETE ON tasks BEGIN
-    UPDATE status_counts SET n = n - 1 WHERE status = OLD.status;
-END;
-""",
-}
-"""Schema changes by version; a database is brought up to SCHEMA_VERSION at start."""
-
 
 class TaskStatus(str, enum.Enum):
     """Where a task is in its life; the values are the spec's strings."""
@@ -127,6 +39,14 @@ TRANSITIONS: dict[TaskStatus, frozenset[TaskStatus]] = {
 """Allowed moves. Only an in-progress task completes: once a lease is revoked (worker dead,
 lease expired, released), a result for that attempt is stale even before anyone claims again.
 in-progress -> pending is a reclaim; it becomes failed instead when attempts run out."""
+
+
+class WorkerStatus(str, enum.Enum):
+    """What the dispatcher last concluded about a worker."""
+
+    ALIVE = "alive"  # heartbeating (or just registered)
+    DEAD = "dead"  # silent for HEARTBEAT_TIMEOUT; its tasks went back to the queue
+    STOPPED = "stopped"  # said goodbye on a clean shutdown
 
 
 class ReclaimCause(str, enum.Enum):

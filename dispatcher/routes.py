@@ -7,7 +7,7 @@ from typing import Any
 
 from flask import Blueprint, Response, current_app, jsonify, request
 
-from dispatcher.db import NotFound, StaleLease
+from dispatcher.db import NotFound, StaleLease, StorageUnavailable
 from dispatcher.models import (
     NewTask,
     Outcome,
@@ -259,8 +259,6 @@ def health() -> tuple[Response, int]:
 def register_error_handlers(app: Any) -> None:
     """Map every error to the JSON error body; tracebacks go to the log only."""
     from werkzeug.exceptions import HTTPException
-
-    from dispatcher.db import StorageUnavailable
 
     @app.errorhandler(ApiError)
     def _api_error(exc: ApiError) -> tuple[Response, int]:

@@ -1,7 +1,8 @@
-"""The dispatcher's operations: the store plus the clock, long-poll wake-ups and the monitor.
+"""The dispatcher's operations: the store plus long-poll wake-ups and the monitor.
 
-Routes call exactly one method here per request. Everything time-related reads ``clock``
-(the dispatcher's clock, injectable for tests); waits use ``time.monotonic``.
+Routes call exactly one method here per request. Every lease and liveness decision is made by
+the store against its one clock (the dispatcher's with SQLite, the database's with
+PostgreSQL); waits here use ``time.monotonic``.
 """
 
 from __future__ import annotations
@@ -9,10 +10,10 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
-from dispatcher.db import SQLiteStore
+from dispatcher.db import Store
 from dispatcher.heartbeat_monitor import HeartbeatMonitor
 from dispatcher.models import (
     Lease,
@@ -24,6 +25,7 @@ from dispatcher.models import (
     Report,
     Task,
     TaskStatus,
+    WorkerStatus,
 )
 from dispatcher.utils import Notifier
 from shared.config import Config
@@ -32,6 +34,9 @@ from tasks.registry import Registry
 log = logging.getLogger(__name__)
 
 THROUGHPUT_WINDOW_SECONDS = 60.0
+RECHECK_SECONDS = 1.0
+"""A waiting request looks again at least this often, so a lost wake-up (another dispatcher's
+notification that never arrived) delays it by at most this much, and never loses it."""
 
 
 class Dispatcher:
@@ -40,21 +45,19 @@ class Dispatcher:
     ``registry`` holds the task types this dispatcher accepts and checks checkpoints against.
     """
 
-    def __init__(
-        self, store: SQLiteStore, config: Config, clock: Callable[[], float], registry: Registry
-    ) -> None:
+    def __init__(self, store: Store, config: Config, registry: Registry) -> None:
         self.store = store
         self.config = config
-        self.clock = clock
         self.registry = registry
-        self.started_at = clock()
+        self.started = time.monotonic()
         self.tasks_available = Notifier()
         self.tasks_finished = Notifier()
+        interval = min(config.monitor_interval, config.heartbeat_timeout / 4)
         self.monitor = HeartbeatMonitor(
             store=store,
             heartbeat_timeout=config.heartbeat_timeout,
-            interval=min(config.monitor_interval, config.heartbeat_timeout / 4),
-            clock=clock,
+            lease_seconds=config.lease_duration,
+            interval=interval,
             on_reclaim=self._after_reclaim,
         )
         self._stop = threading.Event()
@@ -66,15 +69,16 @@ class Dispatcher:
         self._counts_lock = threading.Lock()
         self.claims_served = 0  # claim requests that returned tasks, since start
         self.tasks_leased = 0
-        # The outage kept workers from renewing leases: restart every lease from now.
-        store.extend_leases(self.started_at + config.lease_duration)
+        self.claims_waiting = 0  # long polls waiting for work right now
 
     # -- lifecycle --------------------------------------------------------------------------
 
     def start_monitor(self) -> None:
-        """Start the heartbeat monitor thread (once)."""
+        """Start the heartbeat monitor and the wake-ups from other dispatchers (once)."""
         if self._monitor_thread is None:
             self._monitor_thread = self.monitor.start(self._stop)
+            self.store.listen(on_tasks=self._tasks_elsewhere,
+                              on_finished=self.tasks_finished.notify)
 
     def close(self) -> None:
         """Stop the monitor and close the store."""
@@ -88,7 +92,7 @@ class Dispatcher:
     def submit(self, tasks: Sequence[NewTask]) -> list[tuple[int, bool]]:
         """Store new tasks durably; idle workers are woken (one per task) before the fsync."""
         return self.store.submit(
-            tasks, self.clock(), on_commit=lambda: self.tasks_available.notify(len(tasks))
+            tasks, on_commit=lambda: self.tasks_available.notify(len(tasks))
         )
 
     def claim(
@@ -97,28 +101,37 @@ class Dispatcher:
         instance_id: str | None,
         limit: int,
         wait_seconds: float,
-        results: Sequence[Report] = (),
+        reports: Sequence[Report] = (),
     ) -> tuple[list[Lease], list[Outcome]]:
-        """Record ``results``, then lease up to ``limit`` tasks, waiting up to ``wait_seconds``."""
+        """Record ``reports``, then lease up to ``limit`` tasks, waiting up to ``wait_seconds``."""
         deadline = time.monotonic() + min(wait_seconds, self.config.max_wait_seconds)
         outcomes: list[Outcome] = []
         arriving = True
         while True:
             seen = self.tasks_available.generation
-            leases, reclaimed, recorded = self.store.claim(
-                worker_id, instance_id, limit, self.clock(), self.config.lease_duration, results,
-                on_commit=self.tasks_finished.notify if results else None, arriving=arriving,
+            claimed = self.store.claim(
+                worker_id, instance_id, limit, self.config.lease_duration, reports,
+                on_commit=self.tasks_finished.notify if reports else None, arriving=arriving,
             )
             arriving = False
-            if results:
-                outcomes, results = recorded, ()
+            if reports:
+                outcomes, reports = claimed.outcomes, ()
                 self._after_results(worker_id, outcomes)
-            self._after_reclaim(reclaimed)
+            self._after_reclaim(claimed.reclaims)
             remaining = deadline - time.monotonic()
-            if leases or remaining <= 0 or limit <= 0:
-                self._count_claim(worker_id, leases)
-                return leases, outcomes
-            self.tasks_available.wait(seen, remaining)
+            if claimed.leases or remaining <= 0 or limit <= 0:
+                self._count_claim(worker_id, claimed.leases)
+                return claimed.leases, outcomes
+            self._wait_for_tasks(seen, min(remaining, RECHECK_SECONDS))
+
+    def _wait_for_tasks(self, seen: int, seconds: float) -> None:
+        with self._counts_lock:
+            self.claims_waiting += 1
+        try:
+            self.tasks_available.wait(seen, seconds)
+        finally:
+            with self._counts_lock:
+                self.claims_waiting -= 1
 
     def heartbeat(
         self, worker_id: str, instance_id: str | None, held: Sequence[tuple[int, int]],
@@ -126,11 +139,11 @@ class Dispatcher:
     ) -> list[int]:
         """Record a heartbeat; return the held task ids that are no longer this worker's."""
         revoked, reclaimed = self.store.heartbeat(
-            worker_id, instance_id, held, self.clock(), self.unlisted_grace
+            worker_id, instance_id, held, self.unlisted_grace
         )
         self._after_reclaim(reclaimed)
         if stopping:
-            self.store.mark_worker(worker_id, "stopped")
+            self.store.mark_worker(worker_id, WorkerStatus.STOPPED)
         for task_id in revoked:
             log.info("heartbeat from worker %s: task %s is no longer its lease", worker_id,
                      task_id)
@@ -141,8 +154,8 @@ class Dispatcher:
     ) -> float:
         """Save a checkpoint and renew the lease; return the new expiry."""
         return self.store.checkpoint(
-            worker_id, task_id, attempt, state, progress, self.clock(),
-            self.config.lease_duration, self.registry.check_checkpoint,
+            worker_id, task_id, attempt, state, progress, self.config.lease_duration,
+            self.registry.check_checkpoint,
         )
 
     def release(
@@ -151,8 +164,7 @@ class Dispatcher:
     ) -> Reclaim:
         """Give a task back to the queue at once, keeping its latest state."""
         reclaim = self.store.release(
-            worker_id, task_id, attempt, state, progress, self.clock(),
-            self.registry.check_checkpoint, cause,
+            worker_id, task_id, attempt, state, progress, self.registry.check_checkpoint, cause
         )
         log.info("worker %s released task %s (attempt %s, %s)", worker_id, task_id, attempt,
                  cause.value)
@@ -161,15 +173,13 @@ class Dispatcher:
 
     def complete(self, worker_id: str, items: Sequence[Report]) -> list[Outcome]:
         """Record results durably; waiting readers are woken before the fsync."""
-        outcomes = self.store.complete(
-            worker_id, items, self.clock(), on_commit=self.tasks_finished.notify
-        )
+        outcomes = self.store.complete(worker_id, items, on_commit=self.tasks_finished.notify)
         self._after_results(worker_id, outcomes)
         return outcomes
 
     def cancel(self, task_id: int) -> Task:
         """Cancel an unfinished task."""
-        task = self.store.cancel(task_id, self.clock())
+        task = self.store.cancel(task_id)
         self.tasks_finished.notify()
         return task
 
@@ -182,7 +192,7 @@ class Dispatcher:
             remaining = deadline - time.monotonic()
             if task.status.finished or remaining <= 0:
                 return task
-            self.tasks_finished.wait(seen, remaining)
+            self.tasks_finished.wait(seen, min(remaining, RECHECK_SECONDS))
 
     def list_tasks(self, status: TaskStatus | None, limit: int) -> list[Task]:
         """The newest tasks, optionally filtered by status."""
@@ -190,9 +200,8 @@ class Dispatcher:
 
     def stats(self) -> dict[str, Any]:
         """The /stats document."""
-        now = self.clock()
-        raw = self.store.stats(now, THROUGHPUT_WINDOW_SECONDS)
-        return _format_stats(raw, now, self)
+        raw = self.store.stats(THROUGHPUT_WINDOW_SECONDS)
+        return _format_stats(raw, self)
 
     def health(self) -> dict[str, Any]:
         """Raise StorageUnavailable unless the database answers."""
@@ -211,6 +220,10 @@ class Dispatcher:
             log.debug("task %s attempt %s leased to worker %s", lease.task_id, lease.attempt,
                       worker_id)
 
+    def _tasks_elsewhere(self, count: int) -> None:
+        """Another dispatcher made tasks claimable: wake that many claims (all if unknown)."""
+        self.tasks_available.notify(count or None)
+
     def _after_results(self, worker_id: str, outcomes: list[Outcome]) -> None:
         for outcome in outcomes:
             if outcome.outcome is OutcomeKind.STALE:
@@ -226,8 +239,8 @@ class Dispatcher:
             self.tasks_finished.notify()
 
 
-def _format_stats(raw: dict[str, Any], now: float, dispatcher: Dispatcher) -> dict[str, Any]:
-    timeout = dispatcher.config.heartbeat_timeout
+def _format_stats(raw: dict[str, Any], dispatcher: Dispatcher) -> dict[str, Any]:
+    now, timeout = raw["now"], dispatcher.config.heartbeat_timeout
     held_by: dict[str, list[int]] = {}
     for row in raw["held"]:
         held_by.setdefault(row["worker_id"], []).append(row["task_id"])
@@ -237,7 +250,7 @@ def _format_stats(raw: dict[str, Any], now: float, dispatcher: Dispatcher) -> di
         workers.append({
             "worker_id": row["worker_id"],
             "status": row["status"],
-            "alive": row["status"] == "alive" and age <= timeout,
+            "alive": row["status"] == WorkerStatus.ALIVE.value and age <= timeout,
             "seconds_since_heartbeat": round(age, 3),
             "current_tasks": held_by.get(row["worker_id"], []),
             "tasks_completed": row["tasks_completed"],
@@ -246,11 +259,12 @@ def _format_stats(raw: dict[str, Any], now: float, dispatcher: Dispatcher) -> di
     counters = raw["counters"]
     completed = raw["completed_last_window"]
     monitor = dispatcher.monitor
+    resumed_at = raw["cluster"].get("resumed_at")
     return {
         "tasks": {**counts, "total": sum(counts.values())},
         "workers": {
             "alive": sum(1 for w in workers if w["alive"]),
-            "dead": sum(1 for w in workers if w["status"] == "dead"),
+            "dead": sum(1 for w in workers if w["status"] == WorkerStatus.DEAD.value),
             "total": len(workers),
             "details": workers,
         },
@@ -268,12 +282,18 @@ def _format_stats(raw: dict[str, Any], now: float, dispatcher: Dispatcher) -> di
             "requests_served": dispatcher.claims_served,
             "tasks_leased": dispatcher.tasks_leased,
             "mean_batch": round(dispatcher.tasks_leased / max(1, dispatcher.claims_served), 2),
+            "waiting": dispatcher.claims_waiting,
             "redelivered": counters.get("redelivered", 0),
         },
         "monitor": {
             "sweeps": monitor.stats.sweeps,
             "errors": monitor.stats.errors,
-            "in_grace_period": now < monitor.grace_until,
+            "in_grace_period": resumed_at is None or now < resumed_at + timeout,
+            "last_sweep_seconds_ago": _age(now, raw["cluster"].get("last_sweep_at")),
         },
-        "uptime_seconds": round(now - dispatcher.started_at, 3),
+        "uptime_seconds": round(time.monotonic() - dispatcher.started, 3),
     }
+
+
+def _age(now: float, then: float | None) -> float | None:
+    return None if then is None else round(now - then, 3)

@@ -22,6 +22,25 @@ ensure_venv() {
     fi
 }
 
+# ensure_debian_packages PKG...: install the Debian packages that are missing (apt-get, as
+# root); otherwise say which are missing. The tests that need them fail with that name.
+ensure_debian_packages() {
+    local missing=() pkg
+    for pkg in "$@"; do
+        dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" \
+            || missing+=("$pkg")
+    done
+    [ ${#missing[@]} -eq 0 ] && return 0
+    if [ "$(id -u)" -eq 0 ] && command -v apt-get >/dev/null; then
+        echo "installing Debian packages: ${missing[*]}" >&2
+        apt-get install -y --no-install-recommends "${missing[@]}" >/dev/null 2>&1 \
+            || { apt-get update >/dev/null 2>&1 \
+                 && apt-get install -y --no-install-recommends "${missing[@]}" >/dev/null; }
+    else
+        echo "warning: Debian packages missing (install them as root): ${missing[*]}" >&2
+    fi
+}
+
 # run_dir: where PID files, worker caches and logs go (RUN_DIR from .env or the environment).
 run_dir() {
     "$PYTHON" -c 'from shared.config import load_config; print(load_config().run_path)'
@@ -33,5 +52,5 @@ pid_is_ours() {
     pid=$(cat "$1" 2>/dev/null) || return 1
     [[ "$pid" =~ ^[0-9]+$ ]] || return 1
     [ -r "/proc/$pid/cmdline" ] || return 1
-    tr '\0' ' ' < "/proc/$pid/cmdline" | grep -Eq -- '-m (dispatcher\.app|worker)( |$)'
+    tr '\0' ' ' < "/proc/$pid/cmdline" | grep -Eq -- '-m (dispatcher|worker)( |$)'
 }

@@ -136,6 +136,7 @@ class Failover:
         self._failback, self._clock = failback_seconds, clock
         self._lock = threading.Lock()
         self._current = self._answered = self.home
+        self._current_answers = False  # a call has had an answer from the current one
         self._problems: dict[int, str] = {}
         self._home_again_at = 0.0
 
@@ -163,17 +164,34 @@ class Failover:
             if self._current != index:
                 return
             self._current = (index + 1) % len(self.urls)
+            self._current_answers = False
             if index == self.home:
                 self._home_again_at = self._clock() + self._failback
 
+    def go_home(self) -> None:
+        """Home answered its health check: calls start there again."""
+        with self._lock:
+            self._current, self._current_answers = self.home, True
+            previous, self._answered = self._answered, self.home
+            self._problems.pop(self.home, None)
+        if previous != self.home:
+            log.warning("%s: dispatcher %s answers again, back to it from %s", self.label,
+                        self.urls[self.home], self.urls[previous])
+
     def replied(self, index: int, status: int) -> None:
-        """``index`` answered with ``status``; after a 5xx the next call starts on the next one."""
+        """``index`` answered with ``status``; after a 5xx the next call starts on the next one.
+
+        An answer from a call that left before another call switched dispatchers (a long poll,
+        say) does not switch back, once a call has heard from the current one.
+        """
         if status >= 500:
             return self.failed(index, f"answered HTTP {status}")
         with self._lock:
-            self._current = index
+            if index != self._current and self._current_answers:
+                return
+            self._current, self._current_answers = index, True
             previous, self._answered = self._answered, index
-            problem = self._problems.get(previous, "unavailable")
+            problem = self._problems.pop(previous, "unavailable")
         if index == previous:
             return
         if index == self.home:
@@ -249,6 +267,7 @@ class JsonConnection:
         order, check_home = self.failover.plan()
         home = self.failover.home
         if check_home and self._healthy(home, min(timeout[0], PROBE_SECONDS)):
+            self.failover.go_home()
             order = [home, *(index for index in order if index != home)]
         failures = []
         for index in order:

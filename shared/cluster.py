@@ -42,7 +42,15 @@ def wait_until(
 
 
 class LocalCluster:
-    """One dispatcher and any number of workers in a scratch directory on a free port."""
+    """Dispatchers and workers in a scratch directory, each dispatcher on a free port.
+
+    The first dispatcher is :attr:`dispatcher` at :attr:`url`; more can be added over the
+    same database (:meth:`add_dispatcher`, PostgreSQL), and workers started afterwards get the
+    list of all of them in ``DISPATCHER_URL``.
+    """
+
+    dispatcher_module = "dispatcher"
+    """What ``python -m`` runs to start the dispatcher."""
 
     def __init__(self, workdir: Path, env: Mapping[str, str] | None = None) -> None:
         self.workdir = Path(workdir)
@@ -62,6 +70,8 @@ class LocalCluster:
             **(env or {}),
         }
         self.dispatcher: subprocess.Popen[bytes] | None = None
+        self.others: dict[str, tuple[subprocess.Popen[bytes] | None, dict[str, str]]] = {}
+        """The added dispatchers by URL: (process, or None once killed; its extra environment)."""
         self.workers: dict[str, subprocess.Popen[bytes]] = {}
         self.paused: set[str] = set()
         self.http = requests.Session()
@@ -83,7 +93,7 @@ class LocalCluster:
 
     def start_dispatcher(self, timeout: float = 20.0) -> subprocess.Popen[bytes]:
         """Start the dispatcher and wait until /health answers."""
-        self.dispatcher = self._spawn("dispatcher", ["-m", "dispatcher.app"])
+        self.dispatcher = self._spawn("dispatcher", ["-m", self.dispatcher_module])
         wait_until(self.healthy, timeout, interval=0.05, message="dispatcher /health")
         return self.dispatcher
 
@@ -141,6 +151,44 @@ class LocalCluster:
             self.dispatcher.wait(timeout=10)
             self.dispatcher = None
 
+    def add_dispatcher(self, env: Mapping[str, str] | None = None, timeout: float = 20.0) -> str:
+        """Start one more dispatcher on its own port over the same database; its URL.
+
+        ``env`` adds to its environment (e.g. a skewed clock). ``DISPATCHER_URL`` then lists
+        every dispatcher, for the workers and clients started afterwards.
+        """
+        port = free_port()
+        url = f"http://127.0.0.1:{port}"
+        self.others[url] = (None, {"DISPATCHER_PORT": str(port), **(env or {})})
+        self.env["DISPATCHER_URL"] = ",".join([self.url, *self.others])
+        self.start_dispatcher_at(url, timeout)
+        return url
+
+    def start_dispatcher_at(self, url: str, timeout: float = 20.0) -> subprocess.Popen[bytes]:
+        """(Re)start the added dispatcher at ``url`` and wait until /health answers."""
+        proc, env = self.others[url]
+        port = env["DISPATCHER_PORT"]
+        proc = self._spawn(f"dispatcher-{port}", ["-m", self.dispatcher_module], env)
+        self.others[url] = (proc, env)
+        wait_until(lambda: self.healthy(url), timeout, interval=0.05,
+                   message=f"dispatcher {url} /health")
+        return proc
+
+    def kill_dispatcher_at(self, url: str) -> None:
+        """SIGKILL the dispatcher at ``url`` (the first one, or an added one) and reap it."""
+        if url == self.url:
+            return self.kill_dispatcher()
+        proc, env = self.others[url]
+        if proc is not None:
+            proc.kill()
+            proc.wait(timeout=10)
+        self.others[url] = (None, env)
+
+    @property
+    def database_url(self) -> str:
+        """The database every dispatcher of this cluster uses (``DATABASE_URL``)."""
+        return self.env["DATABASE_URL"]
+
     @property
     def urls(self) -> tuple[str, ...]:
         """The dispatcher URLs its workers use: ``DISPATCHER_URL`` if given, else its own."""
@@ -153,16 +201,17 @@ class LocalCluster:
             self._client = QueueClient(self.urls)
         return self._client
 
-    def healthy(self) -> bool:
-        """True when the dispatcher answers /health with 200."""
+    def healthy(self, url: str | None = None) -> bool:
+        """True when the dispatcher (the first, or the one at ``url``) answers /health with 200."""
         try:
-            return self.http.get(f"{self.url}/health", timeout=1).status_code == 200
+            return self.http.get(f"{url or self.url}/health", timeout=1).status_code == 200
         except requests.RequestException:
             return False
 
     def close(self, grace: float = 10.0) -> None:
         """Stop every process this cluster started: SIGTERM, then SIGKILL after ``grace``."""
-        procs = list(self.workers.values()) + ([self.dispatcher] if self.dispatcher else [])
+        dispatchers = [self.dispatcher] + [proc for proc, _ in self.others.values()]
+        procs = list(self.workers.values()) + [p for p in dispatchers if p is not None]
         for worker_id in list(self.paused):  # a stopped process would sit on its SIGTERM
             if self.workers[worker_id].poll() is None:
                 self.resume_worker(worker_id)

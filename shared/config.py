@@ -34,13 +34,14 @@ class Config:
     dispatcher_port: int = 5000
     dispatcher_url: str = "http://127.0.0.1:5000"
     database_url: str = "sqlite:///data/tasks.db"
+    database_pool_size: int = 10
     heartbeat_interval: float = 1.0
     heartbeat_timeout: float = 2.0
     lease_duration: float = 100.0
     checkpoint_interval: float = 2.0
     monitor_interval: float = 0.25
     max_attempts: int = 10
-    dispatcher_threads: int = 48
+    max_connections: int = 10_000
     max_request_bytes: int = 16 * 1024 * 1024
     max_params_bytes: int = 64 * 1024
     max_result_bytes: int = 1024 * 1024
@@ -64,6 +65,13 @@ class Config:
         if not self.database_url.startswith(prefix):
             return None
         return resolve_path(self.database_url[len(prefix):])
+
+    @property
+    def postgres_url(self) -> str | None:
+        """The PostgreSQL connection URL, or None for another backend."""
+        if self.database_url.startswith(("postgresql://", "postgres://")):
+            return self.database_url
+        return None
 
     @property
     def task_module_names(self) -> tuple[str, ...]:
@@ -105,7 +113,8 @@ _RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "checkpoint_interval": (_positive, "must be > 0"),
     "monitor_interval": (_positive, "must be > 0"),
     "max_attempts": (lambda v: 1 <= v <= 1000, "must be 1-1000"),
-    "dispatcher_threads": (lambda v: 2 <= v <= 1024, "must be 2-1024"),
+    "database_pool_size": (lambda v: 1 <= v <= 1000, "must be 1-1000"),
+    "max_connections": (lambda v: 10 <= v <= 1_000_000, "must be 10-1000000"),
     "max_request_bytes": (lambda v: v >= 1024, "must be >= 1024"),
     "max_params_bytes": (lambda v: v >= 64, "must be >= 64"),
     "max_result_bytes": (lambda v: v >= 64, "must be >= 64"),

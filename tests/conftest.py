@@ -1,4 +1,5 @@
-"""Fixtures shared by every test layer: configs on temp databases, an injectable clock."""
+"""Fixtures shared by every test layer: configs on temp databases (SQLite and PostgreSQL),
+an injectable clock."""
 
 from __future__ import annotations
 
@@ -10,9 +11,13 @@ from flask import Flask
 from flask.testing import FlaskClient
 
 from dispatcher.app import create_app
+from dispatcher.models import Reclaim
 from dispatcher.service import Dispatcher
 from shared.cluster import LocalCluster
 from shared.config import Config
+from tests.support import postgres
+
+BACKENDS = ("sqlite", "postgres")
 
 
 class FakeClock:
@@ -30,10 +35,51 @@ class FakeClock:
         return self.now
 
 
+def run_monitor(
+    dispatcher: Dispatcher, clock: FakeClock, seconds: float,
+    beat: Callable[[], object] | None = None,
+) -> list[Reclaim]:
+    """Let ``seconds`` pass as a running dispatcher lives them; every reclaim, in order.
+
+    The fake clock moves one monitor interval at a time and the monitor sweeps after each
+    step, as the real one does; ``beat`` (the workers' heartbeats) runs once a second. (Time
+    that passes without sweeps is an outage of every dispatcher: see ``clock.advance``.)
+    """
+    reclaimed: list[Reclaim] = []
+    step, elapsed, next_beat = dispatcher.monitor.interval, 0.0, 1.0
+    while elapsed < seconds - 1e-9:
+        delta = min(step, seconds - elapsed)
+        clock.advance(delta)
+        elapsed += delta
+        if beat is not None and elapsed >= next_beat - 1e-9:
+            beat()
+            next_beat += 1.0
+        reclaimed += dispatcher.monitor.sweep()
+    return reclaimed
+
+
+@pytest.fixture(scope="session")
+def postgres_database() -> Iterator[str]:
+    """This run's own PostgreSQL database (skipped, or failed in CI, when unreachable)."""
+    url = postgres.create_database()
+    yield url
+    postgres.drop_database(url)
+
+
+@pytest.fixture(params=BACKENDS)
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """An empty database of each backend in turn: a temp SQLite file, then PostgreSQL."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'tasks.db'}"
+    url = request.getfixturevalue("postgres_database")
+    postgres.empty(url)
+    return url
+
+
 @pytest.fixture
-def config(tmp_path: Path) -> Config:
-    """Defaults of the spec, on a temp database."""
-    return Config(database_url=f"sqlite:///{tmp_path / 'tasks.db'}", run_dir=str(tmp_path / "run"))
+def config(database_url: str, tmp_path: Path) -> Config:
+    """Defaults of the spec, on an empty database of each backend."""
+    return Config(database_url=database_url, run_dir=str(tmp_path / "run"))
 
 
 @pytest.fixture
@@ -62,12 +108,28 @@ def dispatcher(app: Flask) -> Dispatcher:
 ClusterFactory = Callable[..., LocalCluster]
 
 
+@pytest.fixture(params=BACKENDS)
+def cluster_backend(request: pytest.FixtureRequest) -> str:
+    """The store the clusters of an end-to-end test run on: each test runs on both."""
+    return request.param
+
+
 @pytest.fixture
-def make_cluster(tmp_path: Path) -> Iterator[ClusterFactory]:
-    """Start a real dispatcher with extra environment; every cluster made is closed afterwards."""
+def make_cluster(
+    tmp_path: Path, cluster_backend: str, request: pytest.FixtureRequest
+) -> Iterator[ClusterFactory]:
+    """Start a real dispatcher with extra environment; every cluster made is closed afterwards.
+
+    On PostgreSQL each cluster gets a database of its own (dropped after the test), unless the
+    test names a ``DATABASE_URL`` itself.
+    """
     made: list[LocalCluster] = []
+    databases: list[str] = []
 
     def make(workdir: Path | None = None, **env: str) -> LocalCluster:
+        if cluster_backend == "postgres" and "DATABASE_URL" not in env:
+            databases.append(postgres.create_database())
+            env["DATABASE_URL"] = databases[-1]
         cluster = LocalCluster(workdir or tmp_path / f"cluster{len(made)}", env)
         made.append(cluster)
         cluster.start_dispatcher()
@@ -76,3 +138,5 @@ def make_cluster(tmp_path: Path) -> Iterator[ClusterFactory]:
     yield make
     for cluster in made:
         cluster.close()
+    for url in databases:
+        postgres.drop_database(url)

@@ -15,3 +15,9 @@ def rng(request: pytest.FixtureRequest) -> random.Random:
     request.node.user_properties.append(("chaos_seed", seed))
     print(f"chaos seed {seed} (rerun with CHAOS_SEED={seed})")
     return random.Random(seed)
+
+
+@pytest.fixture
+def cluster_backend() -> str:
+    """Chaos scenarios run on SQLite; PostgreSQL has its own chaos test (several dispatchers)."""
+    return "sqlite"

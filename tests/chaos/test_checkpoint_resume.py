@@ -33,23 +33,23 @@ def kill_at_random_points(cluster: LocalCluster, rng: random.Random, task_id: in
     """Kill w1 ``kills`` times at random moments after a checkpoint of the current attempt."""
     records = []
     for _ in range(kills):
-        wait_until(lambda: task_row(cluster.db_path, task_id)["status"] == "in-progress", 20,
+        wait_until(lambda: task_row(cluster.database_url, task_id)["status"] == "in-progress", 20,
                    message="task claimed")
-        attempt = task_row(cluster.db_path, task_id)["attempt"]
+        attempt = task_row(cluster.database_url, task_id)["attempt"]
 
         def checkpointed() -> bool:
-            row = task_row(cluster.db_path, task_id)
+            row = task_row(cluster.database_url, task_id)
             return bool(row["checkpoint"] and row["checkpoint"]["attempt"] == attempt)
 
         wait_until(checkpointed, 20, interval=0.01, message=f"attempt {attempt} checkpointed")
         time.sleep(rng.uniform(0, 2 * CHECKPOINT_INTERVAL))  # a random point of the run
-        if task_row(cluster.db_path, task_id)["status"] != "in-progress":
+        if task_row(cluster.database_url, task_id)["status"] != "in-progress":
             break
         killed_wall = time.time()
         cluster.restart_worker("w1")
-        row = task_row(cluster.db_path, task_id)
+        row = task_row(cluster.database_url, task_id)
         records.append({"attempt": attempt, "killed_wall": killed_wall, **row["checkpoint"]})
-        wait_until(lambda: task_row(cluster.db_path, task_id)["attempt"] > attempt, 10,
+        wait_until(lambda: task_row(cluster.database_url, task_id)["attempt"] > attempt, 10,
                    message="claimed again")
         wait_until(lambda: f"task {task_id} attempt {attempt + 1} " in cluster.worker_log("w1"),
                    10, message="new attempt logged")
@@ -104,9 +104,9 @@ def test_corrupt_checkpoints_are_refused_and_resume_uses_the_last_good_one(
     cluster = make_cluster(CHECKPOINT_INTERVAL=str(CHECKPOINT_INTERVAL))
     cluster.start_worker("w1")
     task_id = cluster.submit("primes", {"limit": 2 * 10**10})
-    wait_until(lambda: (task_row(cluster.db_path, task_id)["checkpoint"] or {}).get("progress", 0)
+    wait_until(lambda: (task_row(cluster.database_url, task_id)["checkpoint"] or {}).get("progress", 0)
                > 0.1, 30, message="a good checkpoint")
-    good = task_row(cluster.db_path, task_id)["checkpoint"]
+    good = task_row(cluster.database_url, task_id)["checkpoint"]
     state = good["state"]
     backwards = {**state, "prime_count": state["prime_count"] - 1000,
                  "last_checked": state["last_checked"] + 10}
@@ -117,12 +117,12 @@ def test_corrupt_checkpoints_are_refused_and_resume_uses_the_last_good_one(
         resp = cluster.post("/checkpoint", {**identity, "state": bad_state, "progress": progress})
         assert resp.status_code == 400, resp.text
         assert resp.json()["error"]["code"] == "invalid_checkpoint"
-        kept = task_row(cluster.db_path, task_id)["checkpoint"]
+        kept = task_row(cluster.database_url, task_id)["checkpoint"]
         assert kept["state"]["prime_count"] >= state["prime_count"] and kept["progress"] >= \
             good["progress"], "a corrupt checkpoint replaced a good one"
     cluster.restart_worker("w1")
-    last_good = task_row(cluster.db_path, task_id)["checkpoint"]
-    wait_until(lambda: task_row(cluster.db_path, task_id)["attempt"] == 2, 10, message="reclaimed")
+    last_good = task_row(cluster.database_url, task_id)["checkpoint"]
+    wait_until(lambda: task_row(cluster.database_url, task_id)["attempt"] == 2, 10, message="reclaimed")
     wait_until(lambda: f"task {task_id} attempt 2 " in cluster.worker_log("w1"), 10,
                message="attempt 2 logged")
     assert resumed_progress(cluster, task_id, 2) == pytest.approx(last_good["progress"], abs=1e-12)

@@ -52,8 +52,8 @@ def test_workers_stay_alive_and_results_exact_while_cores_are_saturated(
         watch.stop()
     for task_id in ids:
         assert cluster.wait_finished(task_id, timeout=90)["status"] == "completed"
-    report = audit(cluster.db_path)
-    counters = reclaim_counters(cluster.db_path)
+    report = audit(cluster.database_url)
+    counters = reclaim_counters(cluster.database_url)
     print(f"liveness: {watch.samples} samples, worst heartbeat age {watch.worst_heartbeat_gap:.2f}s, "
           f"wrongly dead {len(watch.false_deaths)}, reclaims {counters}")
     assert watch.samples > 20, "the watch could not sample /stats under load"

@@ -69,7 +69,7 @@ def complete_everything(cluster: LocalCluster, client: Client, pending: list[str
                    message=f"{key} accepted after the fault")
     for task_id in client.acknowledged.values():
         assert cluster.wait_finished(task_id, timeout=30)["status"] == "completed"
-    report = audit(cluster.db_path)
+    report = audit(cluster.database_url)
     assert report.clean and report.tasks == len(client.acknowledged), report
 
 
@@ -112,7 +112,7 @@ def test_locked_database_does_not_make_live_workers_dead(make_cluster: ClusterFa
     finally:
         holder.communicate("go\n", timeout=10)
     view = cluster.wait_finished(task_id, timeout=30)
-    counters = reclaim_counters(cluster.db_path)
+    counters = reclaim_counters(cluster.database_url)
     assert counters.get("dead_worker", 0) == 0, "a live worker was declared dead after the lock"
     assert view["attempt"] == 1
 

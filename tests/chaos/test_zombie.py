@@ -38,7 +38,7 @@ def registered(cluster: LocalCluster, worker_id: str) -> bool:
 
 
 def stored_result(cluster: LocalCluster, task_id: int) -> dict[str, Any]:
-    with database(cluster.db_path) as db:
+    with database(cluster.database_url) as db:
         rows = db.execute("SELECT attempt, worker_id FROM task_results WHERE task_id = ?",
                           (task_id,)).fetchall()
     assert len(rows) == 1, f"task {task_id} has {len(rows)} result rows"

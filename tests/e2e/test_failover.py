@@ -110,9 +110,9 @@ def test_a_submission_whose_answer_is_lost_is_stored_once(cluster: LocalCluster)
 
 
 def test_a_worker_keeps_its_task_when_its_dispatcher_dies(make_cluster: ClusterFactory) -> None:
-    """Two dispatchers on one SQLite file stand in for several on one PostgreSQL database."""
+    """Two dispatchers on one database (on SQLite, two processes sharing the file)."""
     home = make_cluster(CHECKPOINT_INTERVAL="0.5")
-    other = make_cluster(CHECKPOINT_INTERVAL="0.5", DATABASE_URL=f"sqlite:///{home.db_path}")
+    other = make_cluster(CHECKPOINT_INTERVAL="0.5", DATABASE_URL=home.database_url)
     home.env["DISPATCHER_URL"] = f"{home.url},{other.url}"
     name = next(n for n in (f"w{i}" for i in range(20)) if home_index(n, 2) == 0)
     home.start_worker(name)

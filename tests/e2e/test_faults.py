@@ -11,6 +11,7 @@ import pytest
 
 from shared.cluster import LocalCluster, wait_until
 from shared.utils import free_port
+from tests.support.audit import database
 from tests.support.primes_reference import KNOWN_PRIMES
 
 
@@ -92,10 +93,10 @@ def test_dispatcher_sigkill_keeps_acknowledged_tasks(cluster: LocalCluster) -> N
     acked += cluster.submit_many([{"task_type": "noop", "params": {"n": i}} for i in range(10)])
     for task_id in acked:
         assert cluster.wait_finished(task_id, timeout=60)["status"] == "completed"
-    with sqlite3.connect(cluster.db_path) as db:
-        assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
-        assert db.execute("SELECT COUNT(*) FROM tasks").fetchone()[0] == len(acked)
-        assert db.execute("SELECT COUNT(*) FROM task_results").fetchone()[0] == len(acked)
+    with database(cluster.database_url) as db:
+        assert db.integrity() == "ok"
+        assert db.rows("SELECT COUNT(*) FROM tasks")[0][0] == len(acked)
+        assert db.rows("SELECT COUNT(*) FROM task_results")[0][0] == len(acked)
 
 
 @pytest.mark.parametrize("urls", ["one", "dead-first"])

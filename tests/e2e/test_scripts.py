@@ -43,12 +43,12 @@ def test_scripts_start_and_cleanup_stops_exactly_them(tmp_path: Path) -> None:
         assert out.returncode == 0, out.stderr
         assert out.stdout.count("count=9592") == 3 and "completed" in out.stdout
         pidfiles = sorted(p.name for p in (tmp_path / "run").glob("*.pid"))
-        assert pidfiles == ["dispatcher.pid", "worker-sw-1.pid", "worker-sw-2.pid"]
+        assert pidfiles == [f"dispatcher-{port}.pid", "worker-sw-1.pid", "worker-sw-2.pid"]
         (tmp_path / "run" / "worker-gone.pid").write_text("999999\n")
         cleaned = subprocess.run(["./cleanup.sh"], cwd=REPO_ROOT, env=env, capture_output=True,
                                  text=True, timeout=60)
         assert cleaned.returncode == 0, cleaned.stderr
-        for name in ("worker-sw-1", "worker-sw-2", "dispatcher"):
+        for name in ("worker-sw-1", "worker-sw-2", f"dispatcher-{port}"):
             assert f"stopped {name} (pid" in cleaned.stdout, cleaned.stdout
         assert "removed stale PID file for worker-gone" in cleaned.stdout
         assert [p.wait(timeout=10) for p in started] == [0, 0, 0]

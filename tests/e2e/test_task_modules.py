@@ -71,7 +71,7 @@ CASES = {
     "broken": ("raises_on_import", "TASK_MODULES: raises_on_import raised on import: "
                "RuntimeError: cannot reach the model server ({dir}/raises_on_import.py, line 3)"),
 }
-ENTRY_POINTS = {"worker": ["-m", "worker", "w1"], "dispatcher": ["-m", "dispatcher.app"]}
+ENTRY_POINTS = {"worker": ["-m", "worker", "w1"], "dispatcher": ["-m", "dispatcher"]}
 
 
 @pytest.mark.parametrize("entry", sorted(ENTRY_POINTS))

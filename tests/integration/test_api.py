@@ -10,7 +10,7 @@ import pytest
 from flask.testing import FlaskClient
 
 from dispatcher.service import Dispatcher
-from tests.conftest import FakeClock
+from tests.conftest import FakeClock, run_monitor
 
 PRIMES = {"task_type": "primes", "params": {"limit": 1000, "algorithm": "sieve"}}
 
@@ -99,9 +99,9 @@ def test_stale_result_is_refused_and_changes_nothing(
 ) -> None:
     task_id = submit(client)
     first = claim(client, "w1").json["task"]
-    clock.advance(3)
-    claim(client, "w2", "i2")  # w2 is alive, w1 went silent
-    dispatcher.monitor.sweep(clock())
+    claim(client, "w2", "i2")  # w2 is alive and heartbeats; w1 goes silent
+    w2_beats = lambda: client.post("/heartbeat", json={"worker_id": "w2", "instance_id": "i2"})
+    assert [r.cause.value for r in run_monitor(dispatcher, clock, 3, w2_beats)] == ["dead_worker"]
     second = claim(client, "w2", "i2").json["task"]
     assert second["task_id"] == task_id and second["attempt"] == 2
     assert client.post("/submit-result", json=result_body(second, "w2", 168)).status_code == 200
@@ -127,17 +127,15 @@ def test_checkpoint_renews_lease_and_is_returned_on_reclaim(
 ) -> None:
     task_id = submit(client)
     task = claim(client).json["task"]
-    clock.advance(90)
+    beat = lambda: client.post("/heartbeat", json={  # noqa: E731
+        "worker_id": "w1", "instance_id": "i1", "tasks": [{"task_id": task_id, "attempt": 1}]})
+    assert run_monitor(dispatcher, clock, 90, beat) == []
     resp = client.post("/checkpoint", json={
         "worker_id": "w1", "task_id": task_id, "attempt": 1,
         "state": primes_state(500, 95, 21536), "progress": 0.5})
     assert resp.status_code == 200 and resp.json["lease_expires_at"] == clock() + 100
-    clock.advance(90)
-    client.post("/heartbeat", json={"worker_id": "w1", "instance_id": "i1",
-                                    "tasks": [{"task_id": task_id, "attempt": 1}]})
-    assert dispatcher.monitor.sweep(clock()) == []  # lease renewed, worker alive
-    clock.advance(3)
-    [reclaim] = dispatcher.monitor.sweep(clock())
+    assert run_monitor(dispatcher, clock, 90, beat) == []  # lease renewed, worker alive
+    [reclaim] = run_monitor(dispatcher, clock, 3)  # the worker goes silent
     assert reclaim.cause.value == "dead_worker"
     again = claim(client, "w2", "i2").json["task"]
     assert again["attempt"] == 2 and again["checkpoint"]["state"]["last_checked"] == 500
@@ -179,8 +177,7 @@ def test_corrupt_checkpoints_are_refused_and_the_good_one_kept(
     bad = client.post("/checkpoint", json={**base, "state": state, "progress": progress})
     assert bad.status_code == 400 and bad.json["error"]["code"] == "invalid_checkpoint"
     assert bad.json["error"]["message"].startswith(field + ":"), bad.json
-    clock.advance(5)
-    dispatcher.monitor.sweep(clock())
+    run_monitor(dispatcher, clock, 5)
     again = claim(client, "w2", "i2").json["task"]
     assert again["checkpoint"]["state"] == good["state"] and again["checkpoint"]["progress"] == 0.5
 
@@ -190,11 +187,11 @@ def test_lease_expires_without_progress(
 ) -> None:
     task_id = submit(client)
     task = claim(client).json["task"]
-    for _ in range(101):  # the worker keeps heartbeating but never checkpoints
-        clock.advance(1)
-        client.post("/heartbeat", json={"worker_id": "w1", "instance_id": "i1",
-                                        "tasks": [{"task_id": task_id, "attempt": 1}]})
-        reclaimed = dispatcher.monitor.sweep(clock())
+    beat = lambda: client.post("/heartbeat", json={  # noqa: E731
+        "worker_id": "w1", "instance_id": "i1", "tasks": [{"task_id": task_id, "attempt": 1}]})
+    # The worker keeps heartbeating but never checkpoints.
+    assert run_monitor(dispatcher, clock, 99.5, beat) == []
+    reclaimed = run_monitor(dispatcher, clock, 1.0, beat)
     assert [r.cause.value for r in reclaimed] == ["expired_lease"]
     assert client.get(f"/task/{task_id}").json["status"] == "pending"
     hb = client.post("/heartbeat", json={"worker_id": "w1", "instance_id": "i1",
@@ -209,12 +206,28 @@ def test_dead_worker_needs_grace_after_start(
 ) -> None:
     submit(client)
     claim(client)
-    clock.advance(1.5)
-    assert dispatcher.monitor.sweep(clock()) == []  # within grace and timeout
-    clock.advance(1.0)
-    assert [r.cause.value for r in dispatcher.monitor.sweep(clock())] == ["dead_worker"]
+    assert run_monitor(dispatcher, clock, 2.0) == []  # within grace and timeout
+    assert [r.cause.value for r in run_monitor(dispatcher, clock, 0.5)] == ["dead_worker"]
     workers = client.get("/stats").json["workers"]
     assert workers["dead"] == 1 and workers["details"][0]["status"] == "dead"
+
+
+def test_an_outage_of_every_dispatcher_restarts_leases_and_grace(
+    client: FlaskClient, dispatcher: Dispatcher, clock: FakeClock
+) -> None:
+    task_id = submit(client)
+    claimed_at = clock()
+    claim(client)
+    beat = lambda: client.post("/heartbeat", json={  # noqa: E731
+        "worker_id": "w1", "instance_id": "i1", "tasks": [{"task_id": task_id, "attempt": 1}]})
+    assert run_monitor(dispatcher, clock, 90, beat) == []
+    clock.advance(30)  # nobody sweeps, nobody can heartbeat: every dispatcher is down
+    assert run_monitor(dispatcher, clock, 1.5, beat) == []
+    assert client.get("/stats").json["monitor"]["in_grace_period"] is True
+    assert run_monitor(dispatcher, clock, 60, beat) == []  # the lease restarted at the gap
+    view = client.get(f"/task/{task_id}").json
+    assert clock() > claimed_at + 100 + 60  # long past the lease the claim gave
+    assert view["status"] == "in-progress" and view["lease_expires_at"] > clock()
 
 
 def test_release_requeues_at_once_with_state(client: FlaskClient) -> None:
@@ -244,8 +257,7 @@ def test_out_of_attempts_fails_the_task(
     task_id = submit(client, {**PRIMES, "max_attempts": 2})
     for attempt in (1, 2):
         assert claim(client, f"w{attempt}", f"i{attempt}").json["task"]["attempt"] == attempt
-        clock.advance(5)
-        dispatcher.monitor.sweep(clock())
+        run_monitor(dispatcher, clock, 5)
     view = client.get(f"/task/{task_id}").json
     assert view["status"] == "failed" and "gave up after 2 attempts" in view["error"]
 

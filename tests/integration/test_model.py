@@ -1,7 +1,8 @@
-"""Issue 3.9: a Hypothesis stateful model of the queue over the Flask test client and a fake clock.
+"""A Hypothesis stateful model of the queue over the Flask test client and a fake clock.
 
 Random interleavings of submit, claim, heartbeat, checkpoint, complete (fresh or stale), fail,
-cancel, clock advances, sweeps and worker restarts; after every step the database must satisfy
+cancel, time passing with the monitor sweeping, outages of the dispatcher (time passing without
+sweeps) and worker restarts; after every step the database must satisfy
 the invariants, and every answer must be the one the model predicts (never a 5xx).
 """
 
@@ -28,7 +29,7 @@ from hypothesis.stateful import (
 from dispatcher.app import create_app
 from dispatcher.models import TRANSITIONS, TaskStatus
 from shared.config import Config
-from tests.conftest import FakeClock
+from tests.conftest import FakeClock, run_monitor
 
 WORKERS = st.sampled_from(["w1", "w2", "w3"])
 HEARTBEAT_TIMEOUT = 2.0
@@ -104,7 +105,7 @@ class QueueModel(RuleBasedStateMachine):
 
     @initialize()
     def start(self) -> None:
-        self.clock.advance(HEARTBEAT_TIMEOUT + 0.1)  # past the start-up grace period
+        run_monitor(self.dispatcher, self.clock, HEARTBEAT_TIMEOUT + 0.25)  # past the grace
 
     @rule(max_attempts=st.integers(1, 3), count=st.integers(1, 3))
     def submit(self, max_attempts: int, count: int) -> None:
@@ -195,13 +196,15 @@ class QueueModel(RuleBasedStateMachine):
         resp = self.client.post(f"/task/{task_id}/cancel")
         assert resp.status_code == (409 if finished else 200)
 
-    @rule(seconds=st.sampled_from([0.5, 1.0, 2.5, 5.0, 11.0]))
+    @rule(seconds=st.sampled_from([0.25, 0.5, 1.0, 2.5, 5.0, 11.0]))
     def advance(self, seconds: float) -> None:
-        self.clock.advance(seconds)
+        """Time passes while the dispatcher runs: its monitor sweeps every interval."""
+        run_monitor(self.dispatcher, self.clock, seconds)
 
-    @rule()
-    def sweep(self) -> None:
-        self.dispatcher.monitor.sweep(self.clock.now)
+    @rule(seconds=st.sampled_from([1.0, 5.0, 30.0]))
+    def outage(self, seconds: float) -> None:
+        """Time passes with the dispatcher down: no sweeps (nor anything else)."""
+        self.clock.advance(seconds)
 
     @rule(worker_id=WORKERS)
     def restart_worker(self, worker_id: str) -> None:

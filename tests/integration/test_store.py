@@ -1,31 +1,48 @@
-"""The store directly: schema migrations and the trigger-kept status counts."""
+"""The store directly, on both backends: migrations, status counts, the sweep, durability."""
 
 from __future__ import annotations
 
 import os
 import sqlite3
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from dispatcher.db import SQLiteStore, StorageUnavailable
-from dispatcher.models import SCHEMA, SCHEMA_VERSION, NewTask, ReclaimCause, Report
+from dispatcher.db import Store, open_store
+from dispatcher.db.schema import SCHEMA_VERSION, SQLITE_SCHEMA
+from dispatcher.db.sqlite import SQLiteStore
+from dispatcher.db.errors import StorageUnavailable
+from dispatcher.models import NewTask, ReclaimCause, Report, TaskStatus
+from shared.config import Config
+from tests.conftest import FakeClock
 
 NOOP = NewTask("noop", {}, 0, 3)
 
 
-def true_counts(store: SQLiteStore) -> dict[str, int]:
-    rows = store._conn().execute("SELECT status, COUNT(*) FROM tasks GROUP BY status")
-    return {status: n for status, n in rows}
+@pytest.fixture
+def store(database_url: str, clock: FakeClock) -> Iterator[Store]:
+    opened = open_store(Config(database_url=database_url), clock)
+    yield opened
+    opened.close()
 
 
-def kept_counts(store: SQLiteStore) -> dict[str, int]:
-    return {k: v for k, v in store.stats(0.0)["counts"].items() if v}
+def true_counts(store: Store) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for status in TaskStatus:
+        n = len(store.list_tasks(status, 1000))
+        if n:
+            counts[status.value] = n
+    return counts
+
+
+def kept_counts(store: Store) -> dict[str, int]:
+    return {k: v for k, v in store.stats()["counts"].items() if v}
 
 
 def test_a_version_1_database_is_migrated_with_its_data(tmp_path: Path) -> None:
     db = sqlite3.connect(tmp_path / "v1.db")
-    db.executescript(SCHEMA)
+    db.executescript(SQLITE_SCHEMA)
     db.execute("INSERT INTO schema_info VALUES ('version', '1')")
     for status in ("pending", "pending", "completed", "failed"):
         db.execute("INSERT INTO tasks (task_type, params, status, max_attempts, created_at) "
@@ -33,25 +50,55 @@ def test_a_version_1_database_is_migrated_with_its_data(tmp_path: Path) -> None:
     db.commit()
     db.close()
     store = SQLiteStore(tmp_path / "v1.db")
-    version = store._conn().execute("SELECT value FROM schema_info").fetchone()[0]
-    assert int(version) == SCHEMA_VERSION
+    check = sqlite3.connect(tmp_path / "v1.db")
+    assert int(check.execute("SELECT value FROM schema_info").fetchone()[0]) == SCHEMA_VERSION
+    check.close()
     assert kept_counts(store) == {"pending": 2, "completed": 1, "failed": 1} == true_counts(store)
     store.close()
     reopened = SQLiteStore(tmp_path / "v1.db")  # idempotent on the next start
     assert kept_counts(reopened) == true_counts(reopened)
+    reopened.close()
 
 
-def test_status_counts_follow_every_transition(tmp_path: Path) -> None:
-    store = SQLiteStore(tmp_path / "t.db")
-    ids = [task_id for task_id, _ in store.submit([NOOP] * 6, 1.0)]
-    leases, _, _ = store.claim("w1", "i1", 4, 2.0, 100)
-    store.complete("w1", [Report(leases[0].task_id, 1, '{"ok":1}')], 3.0)
-    store.complete("w1", [Report(leases[1].task_id, 1, None, "boom")], 3.0)
-    store.release("w1", leases[2].task_id, 1, None, None, 3.0, cause=ReclaimCause.RELEASED)
-    store.cancel(ids[-1], 4.0)
-    store.reap_dead_workers(silent_since=10.0, now=11.0)
+def test_opening_again_keeps_the_data_and_the_version(database_url: str) -> None:
+    first = open_store(Config(database_url=database_url))
+    ids = [task_id for task_id, _ in first.submit([NOOP] * 3)]
+    second = open_store(Config(database_url=database_url))  # another dispatcher, same database
+    assert [second.get_task(i).task_id for i in ids] == ids
+    first.close()
+    second.close()
+
+
+def test_status_counts_follow_every_transition(store: Store, clock: FakeClock) -> None:
+    ids = [task_id for task_id, _ in store.submit([NOOP] * 6)]
+    claimed = store.claim("w1", "i1", 4, 100)
+    leases = claimed.leases
+    store.complete("w1", [Report(leases[0].task_id, 1, '{"ok":1}')])
+    store.complete("w1", [Report(leases[1].task_id, 1, None, "boom")])
+    store.release("w1", leases[2].task_id, 1, None, None, cause=ReclaimCause.RELEASED)
+    store.cancel(ids[-1])
+    store.sweep(2.0, 100, 1.0)  # the first sweep: the cluster resumes, grace starts
+    clock.advance(2.5)
+    store.sweep(2.0, 100, 10.0)  # w1 is dead: its last task goes back
     assert kept_counts(store) == true_counts(store) == {
         "pending": 3, "completed": 1, "failed": 1, "cancelled": 1}
+
+
+def test_one_sweep_at_a_time_and_a_gap_restarts_grace(store: Store, clock: FakeClock) -> None:
+    store.submit([NOOP])
+    store.claim("w1", "i1", 1, 100)
+    first = store.sweep(2.0, 100, 1.0)
+    assert first.ran and first.resumed_at == clock() and first.reclaims == []
+    clock.advance(0.5)
+    assert store.sweep(2.0, 100, 1.0).resumed_at == first.resumed_at  # no gap: no resumption
+    clock.advance(5)  # nobody swept for 5 s: every dispatcher was down
+    gap = store.sweep(2.0, 100, 1.0)
+    assert gap.resumed_at == clock() and gap.reclaims == []  # grace again
+    reclaims = []
+    for _ in range(9):
+        clock.advance(0.25)
+        reclaims += store.sweep(2.0, 100, 1.0).reclaims
+    assert [r.cause for r in reclaims] == [ReclaimCause.DEAD_WORKER]
 
 
 class FsyncSpy:
@@ -79,25 +126,25 @@ def test_durable_writes_fsync_the_wal_after_waking_waiters(tmp_path: Path, monke
     store = SQLiteStore(tmp_path / "t.db")
     spy = FsyncSpy(monkeypatch)
     seen_at_commit: list[int] = []
-    [(task_id, _)] = store.submit([NOOP], 1.0, on_commit=lambda: seen_at_commit.append(
+    [(task_id, _)] = store.submit([NOOP], on_commit=lambda: seen_at_commit.append(
         len(spy.inodes)))
     assert seen_at_commit == [0], "waiters are woken before the fsync"
     assert wal_inode(store) in spy.inodes
     fsyncs = len(spy.inodes)
-    store.claim("w1", "i1", 1, 2.0, 100)  # a claim without results is not fsynced
+    store.claim("w1", "i1", 1, 100)  # a claim without results is not fsynced
     assert len(spy.inodes) == fsyncs
-    store.complete("w1", [Report(task_id, 1, '{"ok":1}')], 3.0)
+    store.complete("w1", [Report(task_id, 1, '{"ok":1}')])
     assert len(spy.inodes) == fsyncs + 1
     store.close()
 
 
 def test_an_fsync_covers_every_commit_made_before_it(tmp_path: Path, monkeypatch) -> None:
     store = SQLiteStore(tmp_path / "t.db")
-    store.submit([NOOP], 1.0)
+    store.submit([NOOP])
     spy = FsyncSpy(monkeypatch)
     # Another thread's fsync that started after this commit covers it: no second fsync.
     store._synced = store._commits + 1
-    store.submit([NOOP], 2.0)
+    store.submit([NOOP])
     assert spy.inodes == []
     store.close()
 
@@ -108,13 +155,13 @@ def test_a_failed_fsync_is_storage_unavailable_and_not_acknowledged(
     store = SQLiteStore(tmp_path / "t.db")
     FsyncSpy(monkeypatch, fail=True)
     with pytest.raises(StorageUnavailable, match="fsync"):
-        store.submit([NOOP], 1.0)
+        store.submit([NOOP])
     store.close()
 
 
 def test_the_committed_data_survives_reopening_without_close(tmp_path: Path) -> None:
     store = SQLiteStore(tmp_path / "t.db")
-    ids = [task_id for task_id, _ in store.submit([NOOP] * 3, 1.0)]
+    ids = [task_id for task_id, _ in store.submit([NOOP] * 3)]
     other = SQLiteStore(tmp_path / "t.db")  # another process's view: the WAL is shared
     assert [other.get_task(i).task_id for i in ids] == ids
     other.close()

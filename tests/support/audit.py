@@ -1,17 +1,22 @@
-"""Read the dispatcher's SQLite file directly and check what the promises say must hold."""
+"""Read the dispatcher's database directly (SQLite or PostgreSQL) and check the promises."""
 
 from __future__ import annotations
 
 import json
 import re
 import sqlite3
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import closing, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import psycopg
+
 from tests.support.primes_reference import is_correct_primes
+
+Database = Path | str
+"""A SQLite file, or a database URL (``sqlite:///...`` or ``postgresql://...``)."""
 
 # Lines a *live* worker process writes when the dispatcher took a task away from it.
 LOST_LEASE_LINE = re.compile(
@@ -20,12 +25,54 @@ LOST_LEASE_LINE = re.compile(
 )
 
 
+class Reader:
+    """Read-only queries on either backend, sqlite3-style: ``?`` placeholders, rows indexed
+    by position or by column name."""
+
+    def __init__(self, conn: Any, postgres: bool) -> None:
+        self._conn, self.postgres = conn, postgres
+
+    def execute(self, sql: str, params: Sequence[Any] = ()) -> Any:
+        """A cursor over the rows of ``sql``."""
+        if self.postgres:
+            return self._conn.execute(sql.replace("?", "%s"), tuple(params))
+        return self._conn.execute(sql, tuple(params))
+
+    def rows(self, sql: str, *params: Any) -> list[Any]:
+        """Every row of ``sql``."""
+        return list(self.execute(sql, params).fetchall())
+
+    def integrity(self) -> str:
+        """SQLite's integrity check ('ok'); PostgreSQL keeps its own, so 'ok' there."""
+        return "ok" if self.postgres else self.rows("PRAGMA integrity_check")[0][0]
+
+
+class _Row(dict):  # type: ignore[type-arg]
+    """A PostgreSQL row that, like sqlite3.Row, indexes by position and by column name."""
+
+    def __getitem__(self, key: Any) -> Any:
+        if isinstance(key, int):
+            return list(self.values())[key]
+        return super().__getitem__(key)
+
+
+def _row_factory(cursor: Any) -> Any:
+    names = [column.name for column in cursor.description or ()]
+    return lambda values: _Row(zip(names, values))
+
+
 @contextmanager
-def database(path: Path) -> Iterator[sqlite3.Connection]:
-    """A short-lived connection to the dispatcher's database (WAL: never blocks it)."""
+def database(where: Database) -> Iterator[Reader]:
+    """A short-lived connection to the dispatcher's database (never blocks it)."""
+    text = str(where)
+    if text.startswith(("postgresql://", "postgres://")):
+        with psycopg.connect(text, autocommit=True, row_factory=_row_factory) as conn:
+            yield Reader(conn, postgres=True)
+        return
+    path = text.removeprefix("sqlite:///") if text.startswith("sqlite:///") else text
     with closing(sqlite3.connect(path, timeout=10)) as conn:
         conn.row_factory = sqlite3.Row
-        yield conn
+        yield Reader(conn, postgres=False)
 
 
 @dataclass
@@ -51,13 +98,13 @@ class Audit:
             or self.attempt_mismatch or self.wrong_results)
 
 
-def audit(db_path: Path) -> Audit:
+def audit(db: Database) -> Audit:
     """Check every task: finished, exactly one result iff completed, at the final attempt, correct."""
     report = Audit()
-    with database(db_path) as db:
-        report.integrity = db.execute("PRAGMA integrity_check").fetchone()[0]
-        tasks = db.execute("SELECT task_id, task_type, params, status, attempt FROM tasks").fetchall()
-        results = {row["task_id"]: row for row in db.execute("SELECT * FROM task_results")}
+    with database(db) as reader:
+        report.integrity = reader.integrity()
+        tasks = reader.rows("SELECT task_id, task_type, params, status, attempt FROM tasks")
+        results = {row["task_id"]: row for row in reader.rows("SELECT * FROM task_results")}
     report.tasks, report.results = len(tasks), len(results)
     for task in tasks:
         task_id = task["task_id"]
@@ -81,17 +128,18 @@ def audit(db_path: Path) -> Audit:
     return report
 
 
-def reclaim_counters(db_path: Path) -> dict[str, int]:
+def reclaim_counters(db: Database) -> dict[str, int]:
     """The dispatcher's persistent reclaim counters, by cause."""
-    with database(db_path) as db:
-        return {row["name"]: row["value"] for row in db.execute("SELECT name, value FROM counters")}
+    with database(db) as reader:
+        return {row["name"]: row["value"] for row in reader.rows("SELECT name, value FROM counters")}
 
 
-def task_row(db_path: Path, task_id: int) -> dict[str, Any]:
+def task_row(db: Database, task_id: int) -> dict[str, Any]:
     """The raw ``tasks`` row plus its checkpoint's attempt, progress, state and saved_at."""
-    with database(db_path) as db:
-        row = db.execute("SELECT * FROM tasks WHERE task_id = ?", (task_id,)).fetchone()
-        cp = db.execute("SELECT * FROM checkpoints WHERE task_id = ?", (task_id,)).fetchone()
+    with database(db) as reader:
+        [row] = reader.rows("SELECT * FROM tasks WHERE task_id = ?", task_id)
+        found = reader.rows("SELECT * FROM checkpoints WHERE task_id = ?", task_id)
+    cp = found[0] if found else None
     out = dict(row)
     out["checkpoint"] = (
         {"attempt": cp["attempt"], "progress": cp["progress"], "saved_at": cp["saved_at"],

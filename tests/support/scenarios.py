@@ -99,7 +99,7 @@ def tasks_taken_from_live_workers(cluster: LocalCluster) -> int:
     """Distinct (worker, task) pairs a live worker logged as revoked or refused as stale, not
     counting tasks whose stored result is that worker's own (a heartbeat that still listed a
     task whose result had just been accepted is answered "revoked" too)."""
-    with database(cluster.db_path) as db:
+    with database(cluster.database_url) as db:
         own = {(row[0], row[1]) for row in db.execute("SELECT worker_id, task_id FROM task_results")}
     return sum(len({t for t in lost_lease_lines(cluster.worker_log(w)) if (w, t) not in own})
                for w in cluster.workers)
@@ -216,10 +216,10 @@ class KillStorm:
             for thread in self._watchers:
                 thread.join(timeout=15)
         return StormReport(
-            seconds=time.monotonic() - started, kills=self.kills, audit=audit(self.cluster.db_path),
+            seconds=time.monotonic() - started, kills=self.kills, audit=audit(self.cluster.database_url),
             false_deaths=len(watch.false_deaths),
             taken_from_live=tasks_taken_from_live_workers(self.cluster),
-            counters=reclaim_counters(self.cluster.db_path))
+            counters=reclaim_counters(self.cluster.database_url))
 
     def _storm(self, started: float, seconds: float, max_seconds: float, min_idle: int,
                top_up: Callable[[], list[dict[str, Any]]] | None) -> None:
@@ -243,7 +243,7 @@ class KillStorm:
         [task_id] = self.cluster.submit_many(prime_tasks_of(10**10, 1))
 
         def checkpointed() -> bool:
-            with database(self.cluster.db_path) as db:
+            with database(self.cluster.database_url) as db:
                 row = db.execute("SELECT attempt FROM checkpoints WHERE task_id = ?",
                                  (task_id,)).fetchone()
             return row is not None
@@ -256,12 +256,12 @@ class KillStorm:
         wait_until(self._all_finished, timeout, interval=0.1, message="the idle-phase task finished")
 
     def _all_finished(self) -> bool:
-        with database(self.cluster.db_path) as db:
+        with database(self.cluster.database_url) as db:
             return db.execute("SELECT COUNT(*) FROM tasks WHERE status IN "
                               "('pending', 'in-progress')").fetchone()[0] == 0
 
     def _kill_one(self) -> None:
-        with database(self.cluster.db_path) as db:
+        with database(self.cluster.database_url) as db:
             held = db.execute("SELECT task_id, attempt, worker_id FROM tasks "
                               "WHERE status = 'in-progress'").fetchall()
             pending = db.execute("SELECT COUNT(*) FROM tasks WHERE status = 'pending'").fetchone()[0]
@@ -290,7 +290,7 @@ class KillStorm:
 
     def _redone(self, task_id: int, attempt: int, killed_wall: float) -> float | None:
         """Seconds of work since the attempt's last checkpoint (or its claim): redone on resume."""
-        with database(self.cluster.db_path) as db:
+        with database(self.cluster.database_url) as db:
             row = db.execute("SELECT claimed_at, attempt, status FROM tasks WHERE task_id = ?",
                              (task_id,)).fetchone()
             cp = db.execute("SELECT attempt, saved_at FROM checkpoints WHERE task_id = ?",
@@ -302,7 +302,7 @@ class KillStorm:
 
     def _watch(self, kill: Kill, killed_at: float) -> None:
         def moved() -> str | None:
-            with database(self.cluster.db_path) as db:
+            with database(self.cluster.database_url) as db:
                 row = db.execute("SELECT status, attempt FROM tasks WHERE task_id = ?",
                                  (kill.task_id,)).fetchone()
             if row["attempt"] > kill.attempt:
@@ -491,7 +491,7 @@ class DispatcherCrash:
         return 0
 
     def _all_delivered(self) -> bool:
-        with database(self.cluster.db_path) as db:
+        with database(self.cluster.database_url) as db:
             open_tasks = db.execute("SELECT COUNT(*) FROM tasks WHERE status IN "
                                     "('pending', 'in-progress')").fetchone()[0]
         return open_tasks == 0 and not self._results_cached()
@@ -506,7 +506,7 @@ class DispatcherCrash:
             replayed.update(client.replayed)
             for status, n in client.statuses.items():
                 statuses[status] = statuses.get(status, 0) + n
-        with database(self.cluster.db_path) as db:
+        with database(self.cluster.database_url) as db:
             keys = {row[0]: row[1] for row in db.execute(
                 "SELECT idempotency_key, task_id FROM tasks WHERE idempotency_key IS NOT NULL")}
         failures = [f for c in clients for f in c.failures]
@@ -515,7 +515,7 @@ class DispatcherCrash:
         return CrashReport(
             seconds=time.monotonic() - started, crashes=len(outages), acknowledged=acknowledged,
             replayed=replayed, submit_attempts=sum(c.attempts for c in clients),
-            audit=audit(self.cluster.db_path), keys_in_db=keys, outages_with_cached_results=cached,
+            audit=audit(self.cluster.database_url), keys_in_db=keys, outages_with_cached_results=cached,
             outage_seconds=outages, false_deaths=len(watch.false_deaths),
             taken_from_live=tasks_taken_from_live_workers(self.cluster),
-            counters=reclaim_counters(self.cluster.db_path), statuses=statuses)
+            counters=reclaim_counters(self.cluster.database_url), statuses=statuses)

@@ -45,7 +45,7 @@ class FakeDispatcher:
         fake = self
 
         class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"  # keep-alive, as waitress does
+            protocol_version = "HTTP/1.1"  # keep-alive, as the dispatcher does
 
             def setup(self) -> None:
                 super().setup()
@@ -201,6 +201,22 @@ def test_calls_go_back_home_once_it_answers_its_health_check(fakes) -> None:
     assert home.paths() == ["/health", "/heartbeat"]
     assert [served_by(conn) for _ in range(3)] == ["home"] * 3
     conn.close()
+
+
+def test_an_answer_from_before_a_switch_does_not_switch_back(caplog) -> None:
+    now = [0.0]
+    failover = Failover(["http://127.0.0.1:1", "http://127.0.0.1:2"], failback_seconds=10,
+                        clock=lambda: now[0])
+    failover.failed(0, "unreachable (ConnectionRefusedError)")
+    failover.replied(1, 200)
+    now[0] = 11.0
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        failover.go_home()  # one thread's health check found home again
+        failover.replied(1, 200)  # another thread's long poll, sent before, answers now
+    assert failover.current_url == "http://127.0.0.1:1"
+    assert [r.getMessage().split(": ", 1)[1] for r in caplog.records] == [
+        "dispatcher http://127.0.0.1:1 answers again, back to it from http://127.0.0.1:2"]
 
 
 def test_connections_sharing_a_failover_move_together(fakes) -> None:

@@ -1,0 +1,68 @@
+"""Every status change the store makes, each checked against ``models.TRANSITIONS``.
+
+A status changes only through :func:`move`, which runs the named query registered for that
+move. The query's SQL spells the statuses as literals (so the partial indexes on ``status``
+stay usable); ``tests/unit/test_moves.py`` checks that each query's literals are exactly the
+move's source and target statuses, and this module refuses at import any move that the
+transitions table does not allow. So the rules live in one table, and the SQL is checked
+against it instead of restating it.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Iterable, Mapping
+from typing import TYPE_CHECKING, Any
+
+from dispatcher.models import TRANSITIONS, TaskStatus
+
+if TYPE_CHECKING:
+    from dispatcher.db.store import Tx
+
+_P, _R = TaskStatus.PENDING, TaskStatus.IN_PROGRESS
+_C, _F, _X = TaskStatus.COMPLETED, TaskStatus.FAILED, TaskStatus.CANCELLED
+
+
+class Move(enum.Enum):
+    """A named status change: (query name, source statuses, target status)."""
+
+    CLAIM = ("move_claim", frozenset({_P}), _R)  # lease pending tasks to a worker
+    COMPLETE = ("move_complete", frozenset({_R}), _C)  # the lease holder's result is stored
+    FAIL = ("move_fail", frozenset({_R}), _F)  # the task raised, or its result was refused
+    REQUEUE = ("move_requeue", frozenset({_R}), _P)  # dead worker, expired lease, released...
+    GIVE_UP = ("move_give_up", frozenset({_R}), _F)  # a reclaim that used the last attempt
+    CANCEL = ("move_cancel", frozenset({_P, _R}), _X)  # a user cancelled an unfinished task
+
+    @property
+    def query(self) -> str:
+        """The name of the query that performs it (unique, so no two moves are one member)."""
+        return self.value[0]
+
+    @property
+    def sources(self) -> frozenset[TaskStatus]:
+        """The statuses this move starts from."""
+        return self.value[1]
+
+    @property
+    def target(self) -> TaskStatus:
+        """The status this move ends in."""
+        return self.value[2]
+
+
+def check_allowed(
+    moves: Iterable[Move], transitions: Mapping[TaskStatus, frozenset[TaskStatus]]
+) -> None:
+    """Raise RuntimeError naming the first move that ``transitions`` does not allow."""
+    for item in moves:
+        illegal = [s.value for s in item.sources if item.target not in transitions[s]]
+        if illegal:
+            raise RuntimeError(f"move {item.name}: {illegal} -> {item.target.value} is not "
+                               "an allowed transition (models.TRANSITIONS)")
+
+
+check_allowed(Move, TRANSITIONS)
+
+
+def move(tx: Tx, which: Move, params: Mapping[str, Any]) -> list[Any]:
+    """Perform one move; the rows its query returns (the tasks that moved)."""
+    return tx.all(which.query, params)

@@ -1,0 +1,404 @@
+"""The PostgreSQL backend: several dispatchers on one database, the database's clock for all.
+
+Connections come from a pool (psycopg_pool). Claims take rows with ``FOR UPDATE SKIP LOCKED``,
+so dispatchers never wait on each other's claims. Every transaction reads the time from the
+database server (``clock_timestamp()``), so leases and liveness are judged by one clock however
+skewed the dispatchers' own clocks are. Writes whose loss to a power cut only costs redone work
+(claims, heartbeats, checkpoints, requeues) commit with ``synchronous_commit = off``;
+submissions and results wait for the WAL flush. ``NOTIFY`` tells other dispatchers to wake
+their long polls; it is only a hint: waits also look again on their own.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import uuid
+import zlib
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any
+
+import psycopg
+from psycopg.pq import TransactionStatus
+from psycopg.rows import dict_row
+from psycopg_pool import ConnectionPool, PoolTimeout
+
+from dispatcher.db.errors import StorageUnavailable, StoreError
+from dispatcher.db.schema import POSTGRES_MIGRATIONS, POSTGRES_SCHEMA, SCHEMA_VERSION
+from dispatcher.db.store import Channel, Clock, Dialect, OnCommit, Store, Tx
+
+log = logging.getLogger(__name__)
+
+QUERIES: dict[str, str] = {
+    # -- moves (dispatcher/db/moves.py): the only statements that change a task's status --
+    "move_claim": """
+        WITH next AS (
+            SELECT task_id FROM tasks WHERE status = 'pending'
+             ORDER BY priority DESC, task_id LIMIT %(limit)s
+               FOR UPDATE SKIP LOCKED)
+        UPDATE tasks t
+           SET status = 'in-progress', attempt = t.attempt + 1, worker_id = %(worker_id)s,
+               worker_instance = %(instance_id)s, lease_expires_at = %(lease_expires_at)s,
+               claimed_at = %(now)s, started_at = COALESCE(t.started_at, %(now)s)
+          FROM next WHERE t.task_id = next.task_id
+        RETURNING t.task_id, t.task_type, t.params, t.attempt, t.lease_expires_at""",
+    "move_complete": """
+        UPDATE tasks SET status = 'completed', progress = 1.0, lease_expires_at = NULL,
+               finished_at = %(now)s
+         WHERE task_id = %(task_id)s AND status = 'in-progress' RETURNING task_id""",
+    "move_fail": """
+        UPDATE tasks SET status = 'failed', error = %(error)s, lease_expires_at = NULL,
+               finished_at = %(now)s
+         WHERE task_id = %(task_id)s AND status = 'in-progress' RETURNING task_id""",
+    "move_requeue": """
+        UPDATE tasks SET status = 'pending', lease_expires_at = NULL
+         WHERE task_id = %(task_id)s AND status = 'in-progress' AND attempt = %(attempt)s
+        RETURNING task_id""",
+    "move_give_up": """
+        UPDATE tasks SET status = 'failed', error = %(error)s, lease_expires_at = NULL,
+               finished_at = %(now)s
+         WHERE task_id = %(task_id)s AND status = 'in-progress' AND attempt = %(attempt)s
+           AND attempt >= max_attempts
+        RETURNING task_id""",
+    "move_cancel": """
+        UPDATE tasks SET status = 'cancelled', lease_expires_at = NULL, finished_at = %(now)s
+         WHERE task_id = %(task_id)s AND status IN ('pending', 'in-progress')
+        RETURNING task_id""",
+    # -- tasks --
+    "insert_task": """
+        INSERT INTO tasks (task_type, params, priority, max_attempts, idempotency_key, created_at)
+        VALUES (%(task_type)s, %(params)s, %(priority)s, %(max_attempts)s, %(idempotency_key)s,
+                %(now)s)
+        ON CONFLICT (idempotency_key) DO NOTHING
+        RETURNING task_id""",
+    "insert_tasks": """
+        INSERT INTO tasks (task_type, params, priority, max_attempts, created_at)
+        SELECT * FROM unnest(%(task_types)s::text[], %(params)s::text[], %(priorities)s::int[],
+                             %(max_attempts)s::int[], %(nows)s::float8[])
+        RETURNING task_id""",
+    "task_by_key": "SELECT task_id, status FROM tasks WHERE idempotency_key = %(key)s",
+    "task_view": """
+        SELECT t.*, r.result FROM tasks t LEFT JOIN task_results r USING (task_id)
+         WHERE t.task_id = %(task_id)s""",
+    "task_list": """
+        SELECT t.*, r.result FROM tasks t LEFT JOIN task_results r USING (task_id)
+         WHERE (%(status)s::text IS NULL OR t.status = %(status)s)
+         ORDER BY t.task_id DESC LIMIT %(limit)s""",
+    "task_lease": """
+        SELECT status, attempt, worker_id, task_type FROM tasks WHERE task_id = %(task_id)s""",
+    "task_failure": "SELECT attempt, worker_id, error FROM tasks WHERE task_id = %(task_id)s",
+    "renew_lease": """
+        UPDATE tasks SET progress = %(progress)s, lease_expires_at = %(lease_expires_at)s
+         WHERE task_id = %(task_id)s""",
+    "set_progress": "UPDATE tasks SET progress = %(progress)s WHERE task_id = %(task_id)s",
+    "extend_leases": """
+        UPDATE tasks SET lease_expires_at = GREATEST(lease_expires_at, %(until)s)
+         WHERE status = 'in-progress'""",
+    "expired_leases": """
+        SELECT task_id, attempt, worker_id FROM tasks
+         WHERE status = 'in-progress' AND lease_expires_at < %(now)s ORDER BY task_id""",
+    "held_by_worker": """
+        SELECT task_id, attempt FROM tasks
+         WHERE status = 'in-progress' AND worker_id = %(worker_id)s ORDER BY task_id""",
+    "leased_to_instance": """
+        SELECT task_id, task_type, params, attempt, lease_expires_at, claimed_at FROM tasks
+         WHERE status = 'in-progress' AND worker_id = %(worker_id)s
+           AND worker_instance = %(instance_id)s ORDER BY task_id""",
+    "held_by_other_instance": """
+        SELECT task_id, attempt FROM tasks
+         WHERE status = 'in-progress' AND worker_id = %(worker_id)s
+           AND worker_instance IS DISTINCT FROM %(instance_id)s ORDER BY task_id""",
+    "in_progress_all": """
+        SELECT task_id, worker_id, attempt FROM tasks WHERE status = 'in-progress'""",
+    "finished_since": """
+        SELECT COUNT(*) AS n FROM tasks
+         WHERE finished_at >= %(since)s AND status = 'completed'""",
+    # -- checkpoints and results --
+    "checkpoint_get": "SELECT * FROM checkpoints WHERE task_id = %(task_id)s",
+    "checkpoints_of": "SELECT * FROM checkpoints WHERE task_id = ANY(%(ids)s)",
+    "checkpoint_put": """
+        INSERT INTO checkpoints (task_id, attempt, worker_id, state, progress, saved_at)
+        VALUES (%(task_id)s, %(attempt)s, %(worker_id)s, %(state)s, %(progress)s, %(now)s)
+        ON CONFLICT (task_id) DO UPDATE SET attempt = excluded.attempt,
+            worker_id = excluded.worker_id, state = excluded.state,
+            progress = excluded.progress, saved_at = excluded.saved_at""",
+    "checkpoint_drop": "DELETE FROM checkpoints WHERE task_id = %(task_id)s",
+    "result_get": """
+        SELECT attempt, worker_id, result FROM task_results WHERE task_id = %(task_id)s""",
+    "result_put": """
+        INSERT INTO task_results (task_id, attempt, worker_id, result, created_at)
+        VALUES (%(task_id)s, %(attempt)s, %(worker_id)s, %(result)s, %(now)s)""",
+    # -- workers --
+    "worker_get": "SELECT instance_id, status FROM workers WHERE worker_id = %(worker_id)s",
+    "worker_leases": """
+        SELECT w.instance_id, w.status, t.task_id, t.attempt, t.claimed_at
+          FROM workers w LEFT JOIN tasks t
+            ON t.worker_id = w.worker_id AND t.status = 'in-progress'
+           AND t.worker_instance = w.instance_id
+         WHERE w.worker_id = %(worker_id)s""",
+    "worker_idle": """
+        SELECT w.instance_id, w.status,
+               EXISTS (SELECT 1 FROM tasks WHERE status = 'pending') AS pending,
+               EXISTS (SELECT 1 FROM tasks t WHERE t.status = 'in-progress'
+                          AND t.worker_id = w.worker_id
+                          AND t.worker_instance = w.instance_id) AS leased
+          FROM workers w WHERE w.worker_id = %(worker_id)s""",
+    "worker_upsert": """
+        INSERT INTO workers (worker_id, instance_id, status, last_heartbeat, registered_at)
+        VALUES (%(worker_id)s, %(instance_id)s, 'alive', %(now)s, %(now)s)
+        ON CONFLICT (worker_id) DO UPDATE SET instance_id = excluded.instance_id,
+            status = 'alive', last_heartbeat = excluded.last_heartbeat""",
+    "worker_touch": """
+        UPDATE workers SET last_heartbeat = %(now)s, status = 'alive'
+         WHERE worker_id = %(worker_id)s""",
+    "worker_completed": """
+        UPDATE workers SET tasks_completed = tasks_completed + 1
+         WHERE worker_id = %(worker_id)s""",
+    "worker_mark": "UPDATE workers SET status = %(status)s WHERE worker_id = %(worker_id)s",
+    "worker_seen": """
+        UPDATE workers SET last_heartbeat = GREATEST(last_heartbeat, %(at)s)
+         WHERE worker_id = %(worker_id)s AND status = 'alive'""",
+    "workers_silent": """
+        SELECT worker_id FROM workers
+         WHERE status = 'alive' AND last_heartbeat < %(silent_since)s ORDER BY worker_id""",
+    "workers_all": "SELECT * FROM workers ORDER BY worker_id",
+    # -- counters and cluster state --
+    "status_counts": """
+        SELECT status, SUM(n) AS n FROM (
+            SELECT status, n FROM status_counts UNION ALL SELECT status, n FROM status_deltas
+        ) counts GROUP BY status""",
+    "status_fold": """
+        WITH moved AS (DELETE FROM status_deltas RETURNING status, n)
+        INSERT INTO status_counts (status, n)
+            SELECT status, SUM(n) FROM moved GROUP BY status
+        ON CONFLICT (status) DO UPDATE SET n = status_counts.n + excluded.n""",
+    "counter_add": """
+        INSERT INTO counters (name, value) VALUES (%(name)s, %(value)s)
+        ON CONFLICT (name) DO UPDATE SET value = counters.value + excluded.value""",
+    "counters_all": "SELECT name, value FROM counters",
+    "cluster_get": "SELECT name, value FROM cluster",
+    "cluster_put": """
+        INSERT INTO cluster (name, value) VALUES (%(name)s, %(value)s)
+        ON CONFLICT (name) DO UPDATE SET value = excluded.value""",
+    "schema_version_get": "SELECT value FROM schema_info WHERE key = 'version'",
+    "schema_version_put": """
+        INSERT INTO schema_info (key, value) VALUES ('version', %(version)s)
+        ON CONFLICT (key) DO UPDATE SET value = excluded.value""",
+    "ping": "SELECT 1 AS ok",
+    # -- PostgreSQL only --
+    "clock": "SELECT extract(epoch FROM clock_timestamp())::float8 AS now",
+    "begin": "BEGIN",
+    "begin_async": "BEGIN; SET LOCAL synchronous_commit TO off",
+    "commit": "COMMIT",
+    "sweep_lock": "SELECT pg_try_advisory_xact_lock(%(key)s) AS locked",
+    "migrate_lock": "SELECT pg_advisory_xact_lock(%(key)s)",
+    "notify": "SELECT pg_notify(%(channel)s, %(payload)s)",
+    "listen": "LISTEN taskqueue_tasks; LISTEN taskqueue_finished",
+}
+
+SWEEP_LOCK = zlib.crc32(b"taskqueue.sweep")
+MIGRATE_LOCK = zlib.crc32(b"taskqueue.migrate")
+RECONNECT_MAX_SECONDS = 5.0
+CLOCK_KEEP_SECONDS = 5.0
+"""A clock reading is replaced by a later one with a slower round trip after this long."""
+
+
+class PostgresStore(Store):
+    """The task store on a PostgreSQL database shared by any number of dispatchers."""
+
+    DIALECT = Dialect(QUERIES, list, lambda cursor, script: cursor.execute(script))
+
+    def __init__(self, url: str, pool_size: int = 10, clock: Clock | None = None,
+                 pool_timeout: float = 10.0) -> None:
+        super().__init__()
+        self.url = url
+        self._clock = clock
+        self.origin = uuid.uuid4().hex[:12]
+        """This dispatcher's name in its notifications (it has already woken its own waiters)."""
+        self._closed = threading.Event()
+        self._listener: threading.Thread | None = None
+        self._offset, self._rtt, self._calibrated_at = 0.0, float("inf"), 0.0
+        self._pool = ConnectionPool(
+            url, min_size=min(2, pool_size), max_size=pool_size, timeout=pool_timeout,
+            kwargs={"autocommit": True, "row_factory": dict_row}, open=False,
+            name="taskqueue")
+        try:
+            self._pool.open(wait=True, timeout=pool_timeout)
+        except PoolTimeout as exc:
+            self._pool.close()
+            raise StorageUnavailable(f"cannot connect to PostgreSQL: {exc}") from exc
+        with _storage_errors(), self._pool.connection() as conn:
+            self._calibrate(conn.cursor())
+        self._migrate()
+
+    # -- the database's clock -----------------------------------------------------------
+
+    def now(self) -> float:
+        """The database server's clock, followed locally between readings (or the injected one).
+
+        Reading it in every transaction would cost a round trip each; instead each sweep
+        (every MONITOR_INTERVAL) reads it, and in between this dispatcher's monotonic clock
+        carries it on. The estimate is within half the fastest recent round trip of the
+        server's clock, whatever this host's own wall clock says.
+        """
+        if self._clock is not None:
+            return self._clock()
+        return time.monotonic() + self._offset
+
+    def _calibrate(self, cursor: psycopg.Cursor[Any]) -> None:
+        """Read the server's clock; keep the reading with the shortest recent round trip."""
+        before = time.monotonic()
+        server = cursor.execute(QUERIES["clock"]).fetchone()["now"]
+        after = time.monotonic()
+        rtt, offset = after - before, server - (before + after) / 2
+        if rtt <= self._rtt or after - self._calibrated_at > CLOCK_KEEP_SECONDS:
+            self._offset, self._rtt, self._calibrated_at = offset, rtt, after
+
+    # -- transactions ---------------------------------------------------------------------
+
+    @contextmanager
+    def _write(self, durable: bool = True, on_commit: OnCommit = None) -> Iterator[Tx]:
+        """A transaction; one that need not wait for the WAL flush commits without waiting."""
+        with _storage_errors(), self._pool.connection() as conn:
+            cursor = conn.cursor()
+            cursor.execute(QUERIES["begin" if durable else "begin_async"])
+            try:
+                yield Tx(cursor, self.DIALECT, self.now())
+                cursor.execute(QUERIES["commit"])
+            except BaseException:
+                if conn.info.transaction_status != TransactionStatus.IDLE:
+                    conn.rollback()
+                raise
+        if on_commit is not None:
+            on_commit()
+
+    @contextmanager
+    def _read(self) -> Iterator[Tx]:
+        """Reads, each statement on its own (autocommit): no BEGIN/COMMIT round trips."""
+        with _storage_errors(), self._pool.connection() as conn:
+            yield Tx(conn.cursor(), self.DIALECT, self.now())
+
+    def _insert_tasks(self, tx: Tx, rows: list[dict[str, Any]]) -> list[int]:
+        found = tx.all("insert_tasks", {
+            "task_types": [r["task_type"] for r in rows], "params": [r["params"] for r in rows],
+            "priorities": [r["priority"] for r in rows],
+            "max_attempts": [r["max_attempts"] for r in rows], "nows": [r["now"] for r in rows]})
+        # Identity values are drawn in insertion order, so sorted ids follow the input order.
+        return sorted(row["task_id"] for row in found)
+
+    def _notify(self, tx: Tx, channel: str, count: int = 1) -> None:
+        if count > 0:
+            tx.one("notify", {"channel": channel, "payload": f"{self.origin}:{count}"})
+
+    def _sweep_lock(self, tx: Tx) -> bool:
+        if self._clock is None:
+            self._calibrate(tx.cursor)
+        return bool(tx.one("sweep_lock", {"key": SWEEP_LOCK})["locked"])
+
+    def _compact(self, tx: Tx) -> None:
+        tx.run("status_fold")
+
+    # -- schema -------------------------------------------------------------------------
+
+    def _migrate(self) -> None:
+        """Create or upgrade the schema once, however many dispatchers start at the same time."""
+        with self._write() as tx:
+            tx.one("migrate_lock", {"key": MIGRATE_LOCK})
+            tx.run_script("CREATE TABLE IF NOT EXISTS schema_info "
+                          "(key text PRIMARY KEY, value text NOT NULL)")
+            row = tx.one("schema_version_get")
+            version = int(row["value"]) if row is not None else 0
+            if version > SCHEMA_VERSION:
+                raise StoreError(f"database schema version {version} is newer than this code "
+                                 f"({SCHEMA_VERSION}); upgrade the dispatcher")
+            if version == 0:
+                tx.run_script(POSTGRES_SCHEMA)
+                version = 1
+            for target in range(version + 1, SCHEMA_VERSION + 1):
+                tx.run_script(POSTGRES_MIGRATIONS[target])
+                log.info("database migrated to schema version %s", target)
+            tx.run("schema_version_put", {"version": str(SCHEMA_VERSION)})
+            # A new database has no planner statistics until something analyses it.
+            tx.run_script("ANALYZE tasks")
+
+    # -- wake-ups from other dispatchers --------------------------------------------------
+
+    def listen(self, on_tasks: Callable[[int], None], on_finished: Callable[[], None]) -> None:
+        """Deliver other dispatchers' NOTIFYs to the callbacks, from a thread, until closed."""
+        if self._listener is None:
+            self._listener = threading.Thread(target=self._listen_loop,
+                                              args=(on_tasks, on_finished),
+                                              name="postgres-listener", daemon=True)
+            self._listener.start()
+
+    def _listen_loop(self, on_tasks: Callable[[int], None], on_finished: Callable[[], None]
+                     ) -> None:
+        pause = 0.1
+        while not self._closed.is_set():
+            try:
+                with psycopg.connect(self.url, autocommit=True) as conn:
+                    conn.execute(QUERIES["listen"])
+                    pause = 0.1
+                    # A hint may have been missed while not listening: wake everyone once.
+                    on_tasks(0)
+                    on_finished()
+                    self._deliver(conn, on_tasks, on_finished)
+            except psycopg.Error as exc:
+                log.warning("listening for other dispatchers failed (%s); retrying in %.1f s",
+                            exc, pause)
+                self._closed.wait(pause)
+                pause = min(pause * 2, RECONNECT_MAX_SECONDS)
+
+    def _deliver(self, conn: psycopg.Connection[Any], on_tasks: Callable[[int], None],
+                 on_finished: Callable[[], None]) -> None:
+        while not self._closed.is_set():
+            for note in conn.notifies(timeout=0.5):
+                origin, _, count = note.payload.partition(":")
+                if origin == self.origin:
+                    continue
+                if note.channel == Channel.TASKS:
+                    on_tasks(int(count) if count.isdigit() else 0)
+                else:
+                    on_finished()
+
+    # -- lifecycle ----------------------------------------------------------------------
+
+    def ping(self) -> None:
+        """Raise StorageUnavailable unless the database answers a query."""
+        with _storage_errors(), self._pool.connection() as conn:
+            conn.execute(QUERIES["ping"]).fetchone()
+
+    def close(self) -> None:
+        """Stop listening and close every pooled connection."""
+        self._closed.set()
+        if self._listener is not None:
+            self._listener.join(timeout=2)
+        self._pool.close()
+
+
+@contextmanager
+def _storage_errors() -> Iterator[None]:
+    """Connection loss, a full pool, a full disk or a deadlock: StorageUnavailable (a 503)."""
+    try:
+        yield
+    except PoolTimeout as exc:
+        raise StorageUnavailable(f"no database connection available: {exc}") from exc
+    except (psycopg.OperationalError, psycopg.errors.DiskFull,
+            psycopg.errors.DeadlockDetected, psycopg.errors.SerializationFailure,
+            psycopg.errors.LockNotAvailable) as exc:
+        raise StorageUnavailable(f"{type(exc).__name__}: {exc}".strip()) from exc
+
+
+def wait_for_database(url: str, timeout: float) -> None:
+    """Block until PostgreSQL at ``url`` accepts connections (tools and tests)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            psycopg.connect(url, connect_timeout=2).close()
+            return
+        except psycopg.OperationalError:
+            if time.monotonic() >= deadline:
+                raise
+            time.sleep(0.2)

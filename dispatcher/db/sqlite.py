@@ -1,0 +1,395 @@
+"""The SQLite backend: an embedded file in WAL mode, one writer, durable by group commit.
+
+Writers serialise on a process lock first, so requests of this dispatcher queue in Python
+instead of in SQLite's busy handler, and all write through one connection (whose page cache
+then stays valid across writes); reads borrow a connection from a small pool. Waiting for a
+lock held by another process is a cooperative retry loop, never a long sleep inside SQLite, so
+a locked database delays only the writes, not the whole server.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sqlite3
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from dispatcher.db.errors import StorageUnavailable, StoreError
+from dispatcher.db.schema import SCHEMA_VERSION, SQLITE_MIGRATIONS, SQLITE_SCHEMA
+from dispatcher.db.store import Clock, Dialect, OnCommit, Store, Tx
+from dispatcher.runtime import offload
+
+log = logging.getLogger(__name__)
+
+QUERIES: dict[str, str] = {
+    # -- moves (dispatcher/db/moves.py): the only statements that change a task's status --
+    "move_claim": """
+        UPDATE tasks
+           SET status = 'in-progress', attempt = attempt + 1, worker_id = :worker_id,
+               worker_instance = :instance_id, lease_expires_at = :lease_expires_at,
+               claimed_at = :now, started_at = COALESCE(started_at, :now)
+         WHERE task_id IN (SELECT task_id FROM tasks WHERE status = 'pending'
+                           ORDER BY priority DESC, task_id LIMIT :limit)
+        RETURNING task_id, task_type, params, attempt, lease_expires_at""",
+    "move_complete": """
+        UPDATE tasks SET status = 'completed', progress = 1.0, lease_expires_at = NULL,
+               finished_at = :now
+         WHERE task_id = :task_id AND status = 'in-progress' RETURNING task_id""",
+    "move_fail": """
+        UPDATE tasks SET status = 'failed', error = :error, lease_expires_at = NULL,
+               finished_at = :now
+         WHERE task_id = :task_id AND status = 'in-progress' RETURNING task_id""",
+    "move_requeue": """
+        UPDATE tasks SET status = 'pending', lease_expires_at = NULL
+         WHERE task_id = :task_id AND status = 'in-progress' AND attempt = :attempt
+        RETURNING task_id""",
+    "move_give_up": """
+        UPDATE tasks SET status = 'failed', error = :error, lease_expires_at = NULL,
+               finished_at = :now
+         WHERE task_id = :task_id AND status = 'in-progress' AND attempt = :attempt
+           AND attempt >= max_attempts
+        RETURNING task_id""",
+    "move_cancel": """
+        UPDATE tasks SET status = 'cancelled', lease_expires_at = NULL, finished_at = :now
+         WHERE task_id = :task_id AND status IN ('pending', 'in-progress') RETURNING task_id""",
+    # -- tasks --
+    "insert_task": """
+        INSERT INTO tasks (task_type, params, priority, max_attempts, idempotency_key, created_at)
+        VALUES (:task_type, :params, :priority, :max_attempts, :idempotency_key, :now)
+        ON CONFLICT (idempotency_key) DO NOTHING
+        RETURNING task_id""",
+    "insert_tasks": """
+        INSERT INTO tasks (task_type, params, priority, max_attempts, idempotency_key, created_at)
+        VALUES (:task_type, :params, :priority, :max_attempts, :idempotency_key, :now)""",
+    "last_insert_id": "SELECT last_insert_rowid() AS id",
+    "task_by_key": "SELECT task_id, status FROM tasks WHERE idempotency_key = :key",
+    "task_view": """
+        SELECT t.*, r.result FROM tasks t LEFT JOIN task_results r USING (task_id)
+         WHERE t.task_id = :task_id""",
+    "task_list": """
+        SELECT t.*, r.result FROM tasks t LEFT JOIN task_results r USING (task_id)
+         WHERE (:status IS NULL OR t.status = :status)
+         ORDER BY t.task_id DESC LIMIT :limit""",
+    "task_lease": """
+        SELECT status, attempt, worker_id, task_type FROM tasks WHERE task_id = :task_id""",
+    "task_failure": "SELECT attempt, worker_id, error FROM tasks WHERE task_id = :task_id",
+    "renew_lease": """
+        UPDATE tasks SET progress = :progress, lease_expires_at = :lease_expires_at
+         WHERE task_id = :task_id""",
+    "set_progress": "UPDATE tasks SET progress = :progress WHERE task_id = :task_id",
+    "extend_leases": """
+        UPDATE tasks SET lease_expires_at = MAX(lease_expires_at, :until)
+         WHERE status = 'in-progress'""",
+    "expired_leases": """
+        SELECT task_id, attempt, worker_id FROM tasks
+         WHERE status = 'in-progress' AND lease_expires_at < :now""",
+    "held_by_worker": """
+        SELECT task_id, attempt FROM tasks
+         WHERE status = 'in-progress' AND worker_id = :worker_id""",
+    "leased_to_instance": """
+        SELECT task_id, task_type, params, attempt, lease_expires_at, claimed_at FROM tasks
+         WHERE status = 'in-progress' AND worker_id = :worker_id
+           AND worker_instance = :instance_id""",
+    "held_by_other_instance": """
+        SELECT task_id, attempt FROM tasks
+         WHERE status = 'in-progress' AND worker_id = :worker_id
+           AND worker_instance IS NOT :instance_id""",
+    "in_progress_all": """
+        SELECT task_id, worker_id, attempt FROM tasks WHERE status = 'in-progress'""",
+    "finished_since": """
+        SELECT COUNT(*) AS n FROM tasks WHERE finished_at >= :since AND status = 'completed'""",
+    # -- checkpoints and results --
+    "checkpoint_get": "SELECT * FROM checkpoints WHERE task_id = :task_id",
+    "checkpoints_of": """
+        SELECT * FROM checkpoints WHERE task_id IN (SELECT value FROM json_each(:ids))""",
+    "checkpoint_put": """
+        INSERT INTO checkpoints (task_id, attempt, worker_id, state, progress, saved_at)
+        VALUES (:task_id, :attempt, :worker_id, :state, :progress, :now)
+        ON CONFLICT (task_id) DO UPDATE SET attempt = excluded.attempt,
+            worker_id = excluded.worker_id, state = excluded.state,
+            progress = excluded.progress, saved_at = excluded.saved_at""",
+    "checkpoint_drop": "DELETE FROM checkpoints WHERE task_id = :task_id",
+    "result_get": "SELECT attempt, worker_id, result FROM task_results WHERE task_id = :task_id",
+    "result_put": """
+        INSERT INTO task_results (task_id, attempt, worker_id, result, created_at)
+        VALUES (:task_id, :attempt, :worker_id, :result, :now)""",
+    # -- workers --
+    "worker_get": "SELECT instance_id, status FROM workers WHERE worker_id = :worker_id",
+    "worker_leases": """
+        SELECT w.instance_id, w.status, t.task_id, t.attempt, t.claimed_at
+          FROM workers w LEFT JOIN tasks t
+            ON t.worker_id = w.worker_id AND t.status = 'in-progress'
+           AND t.worker_instance = w.instance_id
+         WHERE w.worker_id = :worker_id""",
+    "worker_idle": """
+        SELECT w.instance_id, w.status,
+               EXISTS (SELECT 1 FROM tasks WHERE status = 'pending') AS pending,
+               EXISTS (SELECT 1 FROM tasks t WHERE t.status = 'in-progress'
+                          AND t.worker_id = w.worker_id
+                          AND t.worker_instance = w.instance_id) AS leased
+          FROM workers w WHERE w.worker_id = :worker_id""",
+    "worker_upsert": """
+        INSERT INTO workers (worker_id, instance_id, status, last_heartbeat, registered_at)
+        VALUES (:worker_id, :instance_id, 'alive', :now, :now)
+        ON CONFLICT (worker_id) DO UPDATE SET instance_id = excluded.instance_id,
+            status = 'alive', last_heartbeat = excluded.last_heartbeat""",
+    "worker_touch": """
+        UPDATE workers SET last_heartbeat = :now, status = 'alive' WHERE worker_id = :worker_id""",
+    "worker_completed": """
+        UPDATE workers SET tasks_completed = tasks_completed + 1 WHERE worker_id = :worker_id""",
+    "worker_mark": "UPDATE workers SET status = :status WHERE worker_id = :worker_id",
+    "worker_seen": """
+        UPDATE workers SET last_heartbeat = MAX(last_heartbeat, :at)
+         WHERE worker_id = :worker_id AND status = 'alive'""",
+    "workers_silent": """
+        SELECT worker_id FROM workers WHERE status = 'alive' AND last_heartbeat < :silent_since""",
+    "workers_all": "SELECT * FROM workers ORDER BY worker_id",
+    # -- counters and cluster state --
+    "status_counts": "SELECT status, n FROM status_counts",
+    "counter_add": """
+        INSERT INTO counters (name, value) VALUES (:name, :value)
+        ON CONFLICT (name) DO UPDATE SET value = value + excluded.value""",
+    "counters_all": "SELECT name, value FROM counters",
+    "cluster_get": "SELECT name, value FROM cluster",
+    "cluster_put": """
+        INSERT INTO cluster (name, value) VALUES (:name, :value)
+        ON CONFLICT (name) DO UPDATE SET value = excluded.value""",
+    "schema_version_get": "SELECT value FROM schema_info WHERE key = 'version'",
+    "schema_version_put": """
+        INSERT INTO schema_info (key, value) VALUES ('version', :version)
+        ON CONFLICT (key) DO UPDATE SET value = excluded.value""",
+    "ping": "SELECT 1 FROM schema_info LIMIT 1",
+    "integrity_check": "PRAGMA integrity_check",
+}
+
+BUSY_SLICE_MS = 20
+"""How long one SQLite call may wait inside SQLite for another process's lock; longer waits
+are cooperative sleeps between attempts (up to ``busy_timeout_ms``)."""
+READERS_KEPT = 8
+
+
+class SQLiteStore(Store):
+    """The task store on an embedded SQLite database (WAL, group commit)."""
+
+    DIALECT = Dialect(QUERIES, lambda ids: json.dumps(list(ids)),
+                      lambda cursor, script: _run_script(cursor, script))
+
+    def __init__(self, path: Path, busy_timeout_ms: int = 5000, clock: Clock = time.time
+                 ) -> None:
+        super().__init__()
+        self.path = Path(path)
+        self.busy_timeout_ms = busy_timeout_ms
+        self._clock = clock
+        self._write_lock = threading.Lock()
+        self._readers: list[sqlite3.Connection] = []
+        self._readers_lock = threading.Lock()
+        # Group commit: transactions commit without fsync; a durable write then fsyncs the WAL
+        # outside the write lock, and one fsync covers every commit made before it started.
+        self._commits = 0  # transactions committed, counted under the write lock
+        self._synced = 0  # of those, how many an fsync has made durable
+        self._sync_lock = threading.Lock()
+        self._wal_fd: int | None = None
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._writer_conn = self._connect()
+        self._migrate()
+
+    def now(self) -> float:
+        """The dispatcher's clock (one process owns a SQLite queue)."""
+        return self._clock()
+
+    # -- connections and transactions ---------------------------------------------------------
+
+    def _connect(self) -> sqlite3.Connection:
+        conn = sqlite3.connect(self.path, timeout=BUSY_SLICE_MS / 1000, isolation_level=None,
+                               check_same_thread=False)
+        conn.row_factory = sqlite3.Row
+        conn.execute(f"PRAGMA busy_timeout = {min(BUSY_SLICE_MS, self.busy_timeout_ms)}")
+        conn.execute("PRAGMA journal_mode = WAL")
+        conn.execute("PRAGMA synchronous = NORMAL")  # durable writes fsync the WAL themselves
+        conn.execute("PRAGMA foreign_keys = ON")
+        return conn
+
+    def _begin_immediate(self, conn: sqlite3.Connection) -> None:
+        """BEGIN IMMEDIATE, retrying while another process holds the lock, up to the timeout."""
+        deadline = time.monotonic() + self.busy_timeout_ms / 1000
+        pause = 0.002
+        while True:
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+                return
+            except sqlite3.OperationalError as exc:
+                if not _is_busy(exc) or time.monotonic() >= deadline:
+                    raise
+            time.sleep(pause)  # cooperative under gevent; a plain sleep under threads
+            pause = min(pause * 2, 0.05)
+
+    @contextmanager
+    def _write(self, durable: bool = True, on_commit: OnCommit = None) -> Iterator[Tx]:
+        """One write transaction: BEGIN IMMEDIATE, commit, or roll back on any error.
+
+        After the commit, and after the write lock is released, ``on_commit`` runs; then a
+        ``durable`` write returns only once an fsync of the WAL covers it (:meth:`_sync`).
+        Other writers go ahead during that fsync, and concurrent durable writes share one.
+        Either way a commit survives a crash of the dispatcher process: it is in the WAL.
+        """
+        with _storage_errors():
+            with self._write_lock:
+                conn = self._writer_conn
+                self._begin_immediate(conn)
+                try:
+                    yield Tx(conn.cursor(), self.DIALECT, self._clock())
+                    conn.execute("COMMIT")
+                except BaseException:
+                    if conn.in_transaction:
+                        conn.execute("ROLLBACK")
+                    raise
+                self._commits += 1
+                commit = self._commits
+            if on_commit is not None:
+                on_commit()
+            if durable:
+                self._sync(commit)
+
+    def _sync(self, commit: int) -> None:
+        """Return once commit number ``commit`` is on disk: fsync the WAL unless done already.
+
+        This is what synchronous=FULL does inside every COMMIT, moved out of the write lock.
+        An fsync flushes the file whichever descriptor asks, so one started after a commit
+        covers it: a request that waited here for another's fsync may return without its own.
+        """
+        with self._sync_lock:
+            if self._synced >= commit:
+                return
+            covered = self._commits  # every commit counted so far is already in the WAL
+            try:
+                offload(os.fsync, self._wal())
+            except OSError as exc:
+                raise StorageUnavailable(f"fsync of the WAL failed: {exc}") from exc
+            self._synced = covered
+
+    def _wal(self) -> int:
+        """A descriptor of the current WAL file (reopened if SQLite replaced the file)."""
+        wal = f"{self.path}-wal"
+        inode = os.stat(wal).st_ino
+        if self._wal_fd is None or os.fstat(self._wal_fd).st_ino != inode:
+            if self._wal_fd is not None:
+                os.close(self._wal_fd)
+            self._wal_fd = os.open(wal, os.O_RDONLY)
+            # A new WAL file is durable only once its directory entry is.
+            dir_fd = os.open(self.path.parent, os.O_RDONLY)
+            try:
+                os.fsync(dir_fd)
+            finally:
+                os.close(dir_fd)
+        return self._wal_fd
+
+    @contextmanager
+    def _read(self) -> Iterator[Tx]:
+        """A consistent read snapshot on a pooled reader connection."""
+        with self._readers_lock:
+            conn = self._readers.pop() if self._readers else None
+        conn = conn or self._connect()
+        try:
+            with _storage_errors():
+                conn.execute("BEGIN")
+                try:
+                    yield Tx(conn.cursor(), self.DIALECT, self._clock())
+                finally:
+                    if conn.in_transaction:
+                        conn.execute("COMMIT")
+        finally:
+            self._give_back(conn)
+
+    def _give_back(self, conn: sqlite3.Connection) -> None:
+        with self._readers_lock:
+            if len(self._readers) < READERS_KEPT and self._writer_conn is not None:
+                self._readers.append(conn)
+                return
+        conn.close()
+
+    def _insert_tasks(self, tx: Tx, rows: list[dict[str, Any]]) -> list[int]:
+        tx.many("insert_tasks", rows)
+        # One writer at a time, so AUTOINCREMENT hands this batch consecutive ids.
+        last = tx.one("last_insert_id")["id"]
+        return list(range(last - len(rows) + 1, last + 1))
+
+    def _migrate(self) -> None:
+        """Create the base schema, then apply every migration the database has not seen."""
+        with self._write() as tx:
+            tx.run_script(SQLITE_SCHEMA)
+            row = tx.one("schema_version_get")
+            version = int(row["value"]) if row is not None else 1
+            if version > SCHEMA_VERSION:
+                raise StoreError(f"database schema version {version} is newer than this code "
+                                 f"({SCHEMA_VERSION}); upgrade the dispatcher")
+            for target in range(version + 1, SCHEMA_VERSION + 1):
+                tx.run_script(SQLITE_MIGRATIONS[target])
+                log.info("database migrated to schema version %s", target)
+            tx.run("schema_version_put", {"version": str(SCHEMA_VERSION)})
+
+    def close(self) -> None:
+        """Close every connection this store opened."""
+        with self._readers_lock:
+            readers, self._readers = self._readers, []
+        for conn in readers:
+            conn.close()
+        with self._write_lock:
+            if self._writer_conn is not None:
+                self._writer_conn.close()
+                self._writer_conn = None  # type: ignore[assignment]
+        with self._sync_lock:
+            if self._wal_fd is not None:
+                os.close(self._wal_fd)
+                self._wal_fd = None
+
+    def ping(self) -> None:
+        """Raise StorageUnavailable unless the database answers a query."""
+        with self._read() as tx:
+            tx.one("ping")
+
+    def integrity_check(self) -> str:
+        """Run SQLite's integrity check; 'ok' when the file is sound."""
+        with self._read() as tx:
+            return tx.one("integrity_check")[0]
+
+
+def _is_busy(exc: sqlite3.OperationalError) -> bool:
+    text = str(exc).lower()
+    return "locked" in text or "busy" in text
+
+
+def _run_script(cursor: sqlite3.Cursor, script: str) -> None:
+    """Execute a fixed SQL script statement by statement inside the caller's transaction.
+
+    (``executescript`` would commit the transaction first.) Trigger bodies contain ';', so a
+    statement ends where SQLite says it is complete.
+    """
+    pending = ""
+    for piece in script.split(";"):
+        pending += piece + ";"
+        if sqlite3.complete_statement(pending):
+            if pending.strip(" \n;"):
+                cursor.execute(pending)
+            pending = ""
+
+
+@contextmanager
+def _storage_errors() -> Iterator[None]:
+    """Turn SQLite's locked/busy/full errors into StorageUnavailable (a 503, not a 500)."""
+    try:
+        yield
+    except sqlite3.OperationalError as exc:
+        text = str(exc).lower()
+        if any(word in text for word in ("locked", "busy", "full", "disk i/o")):
+            raise StorageUnavailable(str(exc)) from exc
+        raise
+    except sqlite3.DatabaseError as exc:
+        if "full" in str(exc).lower():
+            raise StorageUnavailable(str(exc)) from exc
+        raise
