@@ -32,7 +32,8 @@ from benchmarks.peers.pg_adapters import pg_peers
 from benchmarks.pg import PG_SYSTEMS
 from benchmarks.systems import QueueSystem, run_drain, run_roundtrip
 
-WORKLOADS = ("drain", "roundtrip", "cross_roundtrip", "submission", "big_queue", "kernels",
+WORKLOADS = ("drain", "roundtrip", "cross_roundtrip", "submission", "big_queue", "big_queue_pg",
+             "kernels",
              "scaling")
 QUEUE_WORKLOADS = {"drain", "roundtrip", "cross_roundtrip"}
 """The workloads that run peers (cross_roundtrip runs ours-pg only, when it is selected)."""
@@ -259,6 +260,9 @@ def run_workloads(args: argparse.Namespace, sizes: Sizes, workdir: Path) -> dict
         "big_queue": lambda: ours_workloads.big_queue(
             args.project_root, workdir, sizes.small_pending, sizes.big_pending,
             sizes.claim_samples, args.repeats),
+        "big_queue_pg": lambda: ours_workloads.big_queue(
+            args.project_root, workdir, sizes.small_pending, sizes.big_pending,
+            sizes.claim_samples, args.repeats, postgres=True),
         "kernels": lambda: kernels.run_all(
             args.project_root, sizes.sieve_limit, sizes.sieve_window_end, sizes.trial_limit,
             args.repeats, args.primesieve),

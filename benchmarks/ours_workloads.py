@@ -11,6 +11,7 @@ from typing import Any
 
 from benchmarks.common import BenchError, PeakRss, median, percentile, rss_mib, wait_for
 from benchmarks.ours import ProjectCluster, run_add_task
+from benchmarks.pg import FreshDatabase, analyze
 
 FILL_BATCH = 10_000
 """Tasks per request when filling a big queue (the dispatcher's default MAX_BATCH_SIZE)."""
@@ -22,8 +23,9 @@ def _log(workload: str, message: str) -> None:
     print(f"[{workload}] {message}", file=sys.stderr, flush=True)
 
 
-def _cluster(project_root: Path, workdir: Path, label: str) -> ProjectCluster:
-    cluster = ProjectCluster(workdir / f"{label}-{uuid.uuid4().hex[:8]}", project_root)
+def _cluster(project_root: Path, workdir: Path, label: str,
+             env: dict[str, str] | None = None) -> ProjectCluster:
+    cluster = ProjectCluster(workdir / f"{label}-{uuid.uuid4().hex[:8]}", project_root, env)
     try:
         cluster.start_dispatcher()
     except Exception:
@@ -118,22 +120,38 @@ def _stats_ms(cluster: ProjectCluster) -> float:
 
 
 def big_queue(project_root: Path, workdir: Path, small: int, big: int, samples: int,
-              repeats: int) -> dict[str, Any]:
+              repeats: int, postgres: bool = False) -> dict[str, Any]:
     """Workload 4: claim latency and dispatcher memory with ``big`` vs ``small`` pending tasks.
 
     Both dispatchers run at once and are sampled in alternating blocks. Each queue is filled
     with ``samples * repeats`` extra tasks so that it never drops below its nominal size.
+    With ``postgres`` each queue is a fresh PostgreSQL database (analysed after the fill, as
+    autovacuum would), otherwise a temp SQLite file.
     """
+    databases = {key: FreshDatabase(f"bigq_{key}") for key in ("small", "big")} if postgres \
+        else {}
+    try:
+        return _big_queue(project_root, workdir, small, big, samples, repeats, databases)
+    finally:
+        for database in databases.values():
+            database.drop()
+
+
+def _big_queue(project_root: Path, workdir: Path, small: int, big: int, samples: int,
+               repeats: int, databases: dict[str, FreshDatabase]) -> dict[str, Any]:
     peaks = PeakRss()
     info: dict[str, dict[str, Any]] = {}
-    clusters = {"small": _cluster(project_root, workdir, "small")}
+    env = {key: {"DATABASE_URL": db.create()} for key, db in databases.items()}
+    clusters = {"small": _cluster(project_root, workdir, "small", env.get("small"))}
     try:
-        clusters["big"] = _cluster(project_root, workdir, "big")
+        clusters["big"] = _cluster(project_root, workdir, "big", env.get("big"))
         for key, pending in (("small", small), ("big", big)):
             peaks.watch(clusters[key].dispatcher.pid)  # type: ignore[union-attr]
             _log("big_queue", f"filling {pending:,} + {samples * repeats} tasks ...")
             info[key] = {"pending": pending, **_fill(clusters[key], pending + samples * repeats)}
             _log("big_queue", f"  {info[key]['fill_tasks_per_second']:.0f} tasks/s")
+            if key in databases:
+                analyze(databases[key].url)
         claimers = {key: Claimer(cluster) for key, cluster in clusters.items()}
         latencies: dict[str, list[list[float]]] = {"small": [], "big": []}
         for repeat in range(repeats):

@@ -94,6 +94,9 @@ TARGETS = (
            _over("roundtrip", "ours-pg", "procrastinate"), 1.0, False),
     Target("pg_roundtrip_vs_pgqueuer", "idle round trip p50, ours-pg / PgQueuer",
            _over("roundtrip", "ours-pg", "pgqueuer"), 0.1, False),
+    Target("pg_claim_1m_vs_1k", "claim p50 on PostgreSQL with 1M pending / with 1k pending",
+           lambda r: _ratio(get_path(r, "big_queue_pg", "big", "claim_p50_ms"),
+                            get_path(r, "big_queue_pg", "small", "claim_p50_ms")), 1.5, False),
     Target("pg_cross_roundtrip", "round trip p50, ours-pg across 2 dispatchers / on one",
            _cross_over_same, 2.0, False),
 )
