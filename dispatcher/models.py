@@ -145,6 +145,12 @@ class Checkpoint:
         """Build from a ``checkpoints`` row."""
         return cls(json.loads(row["state"]), row["progress"], row["attempt"], row["saved_at"])
 
+    @classmethod
+    def from_joined(cls, row: Any) -> "Checkpoint":
+        """Build from a task row with the checkpoint joined in as ``cp_*`` columns."""
+        return cls(json.loads(row["cp_state"]), row["cp_progress"], row["cp_attempt"],
+                   row["cp_saved_at"])
+
     def to_dict(self) -> dict[str, Any]:
         """The JSON form sent to a worker with its claim."""
         return {

@@ -106,14 +106,13 @@ class Dispatcher:
         """Record ``reports``, then lease up to ``limit`` tasks, waiting up to ``wait_seconds``."""
         deadline = time.monotonic() + min(wait_seconds, self.config.max_wait_seconds)
         outcomes: list[Outcome] = []
-        arriving = True
+        woken = False
         while True:
             seen = self.tasks_available.generation
             claimed = self.store.claim(
                 worker_id, instance_id, limit, self.config.lease_duration, reports,
-                on_commit=self.tasks_finished.notify if reports else None, arriving=arriving,
+                on_commit=self.tasks_finished.notify if reports else None, woken=woken,
             )
-            arriving = False
             if reports:
                 outcomes, reports = claimed.outcomes, ()
                 self._after_results(worker_id, outcomes)
@@ -122,13 +121,13 @@ class Dispatcher:
             if claimed.leases or remaining <= 0 or limit <= 0:
                 self._count_claim(worker_id, claimed.leases)
                 return claimed.leases, outcomes
-            self._wait_for_tasks(seen, min(remaining, RECHECK_SECONDS))
+            woken = self._wait_for_tasks(seen, min(remaining, RECHECK_SECONDS))
 
-    def _wait_for_tasks(self, seen: int, seconds: float) -> None:
+    def _wait_for_tasks(self, seen: int, seconds: float) -> bool:
         with self._counts_lock:
             self.claims_waiting += 1
         try:
-            self.tasks_available.wait(seen, seconds)
+            return self.tasks_available.wait(seen, seconds)
         finally:
             with self._counts_lock:
                 self.claims_waiting -= 1

@@ -37,21 +37,30 @@ QUERIES: dict[str, str] = {
         WITH next AS (
             SELECT task_id FROM tasks WHERE status = 'pending'
              ORDER BY priority DESC, task_id LIMIT %(limit)s
-               FOR UPDATE SKIP LOCKED)
-        UPDATE tasks t
-           SET status = 'in-progress', attempt = t.attempt + 1, worker_id = %(worker_id)s,
-               worker_instance = %(instance_id)s, lease_expires_at = %(lease_expires_at)s,
-               claimed_at = %(now)s, started_at = COALESCE(t.started_at, %(now)s)
-          FROM next WHERE t.task_id = next.task_id
-        RETURNING t.task_id, t.task_type, t.params, t.attempt, t.lease_expires_at""",
+               FOR UPDATE SKIP LOCKED),
+        claimed AS (
+            UPDATE tasks t
+               SET status = 'in-progress', attempt = t.attempt + 1, worker_id = %(worker_id)s,
+                   worker_instance = %(instance_id)s, lease_expires_at = %(lease_expires_at)s,
+                   claimed_at = %(now)s, started_at = COALESCE(t.started_at, %(now)s)
+              FROM next WHERE t.task_id = next.task_id
+            RETURNING t.task_id, t.task_type, t.params, t.attempt, t.lease_expires_at)
+        SELECT c.*, cp.state AS cp_state, cp.progress AS cp_progress,
+               cp.attempt AS cp_attempt, cp.saved_at AS cp_saved_at
+          FROM claimed c LEFT JOIN checkpoints cp USING (task_id)""",
     "move_complete": """
-        UPDATE tasks SET status = 'completed', progress = 1.0, lease_expires_at = NULL,
+        UPDATE tasks t SET status = 'completed', progress = 1.0, lease_expires_at = NULL,
                finished_at = %(now)s
-         WHERE task_id = %(task_id)s AND status = 'in-progress' RETURNING task_id""",
+          FROM unnest(%(ids)s::bigint[], %(attempts)s::int[]) AS r (task_id, attempt)
+         WHERE t.task_id = r.task_id AND t.attempt = r.attempt
+           AND t.status = 'in-progress' AND t.worker_id = %(worker_id)s
+        RETURNING t.task_id""",
     "move_fail": """
         UPDATE tasks SET status = 'failed', error = %(error)s, lease_expires_at = NULL,
                finished_at = %(now)s
-         WHERE task_id = %(task_id)s AND status = 'in-progress' RETURNING task_id""",
+         WHERE task_id = %(task_id)s AND status = 'in-progress' AND attempt = %(attempt)s
+           AND worker_id = %(worker_id)s
+        RETURNING task_id""",
     "move_requeue": """
         UPDATE tasks SET status = 'pending', lease_expires_at = NULL
          WHERE task_id = %(task_id)s AND status = 'in-progress' AND attempt = %(attempt)s
@@ -88,7 +97,9 @@ QUERIES: dict[str, str] = {
          ORDER BY t.task_id DESC LIMIT %(limit)s""",
     "task_lease": """
         SELECT status, attempt, worker_id, task_type FROM tasks WHERE task_id = %(task_id)s""",
-    "task_failure": "SELECT attempt, worker_id, error FROM tasks WHERE task_id = %(task_id)s",
+    "task_leases": """
+        SELECT task_id, status, attempt, worker_id, task_type, error FROM tasks
+         WHERE task_id = ANY(%(ids)s)""",
     "renew_lease": """
         UPDATE tasks SET progress = %(progress)s, lease_expires_at = %(lease_expires_at)s
          WHERE task_id = %(task_id)s""",
@@ -125,8 +136,10 @@ QUERIES: dict[str, str] = {
             worker_id = excluded.worker_id, state = excluded.state,
             progress = excluded.progress, saved_at = excluded.saved_at""",
     "checkpoint_drop": "DELETE FROM checkpoints WHERE task_id = %(task_id)s",
-    "result_get": """
-        SELECT attempt, worker_id, result FROM task_results WHERE task_id = %(task_id)s""",
+    "checkpoints_drop": "DELETE FROM checkpoints WHERE task_id = ANY(%(ids)s)",
+    "results_of": """
+        SELECT task_id, attempt, worker_id, result FROM task_results
+         WHERE task_id = ANY(%(ids)s)""",
     "result_put": """
         INSERT INTO task_results (task_id, attempt, worker_id, result, created_at)
         VALUES (%(task_id)s, %(attempt)s, %(worker_id)s, %(result)s, %(now)s)""",
@@ -141,20 +154,22 @@ QUERIES: dict[str, str] = {
     "worker_idle": """
         SELECT w.instance_id, w.status,
                EXISTS (SELECT 1 FROM tasks WHERE status = 'pending') AS pending,
-               EXISTS (SELECT 1 FROM tasks t WHERE t.status = 'in-progress'
-                          AND t.worker_id = w.worker_id
-                          AND t.worker_instance = w.instance_id) AS leased
+               (SELECT COUNT(*) FROM tasks t WHERE t.status = 'in-progress'
+                   AND t.worker_id = w.worker_id
+                   AND t.worker_instance = w.instance_id) AS leased
           FROM workers w WHERE w.worker_id = %(worker_id)s""",
     "worker_upsert": """
-        INSERT INTO workers (worker_id, instance_id, status, last_heartbeat, registered_at)
-        VALUES (%(worker_id)s, %(instance_id)s, 'alive', %(now)s, %(now)s)
+        INSERT INTO workers (worker_id, instance_id, status, last_heartbeat, registered_at,
+                             tasks_completed)
+        VALUES (%(worker_id)s, %(instance_id)s, 'alive', %(now)s, %(now)s, %(completed)s)
         ON CONFLICT (worker_id) DO UPDATE SET instance_id = excluded.instance_id,
-            status = 'alive', last_heartbeat = excluded.last_heartbeat""",
+            status = 'alive', last_heartbeat = excluded.last_heartbeat,
+            tasks_completed = workers.tasks_completed + excluded.tasks_completed""",
     "worker_touch": """
         UPDATE workers SET last_heartbeat = %(now)s, status = 'alive'
          WHERE worker_id = %(worker_id)s""",
     "worker_completed": """
-        UPDATE workers SET tasks_completed = tasks_completed + 1
+        UPDATE workers SET tasks_completed = tasks_completed + %(completed)s
          WHERE worker_id = %(worker_id)s""",
     "worker_mark": "UPDATE workers SET status = %(status)s WHERE worker_id = %(worker_id)s",
     "worker_seen": """
@@ -190,7 +205,7 @@ QUERIES: dict[str, str] = {
     # -- PostgreSQL only --
     "clock": "SELECT extract(epoch FROM clock_timestamp())::float8 AS now",
     "begin": "BEGIN",
-    "begin_async": "BEGIN; SET LOCAL synchronous_commit TO off",
+    "no_flush_wait": "SET LOCAL synchronous_commit TO off",
     "commit": "COMMIT",
     "sweep_lock": "SELECT pg_try_advisory_xact_lock(%(key)s) AS locked",
     "migrate_lock": "SELECT pg_advisory_xact_lock(%(key)s)",
@@ -260,19 +275,32 @@ class PostgresStore(Store):
 
     @contextmanager
     def _write(self, durable: bool = True, on_commit: OnCommit = None) -> Iterator[Tx]:
-        """A transaction; one that need not wait for the WAL flush commits without waiting."""
+        """A transaction in pipeline mode; one that need not be flushed commits without waiting.
+
+        In pipeline mode a statement whose result is not read travels with the next one that
+        is (or with the COMMIT): a transaction costs a round trip per result it reads, plus one.
+        """
         with _storage_errors(), self._pool.connection() as conn:
-            cursor = conn.cursor()
-            cursor.execute(QUERIES["begin" if durable else "begin_async"])
             try:
-                yield Tx(cursor, self.DIALECT, self.now())
-                cursor.execute(QUERIES["commit"])
+                with conn.pipeline():
+                    cursor = conn.cursor()
+                    cursor.execute(QUERIES["begin"])
+                    if not durable:
+                        cursor.execute(QUERIES["no_flush_wait"])
+                    yield Tx(cursor, self.DIALECT, self.now())
+                    conn.execute(QUERIES["commit"])
             except BaseException:
                 if conn.info.transaction_status != TransactionStatus.IDLE:
                     conn.rollback()
                 raise
         if on_commit is not None:
             on_commit()
+
+    @contextmanager
+    def _ddl(self) -> Iterator[Tx]:
+        """A plain transaction for schema scripts (several statements in one, no pipeline)."""
+        with _storage_errors(), self._pool.connection() as conn, conn.transaction():
+            yield Tx(conn.cursor(), self.DIALECT, self.now())
 
     @contextmanager
     def _read(self) -> Iterator[Tx]:
@@ -290,7 +318,7 @@ class PostgresStore(Store):
 
     def _notify(self, tx: Tx, channel: str, count: int = 1) -> None:
         if count > 0:
-            tx.one("notify", {"channel": channel, "payload": f"{self.origin}:{count}"})
+            tx.run("notify", {"channel": channel, "payload": f"{self.origin}:{count}"})
 
     def _sweep_lock(self, tx: Tx) -> bool:
         if self._clock is None:
@@ -304,7 +332,7 @@ class PostgresStore(Store):
 
     def _migrate(self) -> None:
         """Create or upgrade the schema once, however many dispatchers start at the same time."""
-        with self._write() as tx:
+        with self._ddl() as tx:
             tx.one("migrate_lock", {"key": MIGRATE_LOCK})
             tx.run_script("CREATE TABLE IF NOT EXISTS schema_info "
                           "(key text PRIMARY KEY, value text NOT NULL)")

@@ -40,11 +40,16 @@ QUERIES: dict[str, str] = {
     "move_complete": """
         UPDATE tasks SET status = 'completed', progress = 1.0, lease_expires_at = NULL,
                finished_at = :now
-         WHERE task_id = :task_id AND status = 'in-progress' RETURNING task_id""",
+         WHERE status = 'in-progress' AND worker_id = :worker_id
+           AND (task_id, attempt) IN (SELECT i.value, a.value FROM json_each(:ids) i
+                                      JOIN json_each(:attempts) a ON a.key = i.key)
+        RETURNING task_id""",
     "move_fail": """
         UPDATE tasks SET status = 'failed', error = :error, lease_expires_at = NULL,
                finished_at = :now
-         WHERE task_id = :task_id AND status = 'in-progress' RETURNING task_id""",
+         WHERE task_id = :task_id AND status = 'in-progress' AND attempt = :attempt
+           AND worker_id = :worker_id
+        RETURNING task_id""",
     "move_requeue": """
         UPDATE tasks SET status = 'pending', lease_expires_at = NULL
          WHERE task_id = :task_id AND status = 'in-progress' AND attempt = :attempt
@@ -78,7 +83,9 @@ QUERIES: dict[str, str] = {
          ORDER BY t.task_id DESC LIMIT :limit""",
     "task_lease": """
         SELECT status, attempt, worker_id, task_type FROM tasks WHERE task_id = :task_id""",
-    "task_failure": "SELECT attempt, worker_id, error FROM tasks WHERE task_id = :task_id",
+    "task_leases": """
+        SELECT task_id, status, attempt, worker_id, task_type, error FROM tasks
+         WHERE task_id IN (SELECT value FROM json_each(:ids))""",
     "renew_lease": """
         UPDATE tasks SET progress = :progress, lease_expires_at = :lease_expires_at
          WHERE task_id = :task_id""",
@@ -115,7 +122,11 @@ QUERIES: dict[str, str] = {
             worker_id = excluded.worker_id, state = excluded.state,
             progress = excluded.progress, saved_at = excluded.saved_at""",
     "checkpoint_drop": "DELETE FROM checkpoints WHERE task_id = :task_id",
-    "result_get": "SELECT attempt, worker_id, result FROM task_results WHERE task_id = :task_id",
+    "checkpoints_drop": """
+        DELETE FROM checkpoints WHERE task_id IN (SELECT value FROM json_each(:ids))""",
+    "results_of": """
+        SELECT task_id, attempt, worker_id, result FROM task_results
+         WHERE task_id IN (SELECT value FROM json_each(:ids))""",
     "result_put": """
         INSERT INTO task_results (task_id, attempt, worker_id, result, created_at)
         VALUES (:task_id, :attempt, :worker_id, :result, :now)""",
@@ -130,19 +141,22 @@ QUERIES: dict[str, str] = {
     "worker_idle": """
         SELECT w.instance_id, w.status,
                EXISTS (SELECT 1 FROM tasks WHERE status = 'pending') AS pending,
-               EXISTS (SELECT 1 FROM tasks t WHERE t.status = 'in-progress'
-                          AND t.worker_id = w.worker_id
-                          AND t.worker_instance = w.instance_id) AS leased
+               (SELECT COUNT(*) FROM tasks t WHERE t.status = 'in-progress'
+                   AND t.worker_id = w.worker_id
+                   AND t.worker_instance = w.instance_id) AS leased
           FROM workers w WHERE w.worker_id = :worker_id""",
     "worker_upsert": """
-        INSERT INTO workers (worker_id, instance_id, status, last_heartbeat, registered_at)
-        VALUES (:worker_id, :instance_id, 'alive', :now, :now)
+        INSERT INTO workers (worker_id, instance_id, status, last_heartbeat, registered_at,
+                             tasks_completed)
+        VALUES (:worker_id, :instance_id, 'alive', :now, :now, :completed)
         ON CONFLICT (worker_id) DO UPDATE SET instance_id = excluded.instance_id,
-            status = 'alive', last_heartbeat = excluded.last_heartbeat""",
+            status = 'alive', last_heartbeat = excluded.last_heartbeat,
+            tasks_completed = tasks_completed + excluded.tasks_completed""",
     "worker_touch": """
         UPDATE workers SET last_heartbeat = :now, status = 'alive' WHERE worker_id = :worker_id""",
     "worker_completed": """
-        UPDATE workers SET tasks_completed = tasks_completed + 1 WHERE worker_id = :worker_id""",
+        UPDATE workers SET tasks_completed = tasks_completed + :completed
+         WHERE worker_id = :worker_id""",
     "worker_mark": "UPDATE workers SET status = :status WHERE worker_id = :worker_id",
     "worker_seen": """
         UPDATE workers SET last_heartbeat = MAX(last_heartbeat, :at)

@@ -73,9 +73,21 @@ class Tx:
         """Every row of a named query."""
         return list(self.cursor.execute(self._dialect.queries[name], params or {}).fetchall())
 
-    def run(self, name: str, params: Mapping[str, Any] | None = None) -> int:
-        """Execute a named statement; the number of rows it changed."""
-        return self.cursor.execute(self._dialect.queries[name], params or {}).rowcount
+    def run(self, name: str, params: Mapping[str, Any] | None = None) -> None:
+        """Execute a named statement whose result is not needed.
+
+        (On PostgreSQL a transaction runs in pipeline mode: such statements travel with the
+        next one whose result is read, or with the COMMIT, instead of a round trip each.)
+        """
+        self.cursor.execute(self._dialect.queries[name], params or {})
+
+    def pair(self, first: str, first_params: Mapping[str, Any], second: str,
+             second_params: Mapping[str, Any]) -> tuple[list[Row], list[Row]]:
+        """Run two named queries, then read both (on PostgreSQL: one round trip for both)."""
+        other = self.cursor.connection.cursor()
+        self.cursor.execute(self._dialect.queries[first], first_params)
+        other.execute(self._dialect.queries[second], second_params)
+        return list(self.cursor.fetchall()), list(other.fetchall())
 
     def many(self, name: str, rows: Sequence[Mapping[str, Any]]) -> None:
         """Execute a named statement once per parameter set."""
@@ -98,6 +110,21 @@ class Claimed:
     leases: list[Lease]
     reclaims: list[Reclaim]
     outcomes: list[Outcome]
+
+
+@dataclass(frozen=True)
+class Look:
+    """What one read says about a worker about to claim."""
+
+    known: bool  # registered and alive as this very instance
+    pending: bool  # some task is pending
+    leased: int  # leases this instance holds (perhaps from a claim whose answer was lost)
+    at: float  # when (the store's clock)
+
+    @property
+    def idle(self) -> bool:
+        """Nothing to do but note its liveness: known, nothing pending, nothing held."""
+        return self.known and not self.pending and not self.leased
 
 
 @dataclass(frozen=True)
@@ -190,20 +217,28 @@ class Store(abc.ABC):
 
     # -- workers ------------------------------------------------------------------------------
 
-    def _register(self, tx: Tx, worker_id: str, instance_id: str | None) -> list[Reclaim]:
-        """Mark the worker alive; a new instance of a known worker frees the old one's tasks."""
+    def _free_other_instances(self, tx: Tx, worker_id: str, instance_id: str | None
+                              ) -> list[Reclaim]:
+        """A new instance of a known worker: the tasks the earlier one held go back at once."""
         row = tx.one("worker_get", {"worker_id": worker_id})
-        reclaimed: list[Reclaim] = []
-        if row is not None and instance_id is not None and row["instance_id"] != instance_id:
-            held = tx.all("held_by_other_instance",
-                          {"worker_id": worker_id, "instance_id": instance_id})
-            reclaimed = self._requeue_all(tx, held, worker_id, ReclaimCause.WORKER_RESTARTED)
-        params = {"worker_id": worker_id, "instance_id": instance_id, "now": tx.now}
-        if row is None or instance_id is not None:
-            tx.run("worker_upsert", params)
-        else:
+        if row is None or instance_id is None or row["instance_id"] == instance_id:
+            return []
+        held = tx.all("held_by_other_instance", {"worker_id": worker_id, "instance_id": instance_id})
+        return self._requeue_all(tx, held, worker_id, ReclaimCause.WORKER_RESTARTED)
+
+    def _upsert_worker(self, tx: Tx, worker_id: str, instance_id: str | None,
+                       completed: int = 0) -> None:
+        """Mark the worker alive (as this instance), adding ``completed`` results.
+
+        The last statement of its transaction: every transaction locks task rows before the
+        worker's row, so that two of them never wait on each other in a cycle (PostgreSQL).
+        """
+        params = {"worker_id": worker_id, "instance_id": instance_id, "now": tx.now,
+                  "completed": completed}
+        if instance_id is None:
             tx.run("worker_touch", params)
-        return reclaimed
+        else:
+            tx.run("worker_upsert", params)
 
     def heartbeat(
         self, worker_id: str, instance_id: str | None, held: Sequence[Held],
@@ -223,7 +258,7 @@ class Store(abc.ABC):
         if quiet is not None:
             return quiet, []
         with self._write(durable=False) as tx:
-            reclaimed = self._register(tx, worker_id, instance_id)
+            reclaimed = self._free_other_instances(tx, worker_id, instance_id)
             revoked = [task_id for task_id, attempt in held
                        if not _holds(tx, task_id, attempt, worker_id)]
             if unlisted_grace is not None and instance_id is not None:
@@ -234,6 +269,7 @@ class Store(abc.ABC):
                         and row["claimed_at"] < tx.now - unlisted_grace]
                 reclaimed += self._requeue_all(tx, lost, worker_id, ReclaimCause.LOST_CLAIM,
                                                counts=False)
+            self._upsert_worker(tx, worker_id, instance_id)
         return revoked, reclaimed
 
     def _quiet_heartbeat(self, worker_id: str, instance_id: str | None, held: Sequence[Held],
@@ -264,41 +300,75 @@ class Store(abc.ABC):
 
     def claim(
         self, worker_id: str, instance_id: str | None, limit: int, lease_seconds: float,
-        reports: Sequence[Report] = (), on_commit: OnCommit = None, arriving: bool = True,
+        reports: Sequence[Report] = (), on_commit: OnCommit = None, woken: bool = False,
     ) -> Claimed:
         """Record ``reports`` (as :meth:`complete`), then lease up to ``limit`` pending tasks.
 
         One transaction: a worker acknowledges its last batch and takes the next in one
-        round trip. Durable only when it carries reports. ``arriving=False`` is a long poll
-        looking again after a wake-up: the worker was registered when the request arrived.
-        A known worker's claim that carries nothing and finds nothing is answered from a read.
+        round trip. Durable only when it carries reports. A known worker's claim that carries
+        nothing and finds nothing is answered from one read, its liveness noted for the next
+        sweep. ``woken`` says a task was just announced: then the claim is tried at once,
+        with the worker's state read alongside (one round trip on PostgreSQL).
         """
-        if not reports and limit > 0 and self._nothing_to_claim(worker_id, instance_id):
-            return Claimed([], [], [])
+        if woken and not reports and limit > 0:
+            claimed = self._claim_at_once(worker_id, instance_id, limit, lease_seconds)
+            if claimed is not None:
+                return claimed
+        look = None
+        if not reports:
+            look = self._look(worker_id, instance_id)
+            if limit > 0 and look.idle:
+                self._beats.seen(worker_id, look.at)
+                return Claimed([], [], [])
         with self._write(durable=bool(reports), on_commit=on_commit) as tx:
-            outcomes = self._record(tx, worker_id, reports)
-            reclaimed = self._register(tx, worker_id, instance_id) if arriving else []
-            if limit <= 0:
-                return Claimed([], reclaimed, outcomes)
-            lost = _lost_claims(tx, worker_id, instance_id)
-            rows = move(tx, Move.CLAIM, {
-                "worker_id": worker_id, "instance_id": instance_id, "now": tx.now,
-                "lease_expires_at": tx.now + lease_seconds, "limit": max(0, limit - len(lost)),
-            })
-            leases = _leases(tx, lost + rows, lease_seconds)
+            rows: dict[int, Row] = {}
+            if look is None:  # read with the reports' tasks: one round trip for both
+                found, leased = tx.pair(
+                    "worker_idle", {"worker_id": worker_id}, "task_leases",
+                    {"ids": tx.id_list(sorted({r.task_id for r in reports}))})
+                look = _look_from(found[0] if found else None, instance_id, tx.now)
+                rows = {row["task_id"]: row for row in leased}
+            outcomes, completed = self._record(tx, worker_id, reports, rows)
+            reclaimed = [] if look.known else self._free_other_instances(tx, worker_id,
+                                                                         instance_id)
+            leases: list[Lease] = []
+            if limit > 0:
+                # Leases beyond the ones these reports finish are claims whose answer was lost.
+                reported = sum(1 for row in rows.values() if row["worker_id"] == worker_id
+                               and row["status"] == TaskStatus.IN_PROGRESS.value)
+                lost = (_lost_claims(tx, worker_id, instance_id)
+                        if look.leased > reported else [])
+                claimed_rows = move(tx, Move.CLAIM, _claim_params(
+                    tx, worker_id, instance_id, limit - len(lost), lease_seconds))
+                leases = _leases(tx, lost + claimed_rows, lease_seconds)
+            if look.known and not completed:
+                self._beats.seen(worker_id, tx.now)
+            else:
+                self._upsert_worker(tx, worker_id, instance_id, completed)
         return Claimed(leases, reclaimed, outcomes)
 
-    def _nothing_to_claim(self, worker_id: str, instance_id: str | None) -> bool:
-        """True when a known, live worker instance holds no lease and no task is pending."""
-        if instance_id is None:
-            return False
-        with self._read() as tx:  # one statement: the worker, any pending task, its leases
-            row = tx.one("worker_idle", {"worker_id": worker_id})
-        idle = (row is not None and _alive_as(row, instance_id)
-                and not row["pending"] and not row["leased"])
-        if idle:
-            self._beats.seen(worker_id, tx.now)
-        return idle
+    def _claim_at_once(self, worker_id: str, instance_id: str | None, limit: int,
+                       lease_seconds: float) -> Claimed | None:
+        """Claim without looking first; None (nothing done) unless the worker is known, alive
+        and holds no lease (then the ordinary path handles registration or re-delivery)."""
+        try:
+            with self._write(durable=False) as tx:
+                found, claimed_rows = tx.pair(
+                    "worker_idle", {"worker_id": worker_id}, Move.CLAIM.query,
+                    _claim_params(tx, worker_id, instance_id, limit, lease_seconds))
+                look = _look_from(found[0] if found else None, instance_id, tx.now)
+                if not look.known or look.leased:
+                    raise _NotAtOnce
+                leases = _leases(tx, claimed_rows, lease_seconds)
+        except _NotAtOnce:
+            return None
+        self._beats.seen(worker_id, tx.now)
+        return Claimed(leases, [], [])
+
+    def _look(self, worker_id: str, instance_id: str | None) -> Look:
+        """One read: is this instance known and alive, is anything pending, does it hold leases."""
+        with self._read() as tx:
+            return _look_in(tx, worker_id, instance_id)
 
     def checkpoint(
         self, worker_id: str, task_id: int, attempt: int, state: dict[str, Any],
@@ -343,7 +413,11 @@ class Store(abc.ABC):
         its task with the reason.
         """
         with self._write(on_commit=on_commit) as tx:
-            return self._record(tx, worker_id, reports)
+            outcomes, completed = self._record(tx, worker_id, reports)
+            if completed:
+                tx.run("worker_completed", {"worker_id": worker_id, "completed": completed,
+                                            "now": tx.now})
+        return outcomes
 
     def cancel(self, task_id: int) -> Task:
         """Cancel a task that has not finished; raise StaleLease if it already has."""
@@ -371,8 +445,8 @@ class Store(abc.ABC):
         requeued) and expired leases are requeued. First, whatever the lock says, the
         heartbeats this dispatcher answered from reads since the last sweep are written.
         """
+        self._flush_beats()
         with self._write(durable=False) as tx:
-            self._beats.flush(tx)
             if not self._sweep_lock(tx):
                 return Swept(False, [], None)
             resumed_at = self._resume_if_gap(tx, lease_seconds, gap_seconds)
@@ -384,6 +458,12 @@ class Store(abc.ABC):
                                                ReclaimCause.EXPIRED_LEASE)
             self._compact(tx)
         return Swept(True, reclaimed, resumed_at)
+
+    def _flush_beats(self) -> None:
+        """Write the heartbeats answered from reads since the last sweep (one transaction)."""
+        if self._beats.pending():
+            with self._write(durable=False) as tx:
+                self._beats.flush(tx)
 
     def _resume_if_gap(self, tx: Tx, lease_seconds: float, gap_seconds: float) -> float:
         state = {row["name"]: row["value"] for row in tx.all("cluster_get")}
@@ -402,9 +482,9 @@ class Store(abc.ABC):
         reclaimed: list[Reclaim] = []
         for row in tx.all("workers_silent", {"silent_since": silent_since}):
             worker_id = row["worker_id"]
-            tx.run("worker_mark", {"status": WorkerStatus.DEAD.value, "worker_id": worker_id})
             held = tx.all("held_by_worker", {"worker_id": worker_id})
             reclaimed += self._requeue_all(tx, held, worker_id, ReclaimCause.DEAD_WORKER)
+            tx.run("worker_mark", {"status": WorkerStatus.DEAD.value, "worker_id": worker_id})
         return reclaimed
 
     # -- reads --------------------------------------------------------------------------------
@@ -440,11 +520,53 @@ class Store(abc.ABC):
 
     # -- helpers inside transactions ----------------------------------------------------------
 
-    def _record(self, tx: Tx, worker_id: str, reports: Sequence[Report]) -> list[Outcome]:
-        outcomes = [_record_one(tx, worker_id, report) for report in reports]
-        if any(o.outcome in (OutcomeKind.ACCEPTED, OutcomeKind.REFUSED) for o in outcomes):
+    def _record(self, tx: Tx, worker_id: str, reports: Sequence[Report],
+                rows: dict[int, Row] | None = None) -> tuple[list[Outcome], int]:
+        """Record reports with a handful of set-based statements; outcomes, and results stored.
+
+        A report is accepted only from the current holder (task, attempt, worker), checked by
+        the statement that moves the task, so a concurrent reclaim on another dispatcher can
+        never let a stale report through.
+        """
+        if not reports:
+            return [], 0
+        if not rows:
+            ids = tx.id_list(sorted({report.task_id for report in reports}))
+            rows = {row["task_id"]: row for row in tx.all("task_leases", {"ids": ids})}
+        plan = _Plan(worker_id, rows)
+        for report in reports:
+            plan.add(report)
+        outcomes: dict[int, OutcomeKind] = dict(plan.decided)
+        completed = self._complete_results(tx, worker_id, plan.results, outcomes)
+        for report in plan.errors:
+            outcomes[id(report)] = _fail(tx, worker_id, report)
+        moved = [r.task_id for r in plan.results + plan.errors
+                 if outcomes[id(r)] in (OutcomeKind.ACCEPTED, OutcomeKind.REFUSED)]
+        if moved:
+            tx.run("checkpoints_drop", {"ids": tx.id_list(moved)})
             self._notify(tx, Channel.FINISHED)
-        return outcomes
+        if plan.repeats:
+            _judge_repeats(tx, worker_id, plan, outcomes)
+        return [Outcome(r.task_id, r.attempt, outcomes[id(r)], plan.status_after(r, outcomes))
+                for r in reports], completed
+
+    def _complete_results(self, tx: Tx, worker_id: str, results: list[Report],
+                          outcomes: dict[int, OutcomeKind]) -> int:
+        """Complete the tasks of ``results`` in one fenced statement; store their results."""
+        if not results:
+            return 0
+        moved = {row["task_id"] for row in move(tx, Move.COMPLETE, {
+            "worker_id": worker_id, "now": tx.now,
+            "ids": tx.id_list([r.task_id for r in results]),
+            "attempts": tx.id_list([r.attempt for r in results])})}
+        stored = [r for r in results if r.task_id in moved]
+        tx.many("result_put", [{"task_id": r.task_id, "attempt": r.attempt,
+                                "worker_id": worker_id, "result": r.result_json, "now": tx.now}
+                               for r in stored])
+        for report in results:
+            outcomes[id(report)] = (OutcomeKind.ACCEPTED if report.task_id in moved
+                                    else OutcomeKind.STALE)
+        return len(stored)
 
     def _requeue_all(self, tx: Tx, held: Sequence[Row], worker_id: str | None,
                      cause: ReclaimCause, counts: bool = True) -> list[Reclaim]:
@@ -488,6 +610,26 @@ def _insert_keyed(tx: Tx, row: dict[str, Any]) -> tuple[int, bool]:
     return tx.one("task_by_key", {"key": row["idempotency_key"]})["task_id"], False
 
 
+def _look_in(tx: Tx, worker_id: str, instance_id: str | None) -> Look:
+    return _look_from(tx.one("worker_idle", {"worker_id": worker_id}), instance_id, tx.now)
+
+
+def _look_from(row: Row | None, instance_id: str | None, at: float) -> Look:
+    if row is None or instance_id is None:
+        return Look(False, True, 1 if instance_id is not None else 0, at)
+    return Look(_alive_as(row, instance_id), bool(row["pending"]), int(row["leased"]), at)
+
+
+def _claim_params(tx: Tx, worker_id: str, instance_id: str | None, limit: int,
+                  lease_seconds: float) -> dict[str, Any]:
+    return {"worker_id": worker_id, "instance_id": instance_id, "now": tx.now,
+            "lease_expires_at": tx.now + lease_seconds, "limit": max(0, limit)}
+
+
+class _NotAtOnce(Exception):
+    """A claim tried at once found the worker needs the ordinary path (rolled back)."""
+
+
 def _alive_as(row: Row, instance_id: str) -> bool:
     """True when a ``workers`` row is alive and registered as this very instance."""
     return row["instance_id"] == instance_id and row["status"] == WorkerStatus.ALIVE.value
@@ -509,6 +651,11 @@ class Beats:
         with self._lock:
             if at > self._seen.get(worker_id, 0.0):
                 self._seen[worker_id] = at
+
+    def pending(self) -> bool:
+        """True when some sign of life waits to be written."""
+        with self._lock:
+            return bool(self._seen)
 
     def flush(self, tx: Tx) -> None:
         """Write every noted sign of life (to workers still alive) inside ``tx``."""
@@ -583,12 +730,19 @@ def _lost_claims(tx: Tx, worker_id: str, instance_id: str | None) -> list[Row]:
 
 
 def _leases(tx: Tx, rows: Sequence[Row], lease_seconds: float) -> list[Lease]:
-    """Leases for claimed rows, in task order, each with its latest checkpoint."""
+    """Leases for claimed rows, in task order, each with its latest checkpoint.
+
+    Rows that carry their checkpoint already (``cp_state``: PostgreSQL's claim joins it in
+    the same statement) need no second query.
+    """
     if not rows:
         return []
-    ids = tx.id_list([row["task_id"] for row in rows])
-    checkpoints = {cp["task_id"]: Checkpoint.from_row(cp)
-                   for cp in tx.all("checkpoints_of", {"ids": ids})}
+    checkpoints = {row["task_id"]: Checkpoint.from_joined(row) for row in rows
+                   if "cp_state" in row.keys() and row["cp_state"] is not None}
+    missing = [row["task_id"] for row in rows if "cp_state" not in row.keys()]
+    if missing:
+        checkpoints.update((cp["task_id"], Checkpoint.from_row(cp)) for cp in
+                           tx.all("checkpoints_of", {"ids": tx.id_list(missing)}))
     leases = [Lease(task_id=row["task_id"], task_type=row["task_type"],
                     params=json.loads(row["params"]), attempt=row["attempt"],
                     lease_expires_at=row["lease_expires_at"], lease_seconds=lease_seconds,
@@ -597,47 +751,75 @@ def _leases(tx: Tx, rows: Sequence[Row], lease_seconds: float) -> list[Lease]:
     return sorted(leases, key=lambda lease: lease.task_id)
 
 
-def _record_one(tx: Tx, worker_id: str, report: Report) -> Outcome:
-    task_id, attempt = report.task_id, report.attempt
-    row = tx.one("task_lease", {"task_id": task_id})
-    if row is None:
-        return Outcome(task_id, attempt, OutcomeKind.NOT_FOUND, None)
-    status = TaskStatus(row["status"])
-    if status in FINISHED:
-        return Outcome(task_id, attempt, _repeat_outcome(tx, worker_id, report, status), status)
-    if status is not TaskStatus.IN_PROGRESS or row["attempt"] != attempt \
-            or row["worker_id"] != worker_id:
-        return Outcome(task_id, attempt, OutcomeKind.STALE, status)
-    params = {"task_id": task_id, "now": tx.now}
-    kind = OutcomeKind.ACCEPTED
-    if report.refused is not None or report.error is not None:
-        kind = OutcomeKind.REFUSED if report.refused is not None else kind
-        move(tx, Move.FAIL, {**params, "error": report.refused or report.error})
-        if report.refused is not None:
-            log.warning("task %s attempt %s from worker %s: result refused (%s); task failed",
-                        task_id, attempt, worker_id, report.refused)
-        new_status = TaskStatus.FAILED
-    else:
-        tx.run("result_put", {**params, "attempt": attempt, "worker_id": worker_id,
-                              "result": report.result_json})
-        move(tx, Move.COMPLETE, params)
-        tx.run("worker_completed", {"worker_id": worker_id})
-        new_status = TaskStatus.COMPLETED
-    tx.run("checkpoint_drop", {"task_id": task_id})
-    return Outcome(task_id, attempt, kind, new_status)
+class _Plan:
+    """Sorts a batch of reports by what must be done with each (a first pass: reads only)."""
+
+    def __init__(self, worker_id: str, rows: dict[int, Row]) -> None:
+        self.worker_id, self.rows = worker_id, rows
+        self.decided: dict[int, OutcomeKind] = {}  # id(report) -> outcome known already
+        self.results: list[Report] = []  # the holder's results, to complete
+        self.errors: list[Report] = []  # the holder's errors and refused results, to fail
+        self.repeats: list[Report] = []  # reports for finished tasks: duplicate or stale
+        self._first: dict[int, Report] = {}
+
+    def add(self, report: Report) -> None:
+        """File one report."""
+        row = self.rows.get(report.task_id)
+        first = self._first.setdefault(report.task_id, report)
+        if row is None:
+            self.decided[id(report)] = OutcomeKind.NOT_FOUND
+        elif first is not report:  # the same task twice in one batch
+            same = (first.attempt, first.result_json, first.error, first.refused) == (
+                report.attempt, report.result_json, report.error, report.refused)
+            self.decided[id(report)] = OutcomeKind.DUPLICATE if same else OutcomeKind.STALE
+        elif TaskStatus(row["status"]) in FINISHED:
+            self.repeats.append(report)
+        elif (row["status"] != TaskStatus.IN_PROGRESS.value or row["attempt"] != report.attempt
+              or row["worker_id"] != self.worker_id):
+            self.decided[id(report)] = OutcomeKind.STALE
+        elif report.refused is not None or report.error is not None:
+            self.errors.append(report)
+        else:
+            self.results.append(report)
+
+    def status_after(self, report: Report, outcomes: dict[int, OutcomeKind]) -> TaskStatus | None:
+        """The task's status once this batch is recorded (as far as this batch knows)."""
+        row = self.rows.get(report.task_id)
+        if row is None:
+            return None
+        first = self._first[report.task_id]
+        if outcomes.get(id(first)) in (OutcomeKind.ACCEPTED, OutcomeKind.REFUSED):
+            failed = first.error is not None or first.refused is not None
+            return TaskStatus.FAILED if failed else TaskStatus.COMPLETED
+        return TaskStatus(row["status"])
 
 
-def _repeat_outcome(tx: Tx, worker_id: str, report: Report, status: TaskStatus) -> OutcomeKind:
-    """A report for a finished task: a duplicate if it is the one recorded, else stale."""
-    task_id, attempt = report.task_id, report.attempt
-    if status is TaskStatus.COMPLETED and report.error is None and report.refused is None:
-        stored = tx.one("result_get", {"task_id": task_id})
-        same = (stored is not None and stored["attempt"] == attempt
-                and stored["worker_id"] == worker_id and stored["result"] == report.result_json)
-        return OutcomeKind.DUPLICATE if same else OutcomeKind.STALE
-    if status is TaskStatus.FAILED:
-        error = report.refused if report.refused is not None else report.error
-        row = tx.one("task_failure", {"task_id": task_id})
-        if row["attempt"] == attempt and row["worker_id"] == worker_id and row["error"] == error:
-            return OutcomeKind.DUPLICATE
-    return OutcomeKind.STALE
+def _fail(tx: Tx, worker_id: str, report: Report) -> OutcomeKind:
+    """Fail the task of the holder's error (or refused result), fenced by its lease."""
+    moved = move(tx, Move.FAIL, {"task_id": report.task_id, "attempt": report.attempt,
+                                 "worker_id": worker_id, "now": tx.now,
+                                 "error": report.refused or report.error})
+    if not moved:
+        return OutcomeKind.STALE
+    if report.refused is not None:
+        log.warning("task %s attempt %s from worker %s: result refused (%s); task failed",
+                    report.task_id, report.attempt, worker_id, report.refused)
+        return OutcomeKind.REFUSED
+    return OutcomeKind.ACCEPTED
+
+
+def _judge_repeats(tx: Tx, worker_id: str, plan: _Plan, outcomes: dict[int, OutcomeKind]
+                   ) -> None:
+    """Reports for finished tasks: a duplicate if it is the one recorded, else stale."""
+    ids = tx.id_list(sorted({r.task_id for r in plan.repeats}))
+    stored = {row["task_id"]: row for row in tx.all("results_of", {"ids": ids})}
+    for report in plan.repeats:
+        row, kept = plan.rows[report.task_id], stored.get(report.task_id)
+        if report.error is None and report.refused is None:
+            same = (kept is not None and kept["attempt"] == report.attempt
+                    and kept["worker_id"] == worker_id and kept["result"] == report.result_json)
+        else:
+            same = (row["status"] == TaskStatus.FAILED.value and row["attempt"] == report.attempt
+                    and row["worker_id"] == worker_id
+                    and row["error"] == (report.refused or report.error))
+        outcomes[id(report)] = OutcomeKind.DUPLICATE if same else OutcomeKind.STALE

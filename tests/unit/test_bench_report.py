@@ -70,7 +70,7 @@ def test_missing_pg_figures_print_as_n_a() -> None:
     report = _report(results)
     text = targets.format_report(report)
     pg_rows = [row for row in report["targets"] if row["name"].startswith("pg_")]
-    assert len(pg_rows) == 6 and {row["status"] for row in pg_rows} == {"n/a"}
+    assert len(pg_rows) == 7 and {row["status"] for row in pg_rows} == {"n/a"}
     assert "ours-pg vs it" in text and f"ours-pg        failed: {failed}" in text
     assert "procrastinate  skipped: no server" in text
     assert "drain tasks/s, ours-pg / PgQueuer" in text

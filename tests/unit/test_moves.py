@@ -41,7 +41,7 @@ def test_no_other_query_sets_a_status(queries: dict[str, str]) -> None:
 
 
 def test_both_backends_name_the_same_queries() -> None:
-    only_postgres = {"clock", "begin", "begin_async", "commit", "sweep_lock", "migrate_lock",
+    only_postgres = {"clock", "begin", "no_flush_wait", "commit", "sweep_lock", "migrate_lock",
                      "notify", "listen", "status_fold"}
     only_sqlite = {"last_insert_id", "integrity_check"}
     assert set(sqlite.QUERIES) - only_sqlite == set(postgres.QUERIES) - only_postgres
