@@ -304,47 +304,36 @@ class Store(abc.ABC):
     ) -> Claimed:
         """Record ``reports`` (as :meth:`complete`), then lease up to ``limit`` pending tasks.
 
-        One transaction: a worker acknowledges its last batch and takes the next in one
-        round trip. Durable only when it carries reports. A known worker's claim that carries
-        nothing and finds nothing is answered from one read, its liveness noted for the next
-        sweep. ``woken`` says a task was just announced: then the claim is tried at once,
-        with the worker's state read alongside (one round trip on PostgreSQL).
+        A worker acknowledges its last batch and takes the next in one request: the reports
+        are committed first (durably, waking whoever waits for them), then the claim, which
+        needs no flush. A known worker's claim that finds nothing is answered from one read,
+        its liveness noted for the next sweep. ``woken`` says a task was just announced:
+        then the claim is tried at once, with the worker's state read alongside (one round
+        trip on PostgreSQL).
         """
-        if woken and not reports and limit > 0:
+        outcomes = self.complete(worker_id, reports, on_commit) if reports else []
+        if limit <= 0:
+            return Claimed([], [], outcomes)
+        if woken and not reports:
             claimed = self._claim_at_once(worker_id, instance_id, limit, lease_seconds)
             if claimed is not None:
                 return claimed
-        look = None
-        if not reports:
-            look = self._look(worker_id, instance_id)
-            if limit > 0 and look.idle:
-                self._beats.seen(worker_id, look.at)
-                return Claimed([], [], [])
-        with self._write(durable=bool(reports), on_commit=on_commit) as tx:
-            rows: dict[int, Row] = {}
-            if look is None:  # read with the reports' tasks: one round trip for both
-                found, leased = tx.pair(
-                    "worker_idle", {"worker_id": worker_id}, "task_leases",
-                    {"ids": tx.id_list(sorted({r.task_id for r in reports}))})
-                look = _look_from(found[0] if found else None, instance_id, tx.now)
-                rows = {row["task_id"]: row for row in leased}
-            outcomes, completed = self._record(tx, worker_id, reports, rows)
+        look = self._look(worker_id, instance_id)
+        if look.idle:
+            self._beats.seen(worker_id, look.at)
+            return Claimed([], [], outcomes)
+        with self._write(durable=False) as tx:
             reclaimed = [] if look.known else self._free_other_instances(tx, worker_id,
                                                                          instance_id)
-            leases: list[Lease] = []
-            if limit > 0:
-                # Leases beyond the ones these reports finish are claims whose answer was lost.
-                reported = sum(1 for row in rows.values() if row["worker_id"] == worker_id
-                               and row["status"] == TaskStatus.IN_PROGRESS.value)
-                lost = (_lost_claims(tx, worker_id, instance_id)
-                        if look.leased > reported else [])
-                claimed_rows = move(tx, Move.CLAIM, _claim_params(
-                    tx, worker_id, instance_id, limit - len(lost), lease_seconds))
-                leases = _leases(tx, lost + claimed_rows, lease_seconds)
-            if look.known and not completed:
+            # A lease this instance holds when it claims is one whose answer was lost.
+            lost = _lost_claims(tx, worker_id, instance_id) if look.leased else []
+            claimed_rows = move(tx, Move.CLAIM, _claim_params(
+                tx, worker_id, instance_id, limit - len(lost), lease_seconds))
+            leases = _leases(tx, lost + claimed_rows, lease_seconds)
+            if look.known:
                 self._beats.seen(worker_id, tx.now)
             else:
-                self._upsert_worker(tx, worker_id, instance_id, completed)
+                self._upsert_worker(tx, worker_id, instance_id)
         return Claimed(leases, reclaimed, outcomes)
 
     def _claim_at_once(self, worker_id: str, instance_id: str | None, limit: int,
@@ -520,8 +509,8 @@ class Store(abc.ABC):
 
     # -- helpers inside transactions ----------------------------------------------------------
 
-    def _record(self, tx: Tx, worker_id: str, reports: Sequence[Report],
-                rows: dict[int, Row] | None = None) -> tuple[list[Outcome], int]:
+    def _record(self, tx: Tx, worker_id: str, reports: Sequence[Report]
+                ) -> tuple[list[Outcome], int]:
         """Record reports with a handful of set-based statements; outcomes, and results stored.
 
         A report is accepted only from the current holder (task, attempt, worker), checked by
@@ -530,9 +519,8 @@ class Store(abc.ABC):
         """
         if not reports:
             return [], 0
-        if not rows:
-            ids = tx.id_list(sorted({report.task_id for report in reports}))
-            rows = {row["task_id"]: row for row in tx.all("task_leases", {"ids": ids})}
+        ids = tx.id_list(sorted({report.task_id for report in reports}))
+        rows = {row["task_id"]: row for row in tx.all("task_leases", {"ids": ids})}
         plan = _Plan(worker_id, rows)
         for report in reports:
             plan.add(report)
