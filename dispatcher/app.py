@@ -5,10 +5,8 @@ from __future__ import annotations
 import argparse
 import logging
 import signal
-import socket
 import sys
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit, urlunsplit
 
 from flask import Flask
@@ -16,13 +14,11 @@ from flask import Flask
 from dispatcher.db import StoreError, open_store
 from dispatcher.routes import api, register_error_handlers
 from dispatcher.runtime import on_gevent
+from dispatcher.server import make_server
 from dispatcher.service import Dispatcher
 from shared.config import Config, ConfigError, load_config
 from shared.utils import configure_logging
 from tasks.registry import Registry, TaskModuleError, load_registry
-
-if TYPE_CHECKING:
-    import gevent.pywsgi
 
 log = logging.getLogger(__name__)
 
@@ -63,10 +59,6 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-IDLE_SECONDS = 60.0
-"""A connection that sends nothing for this long is closed (idle keep-alive, half-open)."""
-
-
 def main(argv: list[str] | None = None) -> int:
     """Serve the dispatcher until SIGTERM/SIGINT; run it as ``python -m dispatcher``.
 
@@ -92,7 +84,8 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, StoreError, TaskModuleError) as exc:
         print(f"configuration error: {exc}", file=sys.stderr)
         return 2
-    server = _server(app, config)
+    server = make_server(app, config.dispatcher_host, config.dispatcher_port,
+                         config.max_connections)
     for signum in (signal.SIGTERM, signal.SIGINT):
         gevent.signal_handler(signum, lambda: gevent.spawn(server.stop, 1.0))
     log.info("dispatcher listening on http://%s:%s (database %s); task types: %s",
@@ -104,33 +97,6 @@ def main(argv: list[str] | None = None) -> int:
         log.info("dispatcher stopping")
         app.extensions["taskqueue"].close()
     return 0
-
-
-def _server(app: Flask, config: Config) -> "gevent.pywsgi.WSGIServer":
-    from gevent.pool import Pool
-    from gevent.pywsgi import WSGIServer
-
-    class Server(WSGIServer):
-        def handle(self, sock: Any, address: Any) -> None:
-            sock.settimeout(IDLE_SECONDS)  # each read or write; a waiting long poll does neither
-            # The handler sends headers and body in two writes: without this, Nagle holds the
-            # body back until the client's delayed ACK (~40 ms per answer).
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            super().handle(sock, address)
-
-    return Server((config.dispatcher_host, config.dispatcher_port), app,
-                  spawn=Pool(config.max_connections), log=None, error_log=_GeventErrors())
-
-
-class _GeventErrors:
-    """gevent's error log (a file-like object) into our logger."""
-
-    def write(self, text: str) -> None:
-        if text.strip():
-            log.warning("server: %s", text.strip())
-
-    def flush(self) -> None:
-        pass
 
 
 def _redacted(url: str) -> str:

@@ -66,3 +66,12 @@ check_allowed(Move, TRANSITIONS)
 def move(tx: Tx, which: Move, params: Mapping[str, Any]) -> list[Any]:
     """Perform one move; the rows its query returns (the tasks that moved)."""
     return tx.all(which.query, params)
+
+
+def move_after_read(tx: Tx, read: str, read_params: Mapping[str, Any], which: Move,
+                    params: Mapping[str, Any]) -> tuple[list[Any], list[Any]]:
+    """Run a named read, then a move, in one round trip; the rows of each.
+
+    The read sees the state before the move (statements run in order).
+    """
+    return tx.pair(read, read_params, which.query, params)

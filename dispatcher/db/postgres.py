@@ -223,7 +223,8 @@ CLOCK_KEEP_SECONDS = 5.0
 class PostgresStore(Store):
     """The task store on a PostgreSQL database shared by any number of dispatchers."""
 
-    DIALECT = Dialect(QUERIES, list, lambda cursor, script: cursor.execute(script))
+    DIALECT = Dialect(QUERIES, list, lambda cursor, script: cursor.execute(script),
+                      pipelined=True)
 
     def __init__(self, url: str, pool_size: int = 10, clock: Clock | None = None,
                  pool_timeout: float = 10.0) -> None:

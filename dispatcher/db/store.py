@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from dispatcher.db.errors import NotFound, StaleLease
-from dispatcher.db.moves import Move, move
+from dispatcher.db.moves import Move, move, move_after_read
 from dispatcher.models import (
     FINISHED,
     Checkpoint,
@@ -57,6 +57,10 @@ class Dialect:
     """Encodes a list of ids as the ``checkpoints_of`` query takes it (JSON text, an array)."""
     run_script: Callable[[Any, str], None]
     """Runs fixed DDL (several statements, no parameters) on a cursor."""
+    pipelined: bool = False
+    """Statements are sent ahead and read later (PostgreSQL's pipeline mode); otherwise a
+    statement's rows must be read before the next statement runs (SQLite's cursors step
+    lazily, so a later UPDATE would show through an unread SELECT)."""
 
 
 class Tx:
@@ -83,7 +87,9 @@ class Tx:
 
     def pair(self, first: str, first_params: Mapping[str, Any], second: str,
              second_params: Mapping[str, Any]) -> tuple[list[Row], list[Row]]:
-        """Run two named queries, then read both (on PostgreSQL: one round trip for both)."""
+        """Run two named queries in order and read both (pipelined: one round trip for both)."""
+        if not self._dialect.pipelined:
+            return self.all(first, first_params), self.all(second, second_params)
         other = self.cursor.connection.cursor()
         self.cursor.execute(self._dialect.queries[first], first_params)
         other.execute(self._dialect.queries[second], second_params)
@@ -520,12 +526,18 @@ class Store(abc.ABC):
         if not reports:
             return [], 0
         ids = tx.id_list(sorted({report.task_id for report in reports}))
-        rows = {row["task_id"]: row for row in tx.all("task_leases", {"ids": ids})}
-        plan = _Plan(worker_id, rows)
+        # The state before, and the results' tasks completed (fenced), in one round trip.
+        results = [r for r in reports if r.error is None and r.refused is None]
+        found, moved_rows = move_after_read(tx, "task_leases", {"ids": ids}, Move.COMPLETE, {
+            "worker_id": worker_id, "now": tx.now,
+            "ids": tx.id_list([r.task_id for r in results]),
+            "attempts": tx.id_list([r.attempt for r in results])})
+        plan = _Plan(worker_id, {row["task_id"]: row for row in found})
         for report in reports:
             plan.add(report)
         outcomes: dict[int, OutcomeKind] = dict(plan.decided)
-        completed = self._complete_results(tx, worker_id, plan.results, outcomes)
+        completed = self._store_results(tx, worker_id, plan.results,
+                                        {row["task_id"] for row in moved_rows}, outcomes)
         for report in plan.errors:
             outcomes[id(report)] = _fail(tx, worker_id, report)
         moved = [r.task_id for r in plan.results + plan.errors
@@ -538,15 +550,9 @@ class Store(abc.ABC):
         return [Outcome(r.task_id, r.attempt, outcomes[id(r)], plan.status_after(r, outcomes))
                 for r in reports], completed
 
-    def _complete_results(self, tx: Tx, worker_id: str, results: list[Report],
-                          outcomes: dict[int, OutcomeKind]) -> int:
-        """Complete the tasks of ``results`` in one fenced statement; store their results."""
-        if not results:
-            return 0
-        moved = {row["task_id"] for row in move(tx, Move.COMPLETE, {
-            "worker_id": worker_id, "now": tx.now,
-            "ids": tx.id_list([r.task_id for r in results]),
-            "attempts": tx.id_list([r.attempt for r in results])})}
+    def _store_results(self, tx: Tx, worker_id: str, results: list[Report], moved: set[int],
+                       outcomes: dict[int, OutcomeKind]) -> int:
+        """Store the results whose task the fenced move completed; the others are stale."""
         stored = [r for r in results if r.task_id in moved]
         tx.many("result_put", [{"task_id": r.task_id, "attempt": r.attempt,
                                 "worker_id": worker_id, "result": r.result_json, "now": tx.now}

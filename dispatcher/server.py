@@ -1,0 +1,124 @@
+"""The HTTP server of the dispatcher: gevent's WSGI server, tuned for many small JSON calls.
+
+Every connection is a greenlet. Per connection: TCP_NODELAY (the handler writes headers and
+body separately, and Nagle would hold the body back until the client's delayed ACK, ~40 ms);
+a read timeout (an idle or half-open connection is closed after IDLE_SECONDS); a deadline for
+the request line and headers (a client that trickles them cannot hold a connection open).
+Request headers are split into name and value directly: the standard library's parser goes
+through the e-mail package and measured 14% of the CPU of a small request.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+from http import client
+from typing import Any
+
+import gevent
+from gevent.pool import Pool
+from gevent.pywsgi import WSGIHandler, WSGIServer
+
+log = logging.getLogger(__name__)
+
+IDLE_SECONDS = 60.0
+"""A connection that sends nothing for this long is closed (idle keep-alive, half-open)."""
+HEADER_SECONDS = 10.0
+"""The request line and headers must arrive within this long."""
+MAX_HEADERS = 100
+MAX_HEADER_LINE = 65536
+
+
+class _Headers(client.HTTPMessage):
+    """The headers object pywsgi expects (its ``OldMessage`` API), filled without a parser."""
+
+    status = ""
+
+    def getheader(self, name: str, default: Any = None) -> Any:
+        """The old ``mimetools`` accessor pywsgi calls."""
+        return self.get(name, default)
+
+    @property
+    def headers(self) -> Any:
+        """Raw header lines, as pywsgi iterates them."""
+        for key, value in self._headers:  # type: ignore[attr-defined]
+            yield f"{key}: {value}\r\n"
+
+    @property
+    def typeheader(self) -> Any:
+        """The content type, as pywsgi reads it."""
+        return self.get("content-type")
+
+
+def read_headers(fp: Any) -> _Headers:
+    """Read header lines up to the blank line; what ``http.client.parse_headers`` gives pywsgi.
+
+    A line folded onto the next (obsolete in HTTP/1.1) continues the previous value; too many
+    headers or too long a line mark the message invalid (``status``), like the parser's.
+    """
+    message = _Headers()
+    fields: list[tuple[str, str]] = []
+    while True:
+        line = fp.readline(MAX_HEADER_LINE + 1)
+        if len(line) > MAX_HEADER_LINE or len(fields) > MAX_HEADERS:
+            message.status = "Line too long" if len(line) > MAX_HEADER_LINE else "Too many headers"
+            break
+        if line in (b"\r\n", b"\n", b""):
+            break
+        text = line.decode("iso-8859-1").rstrip("\r\n")
+        if text[:1] in (" ", "\t") and fields:
+            name, value = fields[-1]
+            fields[-1] = (name, f"{value} {text.strip()}")
+            continue
+        name, colon, value = text.partition(":")
+        if not colon or not name or name != name.strip():
+            message.status = "Invalid header line"
+            break
+        fields.append((name, value.strip()))
+    message._headers = fields  # type: ignore[attr-defined]
+    return message
+
+
+class _Handler(WSGIHandler):  # type: ignore[misc]
+    """pywsgi's handler with a deadline for the request head and the direct header reader."""
+
+    def MessageClass(self, fp: Any, *args: Any) -> _Headers:  # noqa: N802 - pywsgi's name
+        return read_headers(fp)
+
+    def read_requestline(self) -> Any:
+        with gevent.Timeout(HEADER_SECONDS, False):
+            return super().read_requestline()
+        return None  # the deadline passed: pywsgi closes the connection
+
+    def read_request(self, raw_requestline: Any) -> Any:
+        with gevent.Timeout(HEADER_SECONDS, False):
+            return super().read_request(raw_requestline)
+        raise client.HTTPException("request headers took too long")
+
+
+class Server(WSGIServer):  # type: ignore[misc]
+    """The WSGI server with the per-connection settings above."""
+
+    handler_class = _Handler
+
+    def handle(self, sock: Any, address: Any) -> None:
+        sock.settimeout(IDLE_SECONDS)  # each read or write; a waiting long poll does neither
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        super().handle(sock, address)
+
+
+def make_server(app: Any, host: str, port: int, max_connections: int) -> Server:
+    """A server for ``app`` on ``host:port``, serving at most ``max_connections`` at once."""
+    return Server((host, port), app, spawn=Pool(max_connections), log=None,
+                  error_log=_GeventErrors())
+
+
+class _GeventErrors:
+    """gevent's error log (a file-like object) into our logger."""
+
+    def write(self, text: str) -> None:
+        if text.strip():
+            log.warning("server: %s", text.strip())
+
+    def flush(self) -> None:
+        pass

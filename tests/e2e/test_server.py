@@ -1,0 +1,34 @@
+"""The dispatcher's server under connections that never finish a request."""
+
+from __future__ import annotations
+
+import socket
+import time
+
+import requests
+
+from shared.cluster import LocalCluster
+
+HALF_OPEN = 200
+
+
+def test_health_answers_within_a_second_while_200_requests_hang_half_open(
+    cluster: LocalCluster,
+) -> None:
+    sockets = []
+    try:
+        for i in range(HALF_OPEN):
+            sock = socket.create_connection(("127.0.0.1", cluster.port), timeout=5)
+            # Some never send a byte; the others stop in the middle of their headers.
+            if i % 2:
+                sock.sendall(b"POST /submit-task HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Ty")
+            sockets.append(sock)
+        started = time.monotonic()
+        resp = requests.get(f"{cluster.url}/health", timeout=1.0)
+        assert resp.status_code == 200 and resp.json() == {"status": "ok"}
+        assert time.monotonic() - started < 1.0
+        view = cluster.stats()
+        assert view["tasks"]["total"] == 0  # nothing half-sent was taken for a request
+    finally:
+        for sock in sockets:
+            sock.close()
