@@ -12,7 +12,7 @@ from urllib.parse import urlsplit, urlunsplit
 from flask import Flask
 
 from dispatcher.db import StoreError, open_store
-from dispatcher.routes import api, register_error_handlers
+from dispatcher.routes import api, register_error_handlers, register_request_metrics
 from dispatcher.runtime import on_gevent
 from dispatcher.server import make_server
 from dispatcher.service import Dispatcher
@@ -45,6 +45,7 @@ def create_app(
     app.extensions["taskqueue"] = dispatcher
     app.register_blueprint(api)
     register_error_handlers(app)
+    register_request_metrics(app)
     if start_monitor:
         dispatcher.start_monitor()
     return app

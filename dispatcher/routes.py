@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import re
+import time
 from typing import Any
 
-from flask import Blueprint, Response, current_app, jsonify, request
+from flask import Blueprint, Response, current_app, g, jsonify, request
+from prometheus_client import CONTENT_TYPE_LATEST
 
 from dispatcher.db import NotFound, StaleLease, StorageUnavailable
 from dispatcher.models import (
@@ -250,10 +252,34 @@ def stats() -> tuple[Response, int]:
     return jsonify(_dispatcher().stats()), 200
 
 
+@api.get("/metrics")
+def metrics() -> Response:
+    """Prometheus metrics: the cluster's state read at scrape time, this process's counters."""
+    return Response(_dispatcher().metrics.render(), mimetype=None,
+                    content_type=CONTENT_TYPE_LATEST)
+
+
 @api.get("/health")
 def health() -> tuple[Response, int]:
     """200 once the database answers (503 otherwise, via the error handler)."""
     return jsonify(_dispatcher().health()), 200
+
+
+def register_request_metrics(app: Any) -> None:
+    """Time every request and count it under its route rule (bounded labels, not raw paths)."""
+
+    @app.before_request
+    def _started() -> None:
+        g.started = time.perf_counter()
+
+    @app.after_request
+    def _answered(response: Response) -> Response:
+        started = g.get("started")
+        if started is not None:
+            rule = request.url_rule.rule if request.url_rule is not None else None
+            _dispatcher().metrics.on_request(rule, request.method, response.status_code,
+                                             time.perf_counter() - started)
+        return response
 
 
 def register_error_handlers(app: Any) -> None:
@@ -280,6 +306,7 @@ def register_error_handlers(app: Any) -> None:
     @app.errorhandler(StorageUnavailable)
     def _unavailable(exc: StorageUnavailable) -> tuple[Response, int, dict[str, str]]:
         app.logger.warning("storage unavailable: %s", exc)
+        _dispatcher().metrics.storage_errors.labels("request").inc()
         body = {"code": "storage_unavailable", "message": f"storage unavailable: {exc}"}
         return jsonify(error=body), 503, {"Retry-After": "1"}
 

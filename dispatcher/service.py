@@ -15,6 +15,7 @@ from typing import Any
 
 from dispatcher.db import Store
 from dispatcher.heartbeat_monitor import HeartbeatMonitor
+from dispatcher.metrics import Metrics
 from dispatcher.models import (
     Lease,
     NewTask,
@@ -70,6 +71,7 @@ class Dispatcher:
         self.claims_served = 0  # claim requests that returned tasks, since start
         self.tasks_leased = 0
         self.claims_waiting = 0  # long polls waiting for work right now
+        self.metrics = Metrics(self)
 
     # -- lifecycle --------------------------------------------------------------------------
 
@@ -91,9 +93,11 @@ class Dispatcher:
 
     def submit(self, tasks: Sequence[NewTask]) -> list[tuple[int, bool]]:
         """Store new tasks durably; idle workers are woken (one per task) before the fsync."""
-        return self.store.submit(
+        created = self.store.submit(
             tasks, on_commit=lambda: self.tasks_available.notify(len(tasks))
         )
+        self.metrics.on_submit(tasks, created)
+        return created
 
     def claim(
         self,
@@ -165,6 +169,7 @@ class Dispatcher:
         reclaim = self.store.release(
             worker_id, task_id, attempt, state, progress, self.registry.check_checkpoint, cause
         )
+        self.metrics.on_reclaims([reclaim])
         log.info("worker %s released task %s (attempt %s, %s)", worker_id, task_id, attempt,
                  cause.value)
         self.tasks_available.notify()
@@ -212,6 +217,7 @@ class Dispatcher:
     def _count_claim(self, worker_id: str, leases: list[Lease]) -> None:
         if not leases:
             return
+        self.metrics.on_claim(leases)
         with self._counts_lock:
             self.claims_served += 1
             self.tasks_leased += len(leases)
@@ -224,6 +230,7 @@ class Dispatcher:
         self.tasks_available.notify(count or None)
 
     def _after_results(self, worker_id: str, outcomes: list[Outcome]) -> None:
+        self.metrics.on_outcomes(outcomes)
         for outcome in outcomes:
             if outcome.outcome is OutcomeKind.STALE:
                 log.warning("stale result for task %s from worker %s refused", outcome.task_id,
@@ -232,6 +239,7 @@ class Dispatcher:
     def _after_reclaim(self, reclaimed: list[Reclaim]) -> None:
         if not reclaimed:
             return
+        self.metrics.on_reclaims(reclaimed)
         if any(not r.failed for r in reclaimed):
             self.tasks_available.notify()
         if any(r.failed for r in reclaimed):

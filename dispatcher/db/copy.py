@@ -27,7 +27,8 @@ from shared.config import Config, ConfigError
 TABLES: dict[str, tuple[str, ...]] = {
     "tasks": ("task_id", "task_type", "params", "status", "priority", "attempt", "max_attempts",
               "worker_id", "worker_instance", "lease_expires_at", "progress", "error",
-              "idempotency_key", "created_at", "started_at", "claimed_at", "finished_at"),
+              "idempotency_key", "created_at", "started_at", "claimed_at", "finished_at",
+              "requeued_at", "requeue_cause"),
     "task_results": ("task_id", "attempt", "worker_id", "result", "created_at"),
     "checkpoints": ("task_id", "attempt", "worker_id", "state", "progress", "saved_at"),
     "workers": ("worker_id", "instance_id", "status", "last_heartbeat", "registered_at",

@@ -9,7 +9,15 @@ equal values compare equal as text on both backends.
 
 from __future__ import annotations
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 7
+"""Version numbers may skip (branches developed side by side were given numbers up front);
+:func:`migrations_after` applies the ones that exist, in order."""
+
+
+def migrations_after(migrations: dict[int, str], version: int) -> list[tuple[int, str]]:
+    """The (version, script) pairs a database at ``version`` still needs, in order."""
+    return [(v, migrations[v]) for v in sorted(migrations) if version < v <= SCHEMA_VERSION]
+
 
 SQLITE_SCHEMA = """
 CREATE TABLE IF NOT EXISTS schema_info (
@@ -102,6 +110,12 @@ CREATE TABLE IF NOT EXISTS cluster (
     name  TEXT PRIMARY KEY,
     value REAL NOT NULL
 );
+""",
+    # v7: when and why a task last went back to the queue, so a claim can tell how long a reclaimed
+    # task waited to be reassigned (the reassignment-time histogram of /metrics).
+    7: """
+ALTER TABLE tasks ADD COLUMN requeued_at REAL;
+ALTER TABLE tasks ADD COLUMN requeue_cause TEXT;
 """,
 }
 """SQLite schema changes by version; a database is brought up to SCHEMA_VERSION at start."""
@@ -222,6 +236,11 @@ CREATE TABLE IF NOT EXISTS cluster (
     name  text PRIMARY KEY,
     value double precision NOT NULL
 );
+""",
+    # v7: when a task last went back to the queue (see SQLite's v7).
+    7: """
+ALTER TABLE tasks ADD COLUMN IF NOT EXISTS requeued_at double precision;
+ALTER TABLE tasks ADD COLUMN IF NOT EXISTS requeue_cause text;
 """,
 }
 """PostgreSQL schema changes by version (the same versions as SQLite's)."""

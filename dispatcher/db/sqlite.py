@@ -21,8 +21,10 @@ from pathlib import Path
 from typing import Any
 
 from dispatcher.db.errors import StorageUnavailable, StoreError
-from dispatcher.db.schema import SCHEMA_VERSION, SQLITE_MIGRATIONS, SQLITE_SCHEMA
-from dispatcher.db.store import Clock, Dialect, OnCommit, Store, Tx
+from dispatcher.db.schema import (
+    SCHEMA_VERSION, SQLITE_MIGRATIONS, SQLITE_SCHEMA, migrations_after,
+)
+from dispatcher.db.store import OLDEST_PENDING, Clock, Dialect, OnCommit, Store, Tx
 from dispatcher.runtime import offload
 
 log = logging.getLogger(__name__)
@@ -36,7 +38,8 @@ QUERIES: dict[str, str] = {
                claimed_at = :now, started_at = COALESCE(started_at, :now)
          WHERE task_id IN (SELECT task_id FROM tasks WHERE status = 'pending'
                            ORDER BY priority DESC, task_id LIMIT :limit)
-        RETURNING task_id, task_type, params, attempt, lease_expires_at""",
+        RETURNING task_id, task_type, params, attempt, lease_expires_at, requeued_at,
+                  requeue_cause""",
     "move_complete": """
         UPDATE tasks SET status = 'completed', progress = 1.0, lease_expires_at = NULL,
                finished_at = :now
@@ -51,15 +54,16 @@ QUERIES: dict[str, str] = {
            AND worker_id = :worker_id
         RETURNING task_id""",
     "move_requeue": """
-        UPDATE tasks SET status = 'pending', lease_expires_at = NULL
+        UPDATE tasks SET status = 'pending', lease_expires_at = NULL, requeued_at = :now,
+               requeue_cause = :cause
          WHERE task_id = :task_id AND status = 'in-progress' AND attempt = :attempt
-        RETURNING task_id""",
+        RETURNING task_id, task_type""",
     "move_give_up": """
         UPDATE tasks SET status = 'failed', error = :error, lease_expires_at = NULL,
                finished_at = :now
          WHERE task_id = :task_id AND status = 'in-progress' AND attempt = :attempt
            AND attempt >= max_attempts
-        RETURNING task_id""",
+        RETURNING task_id, task_type""",
     "move_cancel": """
         UPDATE tasks SET status = 'cancelled', lease_expires_at = NULL, finished_at = :now
          WHERE task_id = :task_id AND status IN ('pending', 'in-progress') RETURNING task_id""",
@@ -84,7 +88,7 @@ QUERIES: dict[str, str] = {
     "task_lease": """
         SELECT status, attempt, worker_id, task_type FROM tasks WHERE task_id = :task_id""",
     "task_leases": """
-        SELECT task_id, status, attempt, worker_id, task_type, error FROM tasks
+        SELECT task_id, status, attempt, worker_id, task_type, error, claimed_at FROM tasks
          WHERE task_id IN (SELECT value FROM json_each(:ids))""",
     "renew_lease": """
         UPDATE tasks SET progress = :progress, lease_expires_at = :lease_expires_at
@@ -109,6 +113,7 @@ QUERIES: dict[str, str] = {
            AND worker_instance IS NOT :instance_id""",
     "in_progress_all": """
         SELECT task_id, worker_id, attempt FROM tasks WHERE status = 'in-progress'""",
+    "oldest_pending": OLDEST_PENDING,
     "finished_since": """
         SELECT COUNT(*) AS n FROM tasks WHERE finished_at >= :since AND status = 'completed'""",
     # -- checkpoints and results --
@@ -308,7 +313,9 @@ class SQLiteStore(Store):
         """A consistent read snapshot on a pooled reader connection."""
         with self._readers_lock:
             conn = self._readers.pop() if self._readers else None
-        conn = conn or self._connect()
+        if conn is None:
+            with _storage_errors():  # opening one sets pragmas: a locked file refuses them
+                conn = self._connect()
         try:
             with _storage_errors():
                 conn.execute("BEGIN")
@@ -342,8 +349,8 @@ class SQLiteStore(Store):
             if version > SCHEMA_VERSION:
                 raise StoreError(f"database schema version {version} is newer than this code "
                                  f"({SCHEMA_VERSION}); upgrade the dispatcher")
-            for target in range(version + 1, SCHEMA_VERSION + 1):
-                tx.run_script(SQLITE_MIGRATIONS[target])
+            for target, script in migrations_after(SQLITE_MIGRATIONS, version):
+                tx.run_script(script)
                 log.info("database migrated to schema version %s", target)
             tx.run("schema_version_put", {"version": str(SCHEMA_VERSION)})
 

@@ -47,6 +47,21 @@ CheckpointCheck = Callable[[str, dict[str, Any], "dict[str, Any] | None"], None]
 """Called as check(task_type, new_state, previous_state); raises to refuse a checkpoint."""
 OnCommit = Callable[[], None] | None
 
+OLDEST_PENDING = """
+    WITH RECURSIVE levels(priority) AS (
+        SELECT MAX(priority) FROM tasks WHERE status = 'pending'
+        UNION ALL
+        SELECT (SELECT MAX(priority) FROM tasks
+                 WHERE status = 'pending' AND priority < levels.priority)
+          FROM levels WHERE levels.priority IS NOT NULL)
+    SELECT MIN((SELECT created_at FROM tasks WHERE status = 'pending'
+                   AND priority = levels.priority ORDER BY task_id LIMIT 1)) AS created_at
+      FROM levels WHERE levels.priority IS NOT NULL"""
+"""When the oldest pending task was submitted (the same SQL on both backends): the first task
+of each priority in the pending index, a skip scan with one index probe per distinct priority,
+never a scan of the tasks table. Ids grow with submission time, so the first id of a priority
+is its oldest task."""
+
 
 @dataclass(frozen=True)
 class Dialect:
@@ -513,6 +528,23 @@ class Store(abc.ABC):
         return {"now": tx.now, "counts": counts, "completed_last_window": int(finished["n"]),
                 "workers": workers, "held": held, "counters": counters, "cluster": cluster}
 
+    def gauges(self) -> dict[str, Any]:
+        """What /metrics reads from the database, in one read transaction of indexed reads.
+
+        Tasks per status (the trigger-kept counts), the reclaim counters, every worker's
+        row (with heartbeats not yet written), when the oldest pending task was submitted
+        (None: none pending), and ``now`` (the store's clock). Never scans the tasks table.
+        """
+        with self._read() as tx:
+            counts = {s.value: 0 for s in TaskStatus}
+            for row in tx.all("status_counts"):
+                counts[row["status"]] = int(row["n"])
+            counters = {row["name"]: int(row["value"]) for row in tx.all("counters_all")}
+            workers = [self._beats.merged(dict(row)) for row in tx.all("workers_all")]
+            oldest = tx.one("oldest_pending")
+        return {"now": tx.now, "counts": counts, "counters": counters, "workers": workers,
+                "oldest_pending_at": oldest["created_at"] if oldest is not None else None}
+
     # -- helpers inside transactions ----------------------------------------------------------
 
     def _record(self, tx: Tx, worker_id: str, reports: Sequence[Report]
@@ -547,8 +579,7 @@ class Store(abc.ABC):
             self._notify(tx, Channel.FINISHED)
         if plan.repeats:
             _judge_repeats(tx, worker_id, plan, outcomes)
-        return [Outcome(r.task_id, r.attempt, outcomes[id(r)], plan.status_after(r, outcomes))
-                for r in reports], completed
+        return [plan.outcome(r, outcomes, tx.now) for r in reports], completed
 
     def _store_results(self, tx: Tx, worker_id: str, results: list[Report], moved: set[int],
                        outcomes: dict[int, OutcomeKind]) -> int:
@@ -572,11 +603,13 @@ class Store(abc.ABC):
         reclaimed = []
         for row in held:
             params = {"task_id": row["task_id"], "attempt": row["attempt"], "now": tx.now,
-                      "error": f"gave up after {row['attempt']} attempts (last: {cause.value})"}
-            given_up = counts and bool(move(tx, Move.GIVE_UP, params))
-            if given_up or move(tx, Move.REQUEUE, params):
+                      "cause": cause.value, "error": f"gave up after {row['attempt']} attempts (last: {cause.value})"}
+            moved = move(tx, Move.GIVE_UP, params) if counts else []
+            given_up = bool(moved)
+            moved = moved or move(tx, Move.REQUEUE, params)
+            if moved:
                 reclaimed.append(Reclaim(row["task_id"], worker_id, row["attempt"], cause,
-                                         given_up))
+                                         given_up, moved[0]["task_type"]))
         if reclaimed:
             tx.run("counter_add", {"name": cause.value, "value": len(reclaimed)})
             requeued = sum(1 for r in reclaimed if not r.failed)
@@ -740,9 +773,17 @@ def _leases(tx: Tx, rows: Sequence[Row], lease_seconds: float) -> list[Lease]:
     leases = [Lease(task_id=row["task_id"], task_type=row["task_type"],
                     params=json.loads(row["params"]), attempt=row["attempt"],
                     lease_expires_at=row["lease_expires_at"], lease_seconds=lease_seconds,
-                    checkpoint=checkpoints.get(row["task_id"]))
+                    checkpoint=checkpoints.get(row["task_id"]),
+                    requeued=_requeued(row))
               for row in rows]
     return sorted(leases, key=lambda lease: lease.task_id)
+
+
+def _requeued(row: Row) -> tuple[float, str] | None:
+    """When and why a claimed task last went back to the queue (None: first claim)."""
+    if "requeued_at" not in row.keys() or row["requeued_at"] is None:
+        return None
+    return row["requeued_at"], row["requeue_cause"] or "unknown"
 
 
 class _Plan:
@@ -775,6 +816,19 @@ class _Plan:
             self.errors.append(report)
         else:
             self.results.append(report)
+
+    def outcome(self, report: Report, outcomes: dict[int, OutcomeKind], now: float) -> Outcome:
+        """The outcome of one report, with its task type and, if it finished the task, the
+        time its attempt ran (from the claim)."""
+        kind = outcomes[id(report)]
+        row = self.rows.get(report.task_id)
+        if row is None:
+            return Outcome(report.task_id, report.attempt, kind, None)
+        ran = None
+        if kind in (OutcomeKind.ACCEPTED, OutcomeKind.REFUSED) and row["claimed_at"] is not None:
+            ran = max(0.0, now - row["claimed_at"])
+        return Outcome(report.task_id, report.attempt, kind,
+                       self.status_after(report, outcomes), row["task_type"], ran)
 
     def status_after(self, report: Report, outcomes: dict[int, OutcomeKind]) -> TaskStatus | None:
         """The task's status once this batch is recorded (as far as this batch knows)."""
