@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import re
 import time
+from pathlib import Path
 from typing import Any
 
-from flask import Blueprint, Response, current_app, g, jsonify, request
+from flask import Blueprint, Response, current_app, g, jsonify, request, send_file
 from prometheus_client import CONTENT_TYPE_LATEST
 
+from dispatcher import openapi
 from dispatcher.db import NotFound, StaleLease, StorageUnavailable
 from dispatcher.models import (
     NewTask,
@@ -42,6 +44,12 @@ MAX_TASK_ID = 2**62
 """Larger ids in a URL cannot exist (the store's ids are 64-bit); they answer 404."""
 TASK_ID = f"int(min=1, max={MAX_TASK_ID}):task_id"
 _DIGITS = re.compile(r"[0-9]{1,9}")  # ASCII only: str.isdigit() also accepts '²'
+_NUMBER = re.compile(r"-?[0-9]{1,12}(\.[0-9]{1,20})?([eE][-+]?[0-9]{1,3})?")
+"""A JSON number as a query parameter spells it."""
+SWAGGER_UI = Path(__file__).resolve().parent / "swagger_ui"
+DOC_ASSETS = {"swagger-ui-bundle.js": "text/javascript", "swagger-ui.css": "text/css",
+              "init.js": "text/javascript", "LICENSE": "text/plain", "NOTICE": "text/plain"}
+"""The files of the vendored Swagger UI that /docs/assets serves (nothing else is)."""
 
 
 def _dispatcher() -> Dispatcher:
@@ -209,10 +217,9 @@ def _outcomes(outcomes: list[Outcome]) -> list[dict[str, Any]]:
 
 def _wait_arg() -> float:
     raw = request.args.get("wait", "0")
-    try:
-        wait = float(raw)
-    except ValueError:
+    if not _NUMBER.fullmatch(raw):  # float() alone would take " 5", "5_0", "inf"
         raise ApiError(400, "invalid_field", f"wait: must be a number of seconds, got {raw!r}")
+    wait = float(raw)
     if not 0 <= wait <= 3600:
         raise ApiError(400, "invalid_field", "wait: must be between 0 and 3600 seconds")
     return wait
@@ -235,7 +242,7 @@ def list_tasks() -> tuple[Response, int]:
     """The newest tasks, ?status=...&limit=N."""
     raw_status = request.args.get("status")
     try:
-        status = TaskStatus(raw_status) if raw_status else None
+        status = TaskStatus(raw_status) if raw_status is not None else None
     except ValueError:
         known = ", ".join(s.value for s in TaskStatus)
         raise ApiError(400, "invalid_field", f"status: must be one of {known}") from None
@@ -257,6 +264,34 @@ def metrics() -> Response:
     """Prometheus metrics: the cluster's state read at scrape time, this process's counters."""
     return Response(_dispatcher().metrics.render(), mimetype=None,
                     content_type=CONTENT_TYPE_LATEST)
+
+
+@api.get("/openapi.json")
+def openapi_document() -> tuple[Response, int]:
+    """This API's OpenAPI 3.1 document, generated from the models that validate requests."""
+    document = current_app.extensions.get("taskqueue_openapi")
+    if document is None:  # built once: the routes and the task types are fixed at start
+        document = openapi.build(current_app, _dispatcher().registry)
+        current_app.extensions["taskqueue_openapi"] = document
+    return jsonify(document), 200
+
+
+@api.get("/docs")
+def docs() -> Response:
+    """A browsable page of the OpenAPI document (Swagger UI, served by this dispatcher)."""
+    page = (SWAGGER_UI / "index.html").read_text(encoding="utf-8")
+    root = request.script_root
+    page = page.replace("{assets}", f"{root}/docs/assets").replace("{spec}",
+                                                                   f"{root}/openapi.json")
+    return Response(page, content_type="text/html; charset=utf-8")
+
+
+@api.get("/docs/assets/<name>")
+def docs_asset(name: str) -> Response:
+    """A file of the vendored Swagger UI."""
+    if name not in DOC_ASSETS:
+        raise ApiError(404, "not_found", f"name: no such file {name!r}")
+    return send_file(SWAGGER_UI / name, mimetype=DOC_ASSETS[name], max_age=3600)
 
 
 @api.get("/health")
@@ -284,7 +319,7 @@ def register_request_metrics(app: Any) -> None:
 
 def register_error_handlers(app: Any) -> None:
     """Map every error to the JSON error body; tracebacks go to the log only."""
-    from werkzeug.exceptions import HTTPException
+    from werkzeug.exceptions import HTTPException, MethodNotAllowed
 
     @app.errorhandler(ApiError)
     def _api_error(exc: ApiError) -> tuple[Response, int]:
@@ -311,9 +346,13 @@ def register_error_handlers(app: Any) -> None:
         return jsonify(error=body), 503, {"Retry-After": "1"}
 
     @app.errorhandler(HTTPException)
-    def _http(exc: HTTPException) -> tuple[Response, int]:
+    def _http(exc: HTTPException) -> tuple[Response, int, dict[str, str]]:
         code = (exc.name or "error").lower().replace(" ", "_")
-        return jsonify(error={"code": code, "message": exc.description}), exc.code or 500
+        headers = {}
+        if isinstance(exc, MethodNotAllowed) and exc.valid_methods:
+            headers["Allow"] = ", ".join(exc.valid_methods)
+        body = {"code": code, "message": exc.description}
+        return jsonify(error=body), exc.code or 500, headers
 
     @app.errorhandler(Exception)
     def _unexpected(exc: Exception) -> tuple[Response, int]:

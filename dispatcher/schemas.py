@@ -70,6 +70,12 @@ class Release(_Body):
 class ResultItem(_Body):
     """One result: exactly one of ``result`` (success) or ``error`` (the task raised)."""
 
+    model_config = ConfigDict(json_schema_extra={"oneOf": [
+        {"required": ["result"], "properties": {"error": {"type": "null"}}},
+        {"required": ["error"], "not": {"required": ["result"]},
+         "properties": {"error": {"type": "string"}}},
+    ]})
+
     task_id: TaskId
     attempt: Attempt
     result: Any = None

@@ -1,0 +1,214 @@
+"""Response bodies of the HTTP API, as pydantic models: they document ``/openapi.json``.
+
+The routes build their answers from the domain records (``models.py``); these models describe
+those answers, and the schemathesis test checks every response against them. Extra fields
+are allowed (a client must ignore fields it does not know), so adding one is compatible.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, RootModel
+
+from dispatcher.models import OutcomeKind, TaskStatus
+
+TASK_STATUSES = tuple(status.value for status in TaskStatus)
+Status = Literal["pending", "in-progress", "completed", "failed", "cancelled"]
+assert set(Status.__args__) == set(TASK_STATUSES)  # type: ignore[attr-defined]
+OutcomeName = Literal["accepted", "duplicate", "stale", "not_found", "refused"]
+assert set(OutcomeName.__args__) == {kind.value for kind in OutcomeKind}  # type: ignore[attr-defined]
+
+
+class _Answer(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+
+class ErrorDetail(_Answer):
+    """What went wrong: a stable snake_case code and a message that starts with the field."""
+
+    code: str
+    message: str
+
+
+class ErrorBody(_Answer):
+    """Every error response (a 409 of ``/heartbeat`` adds ``revoked``)."""
+
+    error: ErrorDetail
+
+
+class SubmittedOne(_Answer):
+    """One task stored (201), or found under its idempotency key (200, ``duplicate``)."""
+
+    task_id: int
+    status: Status
+    duplicate: bool = False
+
+
+class SubmittedBatch(_Answer):
+    """A batch stored: the ids in the order of the submission."""
+
+    task_ids: list[int]
+    status: Literal["pending"]
+
+
+class Submitted(RootModel[SubmittedOne | SubmittedBatch]):
+    """The answer to a submission."""
+
+
+class CheckpointView(_Answer):
+    """The latest accepted checkpoint, sent with a claim so the task resumes from it."""
+
+    state: dict[str, Any]
+    progress: float
+    attempt: int
+    saved_at: float
+
+
+class LeaseView(_Answer):
+    """A task leased to a worker; ``(task_id, attempt)`` is the fencing token."""
+
+    task_id: int
+    task_type: str
+    params: dict[str, Any]
+    attempt: int
+    lease_expires_at: float
+    lease_seconds: float
+    checkpoint: CheckpointView | None
+
+
+class OutcomeItem(_Answer):
+    """What the dispatcher did with one reported result."""
+
+    task_id: int
+    attempt: int
+    outcome: OutcomeName
+
+
+class ClaimedOne(_Answer):
+    """The plain form: one task."""
+
+    task: LeaseView
+
+
+class ClaimedBatch(_Answer):
+    """The batch form: the tasks leased and the outcomes of the results reported with it."""
+
+    tasks: list[LeaseView]
+    results: list[OutcomeItem]
+
+
+class Claimed(RootModel[ClaimedOne | ClaimedBatch]):
+    """The answer to a claim."""
+
+
+class RecordedOne(_Answer):
+    """One result recorded (or a duplicate of the recorded one)."""
+
+    task_id: int
+    status: Status
+    duplicate: bool
+
+
+class RecordedBatch(_Answer):
+    """The outcome of each result of a batch, in order."""
+
+    results: list[OutcomeItem]
+
+
+class ResultRecorded(RootModel[RecordedOne | RecordedBatch]):
+    """The answer to a result."""
+
+
+class HeartbeatAnswer(_Answer):
+    """Alive; ``revoked`` is empty (a 409 lists the leases no longer held)."""
+
+    status: Literal["ok"]
+    revoked: list[int]
+
+
+class CheckpointSaved(_Answer):
+    """The checkpoint is stored and the lease renewed until ``lease_expires_at``."""
+
+    task_id: int
+    lease_expires_at: float
+
+
+class Released(_Answer):
+    """The task is back in the queue."""
+
+    task_id: int
+    status: Literal["pending"]
+
+
+class TaskView(_Answer):
+    """A task: status, progress, result or error, timestamps (Unix seconds)."""
+
+    task_id: int
+    task_type: str
+    params: dict[str, Any]
+    status: Status
+    priority: int
+    attempt: int
+    max_attempts: int
+    worker_id: str | None
+    progress: float
+    result: Any
+    error: str | None
+    created_at: float
+    started_at: float | None
+    claimed_at: float | None
+    finished_at: float | None
+    lease_expires_at: float | None
+
+
+class TaskList(_Answer):
+    """Tasks, newest first."""
+
+    tasks: list[TaskView]
+
+
+class WorkerView(_Answer):
+    """One worker as /stats shows it."""
+
+    worker_id: str
+    status: Literal["alive", "dead", "stopped"]
+    alive: bool
+    seconds_since_heartbeat: float
+    current_tasks: list[int]
+    tasks_completed: int
+
+
+class WorkersView(_Answer):
+    """Workers alive (heartbeat within HEARTBEAT_TIMEOUT), dead, and every one in detail."""
+
+    alive: int
+    dead: int
+    total: int
+    details: list[WorkerView]
+
+
+class Throughput(_Answer):
+    """Tasks completed in the last window."""
+
+    window_seconds: float
+    completed: int
+    tasks_per_second: float
+
+
+class Stats(_Answer):
+    """The /stats document."""
+
+    tasks: dict[str, int]
+    workers: WorkersView
+    throughput: Throughput
+    reclaims: dict[str, int]
+    claims: dict[str, float]
+    monitor: dict[str, Any]
+    uptime_seconds: float
+
+
+class Health(_Answer):
+    """The database answers."""
+
+    status: Literal["ok"]
