@@ -79,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
             dispatcher_host=args.host, dispatcher_port=args.port,
             log_level=args.log_level.upper() if args.log_level else None,
         )
-        configure_logging(config.log_level)
+        configure_logging(config.log_level, log_format=config.log_format)
         registry = load_registry(config.task_module_names)
         app = create_app(config, registry=registry)
     except (ConfigError, StoreError, TaskModuleError) as exc:

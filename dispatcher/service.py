@@ -30,6 +30,7 @@ from dispatcher.models import (
 )
 from dispatcher.utils import Notifier
 from shared.config import Config
+from shared.utils import task_fields
 from tasks.registry import Registry
 
 log = logging.getLogger(__name__)
@@ -147,9 +148,10 @@ class Dispatcher:
         self._after_reclaim(reclaimed)
         if stopping:
             self.store.mark_worker(worker_id, WorkerStatus.STOPPED)
+        attempts = dict(held)
         for task_id in revoked:
             log.info("heartbeat from worker %s: task %s is no longer its lease", worker_id,
-                     task_id)
+                     task_id, extra=task_fields(task_id, worker_id, attempts.get(task_id)))
         return revoked
 
     def checkpoint(
@@ -171,7 +173,7 @@ class Dispatcher:
         )
         self.metrics.on_reclaims([reclaim])
         log.info("worker %s released task %s (attempt %s, %s)", worker_id, task_id, attempt,
-                 cause.value)
+                 cause.value, extra=task_fields(task_id, worker_id, attempt))
         self.tasks_available.notify()
         return reclaim
 
@@ -223,7 +225,7 @@ class Dispatcher:
             self.tasks_leased += len(leases)
         for lease in leases:
             log.debug("task %s attempt %s leased to worker %s", lease.task_id, lease.attempt,
-                      worker_id)
+                      worker_id, extra=task_fields(lease.task_id, worker_id, lease.attempt))
 
     def _tasks_elsewhere(self, count: int) -> None:
         """Another dispatcher made tasks claimable: wake that many claims (all if unknown)."""
@@ -232,9 +234,14 @@ class Dispatcher:
     def _after_results(self, worker_id: str, outcomes: list[Outcome]) -> None:
         self.metrics.on_outcomes(outcomes)
         for outcome in outcomes:
+            fields = task_fields(outcome.task_id, worker_id, outcome.attempt)
             if outcome.outcome is OutcomeKind.STALE:
                 log.warning("stale result for task %s from worker %s refused", outcome.task_id,
-                            worker_id)
+                            worker_id, extra=fields)
+            elif outcome.outcome is OutcomeKind.ACCEPTED and log.isEnabledFor(logging.DEBUG):
+                log.debug("task %s attempt %s %s by worker %s", outcome.task_id,
+                          outcome.attempt, outcome.status.value if outcome.status else "done",
+                          worker_id, extra=fields)
 
     def _after_reclaim(self, reclaimed: list[Reclaim]) -> None:
         if not reclaimed:

@@ -19,6 +19,7 @@ from shared.utils import split_urls
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+LOG_FORMATS = ("text", "json")
 _MODULE_PATH = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*")
 
 
@@ -55,6 +56,9 @@ class Config:
     prefetch_max: int = 128
     run_dir: str = "run"
     log_level: str = "INFO"
+    log_format: str = "text"
+    """``text`` (one line per record, as always) or ``json`` (one JSON object per line, with
+    ``task_id``, ``worker_id`` and ``attempt`` fields on every line about a task)."""
     task_modules: str = ""
     """Comma-separated import paths of the operator's task modules (besides the built-ins)."""
 
@@ -127,6 +131,7 @@ _RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "backoff_max": (_positive, "must be > 0"),
     "prefetch_max": (lambda v: 1 <= v <= 1000, "must be 1-1000"),
     "log_level": (lambda v: v in LOG_LEVELS, "must be one of " + ", ".join(LOG_LEVELS)),
+    "log_format": (lambda v: v in LOG_FORMATS, "must be one of " + ", ".join(LOG_FORMATS)),
     "database_url": (
         lambda v: v.startswith(("sqlite:///", "postgresql://", "postgres://")),
         "must start with sqlite:/// or postgresql://",
@@ -175,6 +180,8 @@ def _convert(name: str, raw: str, kind: type) -> Any:
             return float(text)
     except ValueError:
         raise ConfigError(f"{name} must be a {kind.__name__}, got {raw!r}") from None
+    if name == "LOG_FORMAT":
+        return text.lower()
     return text.upper() if name == "LOG_LEVEL" else text
 
 

@@ -35,6 +35,7 @@ from dispatcher.models import (
     WorkerStatus,
     dumps,
 )
+from shared.utils import task_fields
 from tasks.base import InvalidCheckpoint
 
 log = logging.getLogger(__name__)
@@ -749,9 +750,11 @@ def _lost_claims(tx: Tx, worker_id: str, instance_id: str | None) -> list[Row]:
     if instance_id is None:
         return []
     rows = tx.all("leased_to_instance", {"worker_id": worker_id, "instance_id": instance_id})
+    for row in rows:
+        log.warning("re-delivering task %s (attempt %s) to worker %s: its claim answer was lost",
+                    row["task_id"], row["attempt"], worker_id,
+                    extra=task_fields(row["task_id"], worker_id, row["attempt"]))
     if rows:
-        log.warning("re-delivering tasks %s to worker %s: their claim answer was lost",
-                    [row["task_id"] for row in rows], worker_id)
         tx.run("counter_add", {"name": "redelivered", "value": len(rows)})
     return rows
 
@@ -851,7 +854,8 @@ def _fail(tx: Tx, worker_id: str, report: Report) -> OutcomeKind:
         return OutcomeKind.STALE
     if report.refused is not None:
         log.warning("task %s attempt %s from worker %s: result refused (%s); task failed",
-                    report.task_id, report.attempt, worker_id, report.refused)
+                    report.task_id, report.attempt, worker_id, report.refused,
+                    extra=task_fields(report.task_id, worker_id, report.attempt))
         return OutcomeKind.REFUSED
     return OutcomeKind.ACCEPTED
 
