@@ -4,10 +4,14 @@
 ``./start_worker.sh WORKER_ID --processes N`` runs for N > 1) starts the workers
 ``WORKER_ID-1`` ... ``WORKER_ID-N`` as child processes and stays in the foreground:
 
-* A child that dies (crash, ``kill -9``, OOM) is started again under the same name. Its first
-  heartbeat or claim carries a new instance id, so the dispatcher requeues what the dead
-  instance held at once (reclaim cause ``worker_restarted``) instead of after
-  ``HEARTBEAT_TIMEOUT``; the task resumes from its last checkpoint. A child that keeps dying
+* A child that dies (crash, ``kill -9``, OOM) is started again under the same name. At once,
+  before the new process is even up, the supervisor tells the dispatcher with one heartbeat
+  for that worker id under a new instance id, marked ``stopping`` (:meth:`Supervisor.announce_exit`):
+  the dispatcher requeues what the dead instance held (reclaim cause ``worker_restarted``)
+  instead of waiting ``HEARTBEAT_TIMEOUT``, and shows the worker as stopped until the new
+  process registers. The task resumes from its last checkpoint on whichever worker claims it.
+  (Without that heartbeat, e.g. with the dispatcher unreachable, the new process's first
+  heartbeat or claim has the same effect, or the dispatcher's dead-worker timeout.) A child that keeps dying
   quickly is restarted after a growing delay (``--restart-delay`` doubling up to
   ``--restart-delay-max``; back to no delay once a child has lived ``--stable-after``
   seconds), so a poison task cannot fork-bomb the host. Every exit is logged with its cause
@@ -40,10 +44,20 @@ import signal
 import subprocess
 import sys
 import time
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from shared.config import LOG_LEVELS, REPO_ROOT, ConfigError, load_config, resolve_process_count
+import requests
+
+from shared.config import (
+    LOG_LEVELS,
+    REPO_ROOT,
+    ConfigError,
+    check_dispatcher_urls,
+    load_config,
+    resolve_process_count,
+)
 from shared.utils import configure_logging
 from worker.config import CONFIG_ERROR_EXIT
 
@@ -54,6 +68,9 @@ PR_SET_PDEATHSIG = 1
 
 POLL_SECONDS = 0.05
 """How often the supervisor looks for exited children (and pending restarts)."""
+
+ANNOUNCE_TIMEOUT = (0.5, 1.0)
+"""(connect, read) timeouts of the heartbeat announcing a dead child, per dispatcher tried."""
 
 
 def child_names(worker_id: str, count: int) -> list[str]:
@@ -119,6 +136,7 @@ class Supervisor:
     def __init__(
         self, worker_id: str, count: int, worker_args: list[str], run_path: Path, *,
         restart_delay: float = 1.0, restart_delay_max: float = 30.0, stable_after: float = 10.0,
+        dispatcher_urls: tuple[str, ...] = (),
     ) -> None:
         self.worker_id = worker_id
         self.children = [Child(name) for name in child_names(worker_id, count)]
@@ -127,6 +145,8 @@ class Supervisor:
         self.base, self.cap, self.stable_after = restart_delay, restart_delay_max, stable_after
         self.signals = 0
         self._preexec = _parent_death_signal()
+        self.dispatcher_urls = dispatcher_urls
+        self._http = requests.Session()
 
     # -- signals --------------------------------------------------------------------------
 
@@ -173,6 +193,31 @@ class Supervisor:
         if lived >= self.stable_after:
             child.quick_exits = 0
         return code
+
+    def announce_exit(self, child: Child) -> None:
+        """Tell the dispatcher a child died, so its tasks are requeued now, not after a timeout.
+
+        One heartbeat for the child's worker id with a new instance id, holding nothing and
+        marked ``stopping``: the dispatcher requeues what the dead instance held
+        (``worker_restarted``) and shows the worker as stopped until the new process
+        registers. The dispatchers are tried in order; failures only cost the timeout.
+        """
+        body = {"worker_id": child.name, "instance_id": uuid.uuid4().hex, "tasks": [],
+                "stopping": True}
+        for url in self.dispatcher_urls:
+            try:
+                reply = self._http.post(f"{url}/heartbeat", json=body, timeout=ANNOUNCE_TIMEOUT)
+            except requests.RequestException as exc:
+                log.warning("could not tell %s that worker %s died (%s)", url, child.name,
+                            type(exc).__name__)
+                continue
+            if reply.status_code < 500:
+                log.info("told %s that worker %s died: its tasks are requeued (HTTP %d)", url,
+                         child.name, reply.status_code)
+                return
+        if self.dispatcher_urls:
+            log.warning("no dispatcher told that worker %s died: its tasks come back when the "
+                        "new process registers or after HEARTBEAT_TIMEOUT", child.name)
 
     def _schedule_restart(self, child: Child) -> None:
         delay = restart_delay(child.quick_exits, self.base, self.cap)
@@ -226,12 +271,14 @@ class Supervisor:
                     child.done = True
                 else:
                     self._schedule_restart(child)
+                    self.announce_exit(child)
             now = time.monotonic()
             for child in self.children:
                 if child.proc is None and not child.done and child.start_at <= now:
                     self._start(child)
             if all(c.done for c in self.children):
                 log.info("every worker is done; supervisor exiting")
+                self._http.close()
                 return 0
             time.sleep(POLL_SECONDS)
 
@@ -256,6 +303,7 @@ class Supervisor:
                     clean = False
             time.sleep(POLL_SECONDS)
         log.info("supervisor stopped: every worker exited")
+        self._http.close()
         if exit_code:
             return exit_code
         return 0 if clean else 1
@@ -310,7 +358,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"configuration error: {exc}", file=sys.stderr)
         return CONFIG_ERROR_EXIT
     configure_logging(config.log_level)
+    try:
+        urls = config.dispatcher_urls if args.url is None else check_dispatcher_urls(args.url)
+    except ConfigError:
+        urls = ()  # the workers report a bad --url themselves (and the supervisor stops)
     supervisor = Supervisor(args.worker_id, count, worker_args(args), config.run_path,
+                            dispatcher_urls=urls,
                             restart_delay=args.restart_delay,
                             restart_delay_max=args.restart_delay_max,
                             stable_after=args.stable_after)

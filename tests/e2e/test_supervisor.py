@@ -68,6 +68,7 @@ def test_children_get_derived_names_and_a_killed_one_restarts_and_resumes(
     log = cluster.worker_log("host")
     assert f"worker {victim} (pid {pid}) exited: killed by SIGKILL" in log
     assert f"started worker {victim} (pid {new_pid}), restart 1" in log
+    assert f"that worker {victim} died: its tasks are requeued (HTTP 200)" in log
 
     children = [p.pid for p in psutil.Process(sup.pid).children()]
     sup.send_signal(signal.SIGTERM)
