@@ -198,3 +198,25 @@ def test_workers_die_with_a_killed_supervisor_and_cleanup_clears_its_files(
     assert cleaned.returncode == 0, cleaned.stderr
     assert "removed stale PID file for worker-orphan-1" in cleaned.stdout
     assert not list((Path(cluster.env["RUN_DIR"]) / "children").glob("*.pid"))
+
+
+@SQLITE_ONLY
+def test_a_second_signal_kills_the_workers_at_once(cluster: LocalCluster) -> None:
+    sup = cluster.start_supervisor("hard", 2)
+    wait_until(lambda: alive_workers(cluster) == {"hard-1", "hard-2"}, 60, interval=0.1,
+               message="two supervised workers")
+    children = [p.pid for p in psutil.Process(sup.pid).children()]
+    os.kill(children[0], signal.SIGSTOP)  # cannot act on the forwarded SIGTERM: never exits
+    try:
+        sup.send_signal(signal.SIGTERM)
+        wait_until(lambda: "supervisor stopping" in cluster.worker_log("hard"), 30,
+                   message="the warm stop began")
+        wait_until(lambda: gone(children[1]), 30, message="the other worker stopped warm")
+        assert sup.poll() is None  # still waiting for the stopped worker
+        sup.send_signal(signal.SIGTERM)
+        assert sup.wait(timeout=30) == 1
+        assert gone(children[0])
+        assert "second stop signal: killing 1 worker(s) now" in cluster.worker_log("hard")
+    finally:
+        if not gone(children[0]):
+            os.kill(children[0], signal.SIGKILL)
