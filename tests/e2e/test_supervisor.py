@@ -216,7 +216,9 @@ def test_a_second_signal_kills_the_workers_at_once(cluster: LocalCluster) -> Non
         sup.send_signal(signal.SIGTERM)
         assert sup.wait(timeout=30) == 1
         assert gone(children[0])
-        assert "second stop signal: killing 1 worker(s) now" in cluster.worker_log("hard")
+        # (1 or 2: the warm-stopped worker may have exited but not been reaped yet)
+        assert re.search(r"second stop signal: killing [12] worker\(s\) now",
+                         cluster.worker_log("hard"))
     finally:
         if not gone(children[0]):
             os.kill(children[0], signal.SIGKILL)
