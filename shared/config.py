@@ -19,6 +19,7 @@ from shared.utils import split_urls
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+MAX_WORKER_PROCESSES = 1024
 _MODULE_PATH = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*")
 
 
@@ -57,6 +58,8 @@ class Config:
     log_level: str = "INFO"
     task_modules: str = ""
     """Comma-separated import paths of the operator's task modules (besides the built-ins)."""
+    worker_processes: str = "1"
+    """Worker processes ``start_worker.sh`` runs under one supervisor: a count or ``auto``."""
 
     @property
     def sqlite_path(self) -> Path | None:
@@ -84,6 +87,11 @@ class Config:
         return split_urls(self.dispatcher_url)
 
     @property
+    def worker_process_count(self) -> int:
+        """How many worker processes ``WORKER_PROCESSES`` asks for (``auto``: usable CPU cores)."""
+        return resolve_process_count(self.worker_processes)
+
+    @property
     def run_path(self) -> Path:
         """Directory for PID files, worker caches and logs."""
         return resolve_path(self.run_dir)
@@ -99,6 +107,19 @@ def resolve_path(raw: str) -> Path:
     """Resolve a configured path: absolute as given, relative to the repository root."""
     path = Path(raw).expanduser()
     return path if path.is_absolute() else REPO_ROOT / path
+
+
+def resolve_process_count(raw: str, key: str = "WORKER_PROCESSES") -> int:
+    """A worker process count: a number 1-1024, or ``auto`` for the CPU cores this process may use."""
+    text = raw.strip().lower()
+    if text == "auto":
+        try:
+            return max(1, len(os.sched_getaffinity(0)))
+        except AttributeError:  # not Linux
+            return max(1, os.cpu_count() or 1)
+    if not text.isdigit() or not 1 <= int(text) <= MAX_WORKER_PROCESSES:
+        raise ConfigError(f"{key} must be 1-{MAX_WORKER_PROCESSES} or auto, got {raw!r}")
+    return int(text)
 
 
 def _positive(value: float) -> bool:
@@ -130,6 +151,10 @@ _RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "database_url": (
         lambda v: v.startswith(("sqlite:///", "postgresql://", "postgres://")),
         "must start with sqlite:/// or postgresql://",
+    ),
+    "worker_processes": (
+        lambda v: v.lower() == "auto" or (v.isdigit() and 1 <= int(v) <= MAX_WORKER_PROCESSES),
+        f"must be 1-{MAX_WORKER_PROCESSES} or auto",
     ),
     "task_modules": (
         lambda v: all(_MODULE_PATH.fullmatch(n.strip()) for n in v.split(",") if n.strip()),
