@@ -112,7 +112,9 @@ class DashboardFeed:
             "workers": workers,
             "running": [_running(row, now) for row in raw["dash_running"]],
             "pending": [_short(row, now) for row in raw["dash_pending"][:SHORT_ROWS]],
-            "recent": [_short(row, now) for row in raw["dash_recent"][:SHORT_ROWS]],
+            "recent": [_short(row, now) for row in sorted(
+                raw["dash_recent"], key=lambda r: (r["finished_at"], r["task_id"]),
+                reverse=True)[:SHORT_ROWS]],
             "throughput": throughput,
             "reclaims": raw["counters"],
             "events": [event.to_dict() for event in reversed(raw["events"])],

@@ -306,6 +306,17 @@ function renderShortTable(id, items, columns) {
   $(`${id}-empty`).hidden = items.length > 0;
 }
 
+// The smallest of 2, 5, 10, 20, 50... at or above n (so the axis reads in round numbers).
+function niceCeiling(n) {
+  let step = 1;
+  for (;;) {
+    for (const factor of [2, 5, 10]) {
+      if (n <= step * factor) return step * factor;
+    }
+    step *= 10;
+  }
+}
+
 function renderChart(state) {
   const { series, bucket_seconds: bucket, start } = state.throughput;
   const n = series.completed.length;
@@ -313,7 +324,7 @@ function renderChart(state) {
   const height = 160;
   const pad = { left: 34, right: 6, top: 8, bottom: 20 };
   const totals = series.completed.map((c, i) => c + series.failed[i] + series.cancelled[i]);
-  const max = Math.max(1, ...totals);
+  const max = niceCeiling(Math.max(...totals));
   const plotW = width - pad.left - pad.right;
   const plotH = height - pad.top - pad.bottom;
   const barW = plotW / n;
@@ -323,7 +334,7 @@ function renderChart(state) {
     const y = pad.top + plotH * (1 - fraction);
     root.append(svg("line", { x1: pad.left, x2: width - pad.right, y1: y, y2: y, class: "grid" }));
     const label = svg("text", { x: pad.left - 4, y: y + 4, class: "axis", "text-anchor": "end" });
-    label.textContent = fmtInt(Math.round(max * fraction));
+    label.textContent = fmtInt(max * fraction);
     root.append(label);
   }
   for (let i = 0; i < n; i += 1) {
@@ -381,14 +392,14 @@ function eventSentence(e) {
   return parts.join("");
 }
 
-function renderTimeline(list, events) {
+function renderTimeline(list, events, withDetails = true) {
   syncRows(list, events, (e) => e.event_id, (e) => {
     const item = el("li", { "data-kind": e.kind, "data-task": e.task_id ?? "",
       "data-worker": e.worker_id ?? "", class: EVENT_CLASS[e.kind] || "" });
     item.append(el("time", { datetime: new Date(e.at * 1000).toISOString(), text: clock(e.at) }),
       badge(EVENT_TITLE[e.kind] || e.kind, EVENT_CLASS[e.kind] || ""),
       el("span", { class: "what", text: eventSentence(e) }));
-    if (e.task_id) {
+    if (e.task_id && withDetails) {
       item.append(el("button", { type: "button", class: "quiet", "data-action": "details",
         text: "details", onclick: () => openDetail(e.task_id) }));
     }
@@ -479,7 +490,7 @@ async function loadDetail() {
     }
     $("detail-checkpoint").textContent = checkpoint.checkpoint
       ? JSON.stringify(checkpoint.checkpoint, null, 2) : "no checkpoint (none saved, or the task finished)";
-    renderTimeline($("detail-events"), [...events.events].reverse());
+    renderTimeline($("detail-events"), [...events.events].reverse(), false);
     if (!["completed", "failed", "cancelled"].includes(task.status)) {
       detailTimer = setTimeout(loadDetail, DETAIL_REFRESH_MS);
     }
