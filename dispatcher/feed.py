@@ -92,6 +92,11 @@ class DashboardFeed:
             self._cached = (time.monotonic(), document)
             return document
 
+    def forget(self) -> None:
+        """Drop the reused document: the next request builds a fresh one."""
+        with self._lock:
+            self._cached = None
+
     def _build(self) -> dict[str, Any]:
         since = self.throughput.since(self.store.now())
         raw = self.store.dashboard(since, BUCKET_SECONDS, TASK_ROWS, WORKER_ROWS)

@@ -157,7 +157,7 @@ def test_state_marks_a_silent_worker_dead(
     submit(client)
     claim(client, "w1", "i1")
     run_monitor(dispatcher, clock, 3)
-    dispatcher.feed._cached = None  # the document is reused for half a (real) second
+    dispatcher.feed.forget()  # the document is reused for half a (real) second
     state = client.get("/dashboard/state").json
     assert state["headline"]["workers_alive"] == 0 and state["headline"]["workers_dead"] == 1
     [w1] = state["workers"]
