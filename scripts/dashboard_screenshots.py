@@ -1,4 +1,6 @@
-"""Screenshots of the dashboard at work, for the README: ``python scripts/dashboard_screenshots.py``.
+"""Screenshots of the dashboard at work, for the README.
+
+    .venv/bin/python scripts/dashboard_screenshots.py [--seconds 50] [--out docs/images]
 
 Starts a scratch cluster (a dispatcher on SQLite and six workers, in a temp directory), gives
 it a stream of quick tasks and a few slow, checkpointing ones, kills one worker with SIGKILL

@@ -167,7 +167,8 @@ QUERIES: dict[str, str] = {
         UPDATE workers SET last_heartbeat = MAX(last_heartbeat, :at)
          WHERE worker_id = :worker_id AND status = 'alive'""",
     "workers_silent": """
-        SELECT worker_id, last_heartbeat FROM workers WHERE status = 'alive' AND last_heartbeat < :silent_since""",
+        SELECT worker_id, last_heartbeat FROM workers
+         WHERE status = 'alive' AND last_heartbeat < :silent_since""",
     "workers_all": "SELECT * FROM workers ORDER BY worker_id",
     # -- counters and cluster state --
     "status_counts": "SELECT status, n FROM status_counts",

@@ -549,8 +549,8 @@ class Store(abc.ABC):
         """What the dashboard shows, from bounded reads: none scans the whole task table.
 
         Counts per status (kept by triggers), workers (at most ``worker_rows``, live ones
-        first) with their lease counts, the in-progress, next pending and last finished tasks (at
-        most ``rows`` each, by index), tasks finished since ``since`` per bucket of
+        first) with their lease counts, the in-progress, next pending and last finished tasks
+        (at most ``rows`` each, by index), tasks finished since ``since`` per bucket of
         ``bucket_seconds`` (by the finished-time index), counters and the newest events.
         """
         limit = {"limit": rows}
