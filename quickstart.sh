@@ -65,4 +65,4 @@ for w in stats["workers"]["details"]:
     print(f"worker {w['worker_id']}: {w['status']}, {w['tasks_completed']} tasks completed")
 PY
 echo "== done. Run it yourself: ./start_dispatcher.sh, ./start_worker.sh worker-1,"
-echo "   python3 add_task.py 5 100000, curl $URL/stats, ./cleanup.sh; the dashboard: open $URL/"
+echo "   python3 add_task.py 5 100000, curl $URL/stats, ./cleanup.sh"
