@@ -63,9 +63,11 @@ class ReclaimCause(str, enum.Enum):
 class EventKind(str, enum.Enum):
     """What a timeline event (``events`` table, ``GET /events``) records.
 
-    A reclaim's kind is its :class:`ReclaimCause` value (except ``returned_unstarted``: a
-    prefetching worker handing back tasks it never started is bookkeeping, counted in /stats
-    only); the others are the moments around a reclaim that a person watching wants to see.
+    A reclaim's kind is its :class:`ReclaimCause` value, whichever causes there are (except
+    ``returned_unstarted``: a prefetching worker handing back tasks it never started is
+    bookkeeping, counted in /stats only); the others are the moments around a reclaim that a
+    person watching wants to see. The members name the kinds known today; an event's ``kind``
+    is kept as text, so a cause added later is recorded and shown as it is.
     """
 
     DEAD_WORKER = ReclaimCause.DEAD_WORKER.value  # task reclaimed: its worker was declared dead
@@ -278,7 +280,7 @@ class Event:
 
     event_id: int
     at: float
-    kind: EventKind
+    kind: str  # an EventKind value, or a reclaim cause added since
     task_id: int | None
     worker_id: str | None
     attempt: int | None
@@ -289,12 +291,12 @@ class Event:
     @classmethod
     def from_row(cls, row: Any) -> "Event":
         """Build from an ``events`` row."""
-        return cls(row["event_id"], row["at"], EventKind(row["kind"]), row["task_id"],
+        return cls(row["event_id"], row["at"], row["kind"], row["task_id"],
                    row["worker_id"], row["attempt"], row["status"], row["progress"],
                    row["detail"])
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON form served by ``GET /events``."""
-        return {"event_id": self.event_id, "at": self.at, "kind": self.kind.value,
+        return {"event_id": self.event_id, "at": self.at, "kind": self.kind,
                 "task_id": self.task_id, "worker_id": self.worker_id, "attempt": self.attempt,
                 "status": self.status, "progress": self.progress, "detail": self.detail}

@@ -430,7 +430,7 @@ class Store(abc.ABC):
                                  code="already_finished")
             move(tx, Move.CANCEL, {"task_id": task_id, "now": tx.now})
             _add_events(tx, [_event(
-                EventKind.CANCELLED, task_id, row["worker_id"], row["attempt"],
+                EventKind.CANCELLED.value, task_id, row["worker_id"], row["attempt"],
                 TaskStatus.CANCELLED.value, None,
                 f"cancelled by a user while {row['status']}"
                 + (f" on {row['worker_id']}" if row["status"] == "in-progress" else ""))])
@@ -491,7 +491,7 @@ class Store(abc.ABC):
         for row in tx.all("workers_silent", {"silent_since": silent_since}):
             worker_id = row["worker_id"]
             _add_events(tx, [_event(
-                EventKind.WORKER_DEAD, None, worker_id, None, WorkerStatus.DEAD.value, None,
+                EventKind.WORKER_DEAD.value, None, worker_id, None, WorkerStatus.DEAD.value, None,
                 f"no heartbeat for {tx.now - row['last_heartbeat']:.1f} s")])
             held = tx.all("held_by_worker", {"worker_id": worker_id})
             reclaimed += self._requeue_all(tx, held, worker_id, ReclaimCause.DEAD_WORKER)
@@ -655,10 +655,10 @@ class Store(abc.ABC):
 # -- helpers used inside transactions (backend-independent) --------------------------------------
 
 
-def _event(kind: EventKind, task_id: int | None, worker_id: str | None, attempt: int | None,
+def _event(kind: str, task_id: int | None, worker_id: str | None, attempt: int | None,
            status: str | None, progress: float | None, detail: str) -> dict[str, Any]:
     """The parameters of one ``event_add`` row (its time is the transaction's)."""
-    return {"kind": kind.value, "task_id": task_id, "worker_id": worker_id, "attempt": attempt,
+    return {"kind": kind, "task_id": task_id, "worker_id": worker_id, "attempt": attempt,
             "status": status, "progress": progress, "detail": detail}
 
 
@@ -671,9 +671,9 @@ def _reclaim_event(reclaim: Reclaim, progress: float) -> dict[str, Any]:
     after = (f"failed: out of attempts after attempt {reclaim.attempt}" if reclaim.failed
              else "back to the queue")
     status = TaskStatus.FAILED if reclaim.failed else TaskStatus.PENDING
-    return _event(EventKind(reclaim.cause.value), reclaim.task_id, reclaim.worker_id,
-                  reclaim.attempt, status.value, progress,
-                  f"{RECLAIM_WORDS[reclaim.cause]}; {after}")
+    words = RECLAIM_WORDS.get(reclaim.cause, reclaim.cause.value.replace("_", " "))
+    return _event(reclaim.cause.value, reclaim.task_id, reclaim.worker_id, reclaim.attempt,
+                  status.value, progress, f"{words}; {after}")
 
 
 def _note_resumed(tx: Tx, worker_id: str, leases: Sequence[Lease], claimed: set[int]) -> None:
@@ -685,7 +685,7 @@ def _note_resumed(tx: Tx, worker_id: str, leases: Sequence[Lease], claimed: set[
         cp = lease.checkpoint
         detail = (f"attempt {lease.attempt} resumes from its checkpoint at {cp.progress:.0%}"
                   if cp is not None else f"attempt {lease.attempt} starts over (no checkpoint)")
-        events.append(_event(EventKind.RESUMED, lease.task_id, worker_id, lease.attempt,
+        events.append(_event(EventKind.RESUMED.value, lease.task_id, worker_id, lease.attempt,
                              TaskStatus.IN_PROGRESS.value, cp.progress if cp else 0.0, detail))
     _add_events(tx, events)
 

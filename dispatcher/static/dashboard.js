@@ -227,7 +227,8 @@ function renderStatusBar(state) {
   for (const status of STATUSES) {
     const n = state.tasks[status] || 0;
     if (total > 0 && n > 0) {
-      const part = el("div", { class: `part ${STATUS_CLASS[status]}`, title: `${status}: ${fmtInt(n)}` });
+      const part = el("div", { class: `part ${STATUS_CLASS[status]}`,
+        title: `${status}: ${fmtInt(n)}` });
       part.style.width = `${(100 * n) / total}%`;
       bar.append(part);
     }
@@ -394,10 +395,13 @@ function eventSentence(e) {
 
 function renderTimeline(list, events, withDetails = true) {
   syncRows(list, events, (e) => e.event_id, (e) => {
+    // A kind this page does not know is a reclaim cause added to the dispatcher since.
+    const tone = EVENT_CLASS[e.kind] || "reclaim";
+    const title = EVENT_TITLE[e.kind] || `reclaimed: ${e.kind.replaceAll("_", " ")}`;
     const item = el("li", { "data-kind": e.kind, "data-task": e.task_id ?? "",
-      "data-worker": e.worker_id ?? "", class: EVENT_CLASS[e.kind] || "" });
+      "data-worker": e.worker_id ?? "", class: tone });
     item.append(el("time", { datetime: new Date(e.at * 1000).toISOString(), text: clock(e.at) }),
-      badge(EVENT_TITLE[e.kind] || e.kind, EVENT_CLASS[e.kind] || ""),
+      badge(title, tone),
       el("span", { class: "what", text: eventSentence(e) }));
     if (e.task_id && withDetails) {
       item.append(el("button", { type: "button", class: "quiet", "data-action": "details",
@@ -447,7 +451,8 @@ function field(list, name, value) {
   if (value === null || value === undefined) text = "–";
   else if (typeof value === "object") text = JSON.stringify(value, null, 2);
   const dd = el("dd", { "data-field": name });
-  dd.append(typeof value === "object" && value !== null ? el("pre", { class: "json", text }) : String(text));
+  const structured = typeof value === "object" && value !== null;
+  dd.append(structured ? el("pre", { class: "json", text }) : String(text));
   list.append(el("dt", { text: name.replaceAll("_", " ") }), dd);
 }
 
@@ -489,13 +494,16 @@ async function loadDetail() {
       field(list, name, shown);
     }
     $("detail-checkpoint").textContent = checkpoint.checkpoint
-      ? JSON.stringify(checkpoint.checkpoint, null, 2) : "no checkpoint (none saved, or the task finished)";
+      ? JSON.stringify(checkpoint.checkpoint, null, 2)
+      : "no checkpoint (none saved, or the task finished)";
     renderTimeline($("detail-events"), [...events.events].reverse(), false);
     if (!["completed", "failed", "cancelled"].includes(task.status)) {
       detailTimer = setTimeout(loadDetail, DETAIL_REFRESH_MS);
     }
   } catch (err) {
-    if (taskId === detailTask) $("detail-checkpoint").textContent = `could not load: ${err.message}`;
+    if (taskId === detailTask) {
+      $("detail-checkpoint").textContent = `could not load: ${err.message}`;
+    }
   }
 }
 
@@ -520,7 +528,8 @@ async function poll() {
   } catch (err) {
     if (err.status === 401 || err.status === 403) {
       setConnection("auth", "token needed");
-      flash(`The dispatcher refused the request (${err.message}). Enter an API token above.`, "error");
+      flash(`The dispatcher refused the request (${err.message}). Enter an API token above.`,
+        "error");
     } else {
       setConnection("down", `no answer: ${err.message}`);
     }

@@ -51,7 +51,7 @@ def test_a_sqlite_queue_moves_to_postgresql_whole(tmp_path: Path, target: str) -
         "pending": 4, "in-progress": 1, "completed": 1, "failed": 1, "cancelled": 1}
     assert stats["counters"] == {ReclaimCause.RELEASED.value: 1}
     events = store.events(None, 10)
-    assert [e.kind.value for e in events] == ["released_on_shutdown", "cancelled"]
+    assert [e.kind for e in events] == ["released_on_shutdown", "cancelled"]
     [(new_id, _)] = store.submit([NewTask("noop", {}, 0, 5)])
     assert new_id == max(expected) + 1  # ids continue after the copied ones
     store.cancel(new_id)
