@@ -54,6 +54,8 @@ class Config:
     poll_wait: float = 1.0
     backoff_max: float = 5.0
     prefetch_max: int = 128
+    events_kept: int = 1000
+    """How many of the newest timeline events (reclaims, dead workers...) the database keeps."""
     run_dir: str = "run"
     log_level: str = "INFO"
     task_modules: str = ""
@@ -147,6 +149,7 @@ _RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "poll_wait": (lambda v: 0 <= v <= 30, "must be 0-30"),
     "backoff_max": (_positive, "must be > 0"),
     "prefetch_max": (lambda v: 1 <= v <= 1000, "must be 1-1000"),
+    "events_kept": (lambda v: 10 <= v <= 1_000_000, "must be 10-1000000"),
     "log_level": (lambda v: v in LOG_LEVELS, "must be one of " + ", ".join(LOG_LEVELS)),
     "database_url": (
         lambda v: v.startswith(("sqlite:///", "postgresql://", "postgres://")),
