@@ -44,6 +44,8 @@ class HeartbeatMonitor:
     lease_seconds: float
     interval: float
     on_reclaim: Callable[[list[Reclaim]], None] = lambda reclaimed: None
+    events_kept: int = 1000
+    """The events timeline is trimmed to this many newest rows at each sweep (EVENTS_KEPT)."""
     stats: MonitorStats = field(default_factory=MonitorStats)
 
     @property
@@ -53,7 +55,8 @@ class HeartbeatMonitor:
 
     def sweep(self) -> list[Reclaim]:
         """One pass: reap dead workers (after any grace), then expired leases; what it changed."""
-        swept = self.store.sweep(self.heartbeat_timeout, self.lease_seconds, self.gap_seconds)
+        swept = self.store.sweep(self.heartbeat_timeout, self.lease_seconds, self.gap_seconds,
+                                 self.events_kept)
         if not swept.ran:
             self.stats.skipped += 1
             return []

@@ -60,6 +60,37 @@ class ReclaimCause(str, enum.Enum):
     WORKER_RESTARTED = "worker_restarted"
 
 
+class EventKind(str, enum.Enum):
+    """What a timeline event (``events`` table, ``GET /events``) records.
+
+    A reclaim's kind is its :class:`ReclaimCause` value, whichever causes there are (except
+    ``returned_unstarted``: a prefetching worker handing back tasks it never started is
+    bookkeeping, counted in /stats only); the others are the moments around a reclaim that a
+    person watching wants to see. The members name the kinds known today; an event's ``kind``
+    is kept as text, so a cause added later is recorded and shown as it is.
+    """
+
+    DEAD_WORKER = ReclaimCause.DEAD_WORKER.value  # task reclaimed: its worker was declared dead
+    EXPIRED_LEASE = ReclaimCause.EXPIRED_LEASE.value  # task reclaimed: no progress in the lease
+    RELEASED = ReclaimCause.RELEASED.value  # a stopping worker gave its task back
+    LOST_CLAIM = ReclaimCause.LOST_CLAIM.value  # leased, but the worker never listed it
+    WORKER_RESTARTED = ReclaimCause.WORKER_RESTARTED.value  # a new instance of its worker came
+    WORKER_DEAD = "worker_dead"  # a worker was silent for HEARTBEAT_TIMEOUT
+    RESUMED = "resumed"  # a task claimed again after an earlier attempt (from its checkpoint)
+    CANCELLED = "cancelled"  # a user cancelled an unfinished task
+
+
+RECLAIM_WORDS: dict[ReclaimCause, str] = {
+    ReclaimCause.DEAD_WORKER: "its worker was declared dead",
+    ReclaimCause.EXPIRED_LEASE: "no checkpoint within LEASE_DURATION (lease expired)",
+    ReclaimCause.RELEASED: "its worker released it on shutdown",
+    ReclaimCause.RETURNED: "its worker returned it unstarted",
+    ReclaimCause.LOST_CLAIM: "the claim's answer never reached the worker",
+    ReclaimCause.WORKER_RESTARTED: "its worker restarted under the same id",
+}
+"""Each reclaim cause in words, for the timeline (``events.detail``)."""
+
+
 def dumps(value: Any) -> str:
     """Canonical JSON used for everything stored, so equal values compare equal as text."""
     return json.dumps(value, sort_keys=True, separators=(",", ":"))
@@ -249,3 +280,31 @@ class Outcome:
     task_type: str | None = None
     ran_seconds: float | None = None
     """For a report that finished its task: from the claim of that attempt to the report."""
+
+
+@dataclass(frozen=True)
+class Event:
+    """One row of the ``events`` timeline."""
+
+    event_id: int
+    at: float
+    kind: str  # an EventKind value, or a reclaim cause added since
+    task_id: int | None
+    worker_id: str | None
+    attempt: int | None
+    status: str | None  # the task's status after the event (a worker's, for worker_dead)
+    progress: float | None  # the task's progress (its checkpoint) at the event
+    detail: str | None  # the cause in words
+
+    @classmethod
+    def from_row(cls, row: Any) -> "Event":
+        """Build from an ``events`` row."""
+        return cls(row["event_id"], row["at"], row["kind"], row["task_id"],
+                   row["worker_id"], row["attempt"], row["status"], row["progress"],
+                   row["detail"])
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON form served by ``GET /events``."""
+        return {"event_id": self.event_id, "at": self.at, "kind": self.kind,
+                "task_id": self.task_id, "worker_id": self.worker_id, "attempt": self.attempt,
+                "status": self.status, "progress": self.progress, "detail": self.detail}

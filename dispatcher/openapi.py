@@ -87,6 +87,10 @@ STATUS = Param("status", {"type": "string", "enum": list(responses.TASK_STATUSES
 LIMIT = Param("limit", {"type": "integer", "minimum": 1, "maximum": 1000, "default": 100},
               "At most this many tasks, newest first")
 
+_OPTIONAL_ID = {"oneOf": [{"type": "integer", "minimum": 0, "maximum": 2**62},
+                          {"type": "string", "maxLength": 0}]}
+"""An id in a query, where an empty value means the parameter is absent."""
+
 OPERATIONS: dict[tuple[str, str], Operation] = {
     ("/submit-task", "POST"): Operation(
         {201: ("Stored (one task, or a batch with at least one new task)",
@@ -134,6 +138,31 @@ OPERATIONS: dict[tuple[str, str], Operation] = {
     ("/docs/assets/<name>", "GET"): Operation(
         {200: ("A file of the vendored Swagger UI", None)}, errors=(404,),
         media="application/octet-stream", reads_database=False, tags=("documentation",)),
+    ("/", "GET"): Operation(
+        {200: ("The live dashboard (an HTML page; the same as /dashboard)", None)},
+        media="text/html", reads_database=False, tags=("dashboard",)),
+    ("/dashboard", "GET"): Operation(
+        {200: ("The live dashboard (an HTML page)", None)}, media="text/html",
+        reads_database=False, tags=("dashboard",)),
+    ("/dashboard/static/<filename>", "GET"): Operation(
+        {200: ("A file of the dashboard page (script, style)", None)}, errors=(404,),
+        media="application/octet-stream", reads_database=False, tags=("dashboard",)),
+    ("/dashboard/state", "GET"): Operation(
+        {200: ("Everything the dashboard shows, in one document", responses.DashboardState)},
+        tags=("dashboard",)),
+    ("/events", "GET"): Operation(
+        {200: ("Timeline events", responses.EventList)}, errors=(400,),
+        query=(Param("after", _OPTIONAL_ID, "Only the events after this event id, oldest "
+                                            "first (a cursor); empty or absent: the newest"),
+               Param("limit", {"type": "integer", "minimum": 1, "maximum": 1000,
+                               "default": 100}, "At most this many events"),
+               Param("task_id", {"oneOf": [{"type": "integer", "minimum": 1, "maximum": 2**62},
+                                           {"type": "string", "maxLength": 0}]},
+                     "Only this task's events")),
+        tags=("dashboard",)),
+    ("/task/<task_id>/checkpoint", "GET"): Operation(
+        {200: ("The task's latest checkpoint, or null", responses.LatestCheckpoint)},
+        errors=(404,)),
     ("/static/<filename>", "GET"): Operation(
         {200: ("A file of the app's static folder (Flask's own route)", None)}, errors=(404,),
         media="application/octet-stream", reads_database=False, tags=("documentation",)),

@@ -212,3 +212,47 @@ class Health(_Answer):
     """The database answers."""
 
     status: Literal["ok"]
+
+
+class EventView(_Answer):
+    """One timeline event: a reclaim (its cause as ``kind``), a dead worker, a resumption..."""
+
+    event_id: int
+    at: float
+    kind: str
+    task_id: int | None
+    worker_id: str | None
+    attempt: int | None
+    status: str | None
+    progress: float | None
+    detail: str | None
+
+
+class EventList(_Answer):
+    """Events in order, and the id to pass as ``after`` next time (null: none yet)."""
+
+    events: list[EventView]
+    last_event_id: int | None
+
+
+class LatestCheckpoint(_Answer):
+    """A task's latest accepted checkpoint, or null when it has none."""
+
+    task_id: int
+    checkpoint: CheckpointView | None
+
+
+class DashboardState(_Answer):
+    """Everything the dashboard page shows (see the README's Dashboard section)."""
+
+    now: float
+    headline: dict[str, Any]
+    tasks: dict[str, int]
+    workers: list[dict[str, Any]]
+    running: list[dict[str, Any]]
+    pending: list[dict[str, Any]]
+    recent: list[dict[str, Any]]
+    throughput: dict[str, Any]
+    reclaims: dict[str, int]
+    events: list[EventView]
+    settings: dict[str, Any]

@@ -14,9 +14,12 @@ from collections.abc import Sequence
 from typing import Any
 
 from dispatcher.db import Store
+from dispatcher.feed import DashboardFeed
 from dispatcher.heartbeat_monitor import HeartbeatMonitor
 from dispatcher.metrics import Metrics
 from dispatcher.models import (
+    Checkpoint,
+    Event,
     Lease,
     NewTask,
     Outcome,
@@ -61,6 +64,7 @@ class Dispatcher:
             lease_seconds=config.lease_duration,
             interval=interval,
             on_reclaim=self._after_reclaim,
+            events_kept=config.events_kept,
         )
         self._stop = threading.Event()
         self._monitor_thread: threading.Thread | None = None
@@ -72,6 +76,7 @@ class Dispatcher:
         self.claims_served = 0  # claim requests that returned tasks, since start
         self.tasks_leased = 0
         self.claims_waiting = 0  # long polls waiting for work right now
+        self.feed = DashboardFeed(store, config)
         self.metrics = Metrics(self)
 
     # -- lifecycle --------------------------------------------------------------------------
@@ -208,6 +213,18 @@ class Dispatcher:
         """The /stats document."""
         raw = self.store.stats(THROUGHPUT_WINDOW_SECONDS)
         return _format_stats(raw, self)
+
+    def dashboard_state(self) -> dict[str, Any]:
+        """The dashboard's document (``GET /dashboard/state``)."""
+        return self.feed.state()
+
+    def events(self, after: int | None, limit: int, task_id: int | None) -> list[Event]:
+        """Timeline events after id ``after`` (or the newest), optionally of one task."""
+        return self.store.events(after, limit, task_id)
+
+    def latest_checkpoint(self, task_id: int) -> Checkpoint | None:
+        """The task's latest checkpoint, or None; NotFound when there is no such task."""
+        return self.store.latest_checkpoint(task_id)
 
     def health(self) -> dict[str, Any]:
         """Raise StorageUnavailable unless the database answers."""

@@ -3,11 +3,11 @@
     python -m dispatcher.db.copy sqlite:///data/tasks.db postgresql://tq@db-host:5432/taskqueue
 
 Copies every table that holds the queue's history (tasks, results, checkpoints, workers,
-counters) from one consistent snapshot of the SQLite file into an empty PostgreSQL database,
-in one transaction (all or nothing), then checks that the row counts, the tasks per status and
-the counters agree on both sides, and prints them. Task ids are kept, and new ids continue
-after the largest. Stop the dispatcher first: a snapshot taken while it runs is consistent,
-but what it does afterwards stays behind in SQLite.
+counters, the events timeline) from one consistent snapshot of the SQLite file into an empty
+PostgreSQL database, in one transaction (all or nothing), then checks that the row counts, the
+tasks per status and the counters agree on both sides, and prints them. Task ids (and event
+ids) are kept, and new ids continue after the largest. Stop the dispatcher first: a snapshot
+taken while it runs is consistent, but what it does afterwards stays behind in SQLite.
 """
 
 from __future__ import annotations
@@ -34,6 +34,8 @@ TABLES: dict[str, tuple[str, ...]] = {
     "workers": ("worker_id", "instance_id", "status", "last_heartbeat", "registered_at",
                 "tasks_completed"),
     "counters": ("name", "value"),
+    "events": ("event_id", "at", "kind", "task_id", "worker_id", "attempt", "status", "progress",
+               "detail"),
 }
 """What is copied, in an order that respects the foreign keys. Column names are fixed here,
 never taken from input, so the statements built from them are constant."""
@@ -50,6 +52,8 @@ RECOUNT_SQL = """
     INSERT INTO status_counts (status, n) SELECT status, COUNT(*) FROM tasks GROUP BY status;
     SELECT setval(pg_get_serial_sequence('tasks', 'task_id'),
                   GREATEST((SELECT MAX(task_id) FROM tasks), 1));
+    SELECT setval(pg_get_serial_sequence('events', 'event_id'),
+                  GREATEST((SELECT MAX(event_id) FROM events), 1));
 """
 
 

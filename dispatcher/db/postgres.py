@@ -27,7 +27,10 @@ from psycopg_pool import ConnectionPool, PoolTimeout
 
 from dispatcher.db.errors import StorageUnavailable, StoreError
 from dispatcher.db.schema import (
-    POSTGRES_MIGRATIONS, POSTGRES_SCHEMA, SCHEMA_VERSION, migrations_after,
+    POSTGRES_MIGRATIONS,
+    POSTGRES_SCHEMA,
+    SCHEMA_VERSION,
+    migrations_between,
 )
 from dispatcher.db.store import (
     OLDEST_PENDING, Channel, Clock, Dialect, OnCommit, Store, Tx,
@@ -70,13 +73,13 @@ QUERIES: dict[str, str] = {
         UPDATE tasks SET status = 'pending', lease_expires_at = NULL, requeued_at = %(now)s,
                requeue_cause = %(cause)s
          WHERE task_id = %(task_id)s AND status = 'in-progress' AND attempt = %(attempt)s
-        RETURNING task_id, task_type""",
+        RETURNING task_id, task_type, progress""",
     "move_give_up": """
         UPDATE tasks SET status = 'failed', error = %(error)s, lease_expires_at = NULL,
                finished_at = %(now)s
          WHERE task_id = %(task_id)s AND status = 'in-progress' AND attempt = %(attempt)s
            AND attempt >= max_attempts
-        RETURNING task_id, task_type""",
+        RETURNING task_id, task_type, progress""",
     "move_cancel": """
         UPDATE tasks SET status = 'cancelled', lease_expires_at = NULL, finished_at = %(now)s
          WHERE task_id = %(task_id)s AND status IN ('pending', 'in-progress')
@@ -183,7 +186,7 @@ QUERIES: dict[str, str] = {
         UPDATE workers SET last_heartbeat = GREATEST(last_heartbeat, %(at)s)
          WHERE worker_id = %(worker_id)s AND status = 'alive'""",
     "workers_silent": """
-        SELECT worker_id FROM workers
+        SELECT worker_id, last_heartbeat FROM workers
          WHERE status = 'alive' AND last_heartbeat < %(silent_since)s ORDER BY worker_id""",
     "workers_all": "SELECT * FROM workers ORDER BY worker_id",
     # -- counters and cluster state --
@@ -204,6 +207,42 @@ QUERIES: dict[str, str] = {
     "cluster_put": """
         INSERT INTO cluster (name, value) VALUES (%(name)s, %(value)s)
         ON CONFLICT (name) DO UPDATE SET value = excluded.value""",
+    # -- the events timeline and the dashboard (each read bounded by an index and a LIMIT) --
+    "event_add": """
+        INSERT INTO events (at, kind, task_id, worker_id, attempt, status, progress, detail)
+        VALUES (%(now)s, %(kind)s, %(task_id)s, %(worker_id)s, %(attempt)s, %(status)s,
+                %(progress)s, %(detail)s)""",
+    "events_after": """
+        SELECT * FROM events
+         WHERE event_id > %(after)s AND (%(task_id)s::bigint IS NULL OR task_id = %(task_id)s)
+         ORDER BY event_id LIMIT %(limit)s""",
+    "events_latest": """
+        SELECT * FROM (SELECT * FROM events
+                        WHERE (%(task_id)s::bigint IS NULL OR task_id = %(task_id)s)
+                        ORDER BY event_id DESC LIMIT %(limit)s) latest ORDER BY event_id""",
+    "events_trim": """
+        DELETE FROM events WHERE event_id <= (SELECT event_id FROM events
+                                               ORDER BY event_id DESC LIMIT 1 OFFSET %(keep)s)""",
+    "dash_running": """
+        SELECT t.task_id, t.task_type, t.worker_id, t.attempt, t.max_attempts, t.progress,
+               t.claimed_at, t.lease_expires_at, c.saved_at AS checkpoint_at
+          FROM tasks t LEFT JOIN checkpoints c USING (task_id)
+         WHERE t.status = 'in-progress' ORDER BY t.task_id LIMIT %(limit)s""",
+    "dash_held_counts": """
+        SELECT worker_id, COUNT(*) AS n FROM tasks
+         WHERE status = 'in-progress' GROUP BY worker_id""",
+    "dash_pending": """
+        SELECT task_id, task_type, priority, attempt, progress, created_at FROM tasks
+         WHERE status = 'pending' ORDER BY priority DESC, task_id LIMIT %(limit)s""",
+    "dash_recent": """
+        SELECT task_id, task_type, status, worker_id, attempt, progress, finished_at, error
+          FROM tasks WHERE finished_at IS NOT NULL ORDER BY finished_at DESC LIMIT %(limit)s""",
+    "dash_buckets": """
+        SELECT floor(finished_at / %(bucket)s)::bigint AS bucket, status, COUNT(*) AS n
+          FROM tasks WHERE finished_at >= %(since)s GROUP BY 1, 2""",
+    "dash_workers": """
+        SELECT * FROM workers ORDER BY status = 'alive' DESC, worker_id LIMIT %(limit)s""",
+    "dash_worker_counts": "SELECT status, COUNT(*) AS n FROM workers GROUP BY status",
     "schema_version_get": "SELECT value FROM schema_info WHERE key = 'version'",
     "schema_version_put": """
         INSERT INTO schema_info (key, value) VALUES ('version', %(version)s)
@@ -352,7 +391,7 @@ class PostgresStore(Store):
             if version == 0:
                 tx.run_script(POSTGRES_SCHEMA)
                 version = 1
-            for target, script in migrations_after(POSTGRES_MIGRATIONS, version):
+            for target, script in migrations_between(POSTGRES_MIGRATIONS, version):
                 tx.run_script(script)
                 log.info("database migrated to schema version %s", target)
             tx.run("schema_version_put", {"version": str(SCHEMA_VERSION)})

@@ -22,7 +22,10 @@ from typing import Any
 
 from dispatcher.db.errors import StorageUnavailable, StoreError
 from dispatcher.db.schema import (
-    SCHEMA_VERSION, SQLITE_MIGRATIONS, SQLITE_SCHEMA, migrations_after,
+    SCHEMA_VERSION,
+    SQLITE_MIGRATIONS,
+    SQLITE_SCHEMA,
+    migrations_between,
 )
 from dispatcher.db.store import OLDEST_PENDING, Clock, Dialect, OnCommit, Store, Tx
 from dispatcher.runtime import offload
@@ -57,13 +60,13 @@ QUERIES: dict[str, str] = {
         UPDATE tasks SET status = 'pending', lease_expires_at = NULL, requeued_at = :now,
                requeue_cause = :cause
          WHERE task_id = :task_id AND status = 'in-progress' AND attempt = :attempt
-        RETURNING task_id, task_type""",
+        RETURNING task_id, task_type, progress""",
     "move_give_up": """
         UPDATE tasks SET status = 'failed', error = :error, lease_expires_at = NULL,
                finished_at = :now
          WHERE task_id = :task_id AND status = 'in-progress' AND attempt = :attempt
            AND attempt >= max_attempts
-        RETURNING task_id, task_type""",
+        RETURNING task_id, task_type, progress""",
     "move_cancel": """
         UPDATE tasks SET status = 'cancelled', lease_expires_at = NULL, finished_at = :now
          WHERE task_id = :task_id AND status IN ('pending', 'in-progress') RETURNING task_id""",
@@ -167,7 +170,8 @@ QUERIES: dict[str, str] = {
         UPDATE workers SET last_heartbeat = MAX(last_heartbeat, :at)
          WHERE worker_id = :worker_id AND status = 'alive'""",
     "workers_silent": """
-        SELECT worker_id FROM workers WHERE status = 'alive' AND last_heartbeat < :silent_since""",
+        SELECT worker_id, last_heartbeat FROM workers
+         WHERE status = 'alive' AND last_heartbeat < :silent_since""",
     "workers_all": "SELECT * FROM workers ORDER BY worker_id",
     # -- counters and cluster state --
     "status_counts": "SELECT status, n FROM status_counts",
@@ -179,6 +183,40 @@ QUERIES: dict[str, str] = {
     "cluster_put": """
         INSERT INTO cluster (name, value) VALUES (:name, :value)
         ON CONFLICT (name) DO UPDATE SET value = excluded.value""",
+    # -- the events timeline and the dashboard (each read bounded by an index and a LIMIT) --
+    "event_add": """
+        INSERT INTO events (at, kind, task_id, worker_id, attempt, status, progress, detail)
+        VALUES (:now, :kind, :task_id, :worker_id, :attempt, :status, :progress, :detail)""",
+    "events_after": """
+        SELECT * FROM events
+         WHERE event_id > :after AND (:task_id IS NULL OR task_id = :task_id)
+         ORDER BY event_id LIMIT :limit""",
+    "events_latest": """
+        SELECT * FROM (SELECT * FROM events WHERE (:task_id IS NULL OR task_id = :task_id)
+                        ORDER BY event_id DESC LIMIT :limit) ORDER BY event_id""",
+    "events_trim": """
+        DELETE FROM events WHERE event_id <= (SELECT event_id FROM events
+                                               ORDER BY event_id DESC LIMIT 1 OFFSET :keep)""",
+    "dash_running": """
+        SELECT t.task_id, t.task_type, t.worker_id, t.attempt, t.max_attempts, t.progress,
+               t.claimed_at, t.lease_expires_at, c.saved_at AS checkpoint_at
+          FROM tasks t INDEXED BY tasks_held_idx LEFT JOIN checkpoints c USING (task_id)
+         WHERE t.status = 'in-progress' ORDER BY t.task_id LIMIT :limit""",
+    "dash_held_counts": """
+        SELECT worker_id, COUNT(*) AS n FROM tasks INDEXED BY tasks_held_idx
+         WHERE status = 'in-progress' GROUP BY worker_id""",
+    "dash_pending": """
+        SELECT task_id, task_type, priority, attempt, progress, created_at FROM tasks
+         WHERE status = 'pending' ORDER BY priority DESC, task_id LIMIT :limit""",
+    "dash_recent": """
+        SELECT task_id, task_type, status, worker_id, attempt, progress, finished_at, error
+          FROM tasks WHERE finished_at IS NOT NULL ORDER BY finished_at DESC LIMIT :limit""",
+    "dash_buckets": """
+        SELECT CAST(finished_at / :bucket AS INTEGER) AS bucket, status, COUNT(*) AS n
+          FROM tasks WHERE finished_at >= :since GROUP BY 1, 2""",
+    "dash_workers": """
+        SELECT * FROM workers ORDER BY status = 'alive' DESC, worker_id LIMIT :limit""",
+    "dash_worker_counts": "SELECT status, COUNT(*) AS n FROM workers GROUP BY status",
     "schema_version_get": "SELECT value FROM schema_info WHERE key = 'version'",
     "schema_version_put": """
         INSERT INTO schema_info (key, value) VALUES ('version', :version)
@@ -349,7 +387,7 @@ class SQLiteStore(Store):
             if version > SCHEMA_VERSION:
                 raise StoreError(f"database schema version {version} is newer than this code "
                                  f"({SCHEMA_VERSION}); upgrade the dispatcher")
-            for target, script in migrations_after(SQLITE_MIGRATIONS, version):
+            for target, script in migrations_between(SQLITE_MIGRATIONS, version):
                 tx.run_script(script)
                 log.info("database migrated to schema version %s", target)
             tx.run("schema_version_put", {"version": str(SCHEMA_VERSION)})

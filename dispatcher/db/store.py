@@ -22,7 +22,10 @@ from dispatcher.db.errors import NotFound, StaleLease
 from dispatcher.db.moves import Move, move, move_after_read
 from dispatcher.models import (
     FINISHED,
+    RECLAIM_WORDS,
     Checkpoint,
+    Event,
+    EventKind,
     Lease,
     NewTask,
     Outcome,
@@ -352,6 +355,7 @@ class Store(abc.ABC):
             claimed_rows = move(tx, Move.CLAIM, _claim_params(
                 tx, worker_id, instance_id, limit - len(lost), lease_seconds))
             leases = _leases(tx, lost + claimed_rows, lease_seconds)
+            _note_resumed(tx, worker_id, leases, {row["task_id"] for row in claimed_rows})
             if look.known:
                 self._beats.seen(worker_id, tx.now)
             else:
@@ -371,6 +375,7 @@ class Store(abc.ABC):
                 if not look.known or look.leased:
                     raise _NotAtOnce
                 leases = _leases(tx, claimed_rows, lease_seconds)
+                _note_resumed(tx, worker_id, leases, {row["task_id"] for row in claimed_rows})
         except _NotAtOnce:
             return None
         self._beats.seen(worker_id, tx.now)
@@ -440,13 +445,19 @@ class Store(abc.ABC):
                 raise StaleLease(f"task {task_id} is already {row['status']}",
                                  code="already_finished")
             move(tx, Move.CANCEL, {"task_id": task_id, "now": tx.now})
+            _add_events(tx, [_event(
+                EventKind.CANCELLED.value, task_id, row["worker_id"], row["attempt"],
+                TaskStatus.CANCELLED.value, None,
+                f"cancelled by a user while {row['status']}"
+                + (f" on {row['worker_id']}" if row["status"] == "in-progress" else ""))])
             tx.run("checkpoint_drop", {"task_id": task_id})
             self._notify(tx, Channel.FINISHED)
         return self.get_task(task_id)
 
     # -- the heartbeat monitor's sweep --------------------------------------------------------
 
-    def sweep(self, heartbeat_timeout: float, lease_seconds: float, gap_seconds: float) -> Swept:
+    def sweep(self, heartbeat_timeout: float, lease_seconds: float, gap_seconds: float,
+              events_kept: int = 1000) -> Swept:
         """One monitor pass over the whole cluster, at most one dispatcher at a time.
 
         If nobody swept for more than ``gap_seconds`` (every dispatcher was down or cut off
@@ -455,6 +466,7 @@ class Store(abc.ABC):
         resumption. Then workers silent for ``heartbeat_timeout`` are dead (their tasks
         requeued) and expired leases are requeued. First, whatever the lock says, the
         heartbeats this dispatcher answered from reads since the last sweep are written.
+        Last, the events timeline is trimmed to its newest ``events_kept`` rows.
         """
         self._flush_beats()
         with self._write(durable=False) as tx:
@@ -468,6 +480,7 @@ class Store(abc.ABC):
                 reclaimed += self._requeue_all(tx, [row], row["worker_id"],
                                                ReclaimCause.EXPIRED_LEASE)
             self._compact(tx)
+            tx.run("events_trim", {"keep": events_kept})
         return Swept(True, reclaimed, resumed_at)
 
     def _flush_beats(self) -> None:
@@ -493,6 +506,9 @@ class Store(abc.ABC):
         reclaimed: list[Reclaim] = []
         for row in tx.all("workers_silent", {"silent_since": silent_since}):
             worker_id = row["worker_id"]
+            _add_events(tx, [_event(
+                EventKind.WORKER_DEAD.value, None, worker_id, None, WorkerStatus.DEAD.value, None,
+                f"no heartbeat for {tx.now - row['last_heartbeat']:.1f} s")])
             held = tx.all("held_by_worker", {"worker_id": worker_id})
             reclaimed += self._requeue_all(tx, held, worker_id, ReclaimCause.DEAD_WORKER)
             tx.run("worker_mark", {"status": WorkerStatus.DEAD.value, "worker_id": worker_id})
@@ -528,6 +544,50 @@ class Store(abc.ABC):
             cluster = {row["name"]: row["value"] for row in tx.all("cluster_get")}
         return {"now": tx.now, "counts": counts, "completed_last_window": int(finished["n"]),
                 "workers": workers, "held": held, "counters": counters, "cluster": cluster}
+
+    def events(self, after: int | None, limit: int, task_id: int | None = None) -> list[Event]:
+        """Timeline events in order: those after id ``after``, or else the newest ``limit``."""
+        params = {"after": after, "limit": limit, "task_id": task_id}
+        with self._read() as tx:
+            rows = tx.all("events_latest" if after is None else "events_after", params)
+        return [Event.from_row(row) for row in rows]
+
+    def latest_checkpoint(self, task_id: int) -> Checkpoint | None:
+        """The task's latest accepted checkpoint (None when it has none); NotFound if no task."""
+        with self._read() as tx:
+            if tx.one("task_lease", {"task_id": task_id}) is None:
+                raise NotFound(f"task {task_id} does not exist")
+            row = tx.one("checkpoint_get", {"task_id": task_id})
+        return Checkpoint.from_row(row) if row is not None else None
+
+    def dashboard(self, since: float, bucket_seconds: float, rows: int, worker_rows: int
+                  ) -> dict[str, Any]:
+        """What the dashboard shows, from bounded reads: none scans the whole task table.
+
+        Counts per status (kept by triggers), workers (at most ``worker_rows``, live ones
+        first) with their lease counts, the in-progress, next pending and last finished tasks
+        (at most ``rows`` each, by index), tasks finished since ``since`` per bucket of
+        ``bucket_seconds`` (by the finished-time index), counters and the newest events.
+        """
+        limit = {"limit": rows}
+        with self._read() as tx:
+            counts = {s.value: 0 for s in TaskStatus}
+            for row in tx.all("status_counts"):
+                counts[row["status"]] = int(row["n"])
+            found: dict[str, Any] = {name: [dict(row) for row in tx.all(name, limit)] for name in
+                                     ("dash_running", "dash_pending", "dash_recent")}
+            workers = [self._beats.merged(dict(row))
+                       for row in tx.all("dash_workers", {"limit": worker_rows})]
+            found.update(
+                now=tx.now, counts=counts, workers=workers,
+                worker_counts={r["status"]: int(r["n"]) for r in tx.all("dash_worker_counts")},
+                held={r["worker_id"]: int(r["n"]) for r in tx.all("dash_held_counts")},
+                buckets=[dict(row) for row in tx.all(
+                    "dash_buckets", {"since": since, "bucket": bucket_seconds})],
+                counters={row["name"]: int(row["value"]) for row in tx.all("counters_all")},
+                events=[Event.from_row(row) for row in tx.all(
+                    "events_latest", {"task_id": None, "limit": rows})])
+        return found
 
     def gauges(self) -> dict[str, Any]:
         """What /metrics reads from the database, in one read transaction of indexed reads.
@@ -601,16 +661,20 @@ class Store(abc.ABC):
         ``counts`` says whether the attempt counts as used: if so, a task that has used its
         last attempt is failed instead (given up), with the cause in its error.
         """
-        reclaimed = []
+        reclaimed, events = [], []
         for row in held:
             params = {"task_id": row["task_id"], "attempt": row["attempt"], "now": tx.now,
-                      "cause": cause.value, "error": f"gave up after {row['attempt']} attempts (last: {cause.value})"}
+                      "cause": cause.value,
+                      "error": f"gave up after {row['attempt']} attempts (last: {cause.value})"}
             moved = move(tx, Move.GIVE_UP, params) if counts else []
             given_up = bool(moved)
             moved = moved or move(tx, Move.REQUEUE, params)
             if moved:
                 reclaimed.append(Reclaim(row["task_id"], worker_id, row["attempt"], cause,
                                          given_up, moved[0]["task_type"]))
+                if cause is not ReclaimCause.RETURNED:  # prefetch bookkeeping, not news
+                    events.append(_reclaim_event(reclaimed[-1], moved[0]["progress"]))
+        _add_events(tx, events)
         if reclaimed:
             tx.run("counter_add", {"name": cause.value, "value": len(reclaimed)})
             requeued = sum(1 for r in reclaimed if not r.failed)
@@ -622,6 +686,41 @@ class Store(abc.ABC):
 
 
 # -- helpers used inside transactions (backend-independent) --------------------------------------
+
+
+def _event(kind: str, task_id: int | None, worker_id: str | None, attempt: int | None,
+           status: str | None, progress: float | None, detail: str) -> dict[str, Any]:
+    """The parameters of one ``event_add`` row (its time is the transaction's)."""
+    return {"kind": kind, "task_id": task_id, "worker_id": worker_id, "attempt": attempt,
+            "status": status, "progress": progress, "detail": detail}
+
+
+def _add_events(tx: Tx, events: list[dict[str, Any]]) -> None:
+    """Record timeline events in the transaction of what they record."""
+    tx.many("event_add", [{**event, "now": tx.now} for event in events])
+
+
+def _reclaim_event(reclaim: Reclaim, progress: float) -> dict[str, Any]:
+    after = (f"failed: out of attempts after attempt {reclaim.attempt}" if reclaim.failed
+             else "back to the queue")
+    status = TaskStatus.FAILED if reclaim.failed else TaskStatus.PENDING
+    words = RECLAIM_WORDS.get(reclaim.cause, reclaim.cause.value.replace("_", " "))
+    return _event(reclaim.cause.value, reclaim.task_id, reclaim.worker_id, reclaim.attempt,
+                  status.value, progress, f"{words}; {after}")
+
+
+def _note_resumed(tx: Tx, worker_id: str, leases: Sequence[Lease], claimed: set[int]) -> None:
+    """A timeline event for each newly claimed task that an earlier attempt had started."""
+    events = []
+    for lease in leases:
+        if lease.task_id not in claimed or lease.attempt <= 1:
+            continue
+        cp = lease.checkpoint
+        detail = (f"attempt {lease.attempt} resumes from its checkpoint at {cp.progress:.0%}"
+                  if cp is not None else f"attempt {lease.attempt} starts over (no checkpoint)")
+        events.append(_event(EventKind.RESUMED.value, lease.task_id, worker_id, lease.attempt,
+                             TaskStatus.IN_PROGRESS.value, cp.progress if cp else 0.0, detail))
+    _add_events(tx, events)
 
 
 def _task_row(task: NewTask, now: float) -> dict[str, Any]:

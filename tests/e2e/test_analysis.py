@@ -75,6 +75,22 @@ def test_throughput_quick_run_and_plots(tmp_path: Path) -> None:
     assert (plots / "throughput_speedup.png").exists()
 
 
+def test_throughput_run_through_worker_supervisors(tmp_path: Path) -> None:
+    output = tmp_path / "throughput.json"
+    run_module("analysis.task_throughput_analysis", "--worker-counts", "2", "--processes", "2",
+               "--num-tasks", "2", "--task-size", "100000", "--repeats", "1",
+               "--output", str(output))
+    document = json.loads(output.read_text())
+    assert document["config"]["processes_per_supervisor"] == 2
+    (run,) = document["runs"]
+    assert run["workers"] == 2
+    assert_run_timings(run, 2)
+    refused = subprocess.run([sys.executable, "-m", "analysis.task_throughput_analysis",
+                              "--worker-counts", "3", "--processes", "2"], cwd=REPO_ROOT,
+                             capture_output=True, text=True, timeout=60)
+    assert refused.returncode == 2 and "multiple of --processes 2" in refused.stderr
+
+
 def test_recovery_quick_run_and_plots(tmp_path: Path) -> None:
     results = tmp_path / "results"
     run_module("analysis.recovery_time_analysis", "--quick", "--output-dir", str(results))

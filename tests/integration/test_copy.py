@@ -43,15 +43,19 @@ def test_a_sqlite_queue_moves_to_postgresql_whole(tmp_path: Path, target: str) -
     source.close()
     copied = copy_queue(f"sqlite:///{tmp_path / 'tasks.db'}", target)
     assert copied.rows == {"tasks": 8, "task_results": 1, "checkpoints": 1, "workers": 2,
-                           "counters": 1}
+                           "counters": 1, "events": 2}
     store = PostgresStore(target)
     assert {t.task_id: t for t in store.list_tasks(None, 100)} == expected
     stats = store.stats()
     assert {k: v for k, v in stats["counts"].items() if v} == {
         "pending": 4, "in-progress": 1, "completed": 1, "failed": 1, "cancelled": 1}
     assert stats["counters"] == {ReclaimCause.RELEASED.value: 1}
+    events = store.events(None, 10)
+    assert [e.kind for e in events] == ["released_on_shutdown", "cancelled"]
     [(new_id, _)] = store.submit([NewTask("noop", {}, 0, 5)])
     assert new_id == max(expected) + 1  # ids continue after the copied ones
+    store.cancel(new_id)
+    assert store.events(events[-1].event_id, 10)[0].event_id == events[-1].event_id + 1
     [running] = store.list_tasks(TaskStatus.IN_PROGRESS, 10)
     leases = store.claim("w1", "i1", 1, 100).leases  # w1/i1 still holds it: handed back as it is
     assert [(lease.task_id, lease.checkpoint.state) for lease in leases] == [

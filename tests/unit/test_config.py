@@ -43,6 +43,8 @@ def test_repository_dotenv_documents_every_key() -> None:
         ({"HEARTBEAT_INTERVAL": "3", "HEARTBEAT_TIMEOUT": "2"}, "HEARTBEAT_TIMEOUT"),
         ({"LOG_LEVEL": "loud"}, "LOG_LEVEL"),
         ({"DATABASE_URL": "mysql://x"}, "DATABASE_URL"),
+        ({"WORKER_PROCESSES": "0"}, "WORKER_PROCESSES"),
+        ({"WORKER_PROCESSES": "many"}, "WORKER_PROCESSES"),
     ],
 )
 def test_bad_values_name_the_key(tmp_path: Path, env: dict[str, str], key: str) -> None:
