@@ -8,7 +8,7 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_vali
 
 Name = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9._:@-]{0,127}$")]
 TaskId = Annotated[int, Field(ge=1, le=2**62)]
-Attempt = Annotated[int, Field(ge=1, le=2**31)]
+Attempt = Annotated[int, Field(ge=1, le=2**31 - 1)]  # the attempt column is a 32-bit integer
 
 
 class _Body(BaseModel):
