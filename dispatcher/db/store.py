@@ -284,8 +284,7 @@ class Store(abc.ABC):
             return quiet, []
         with self._write(durable=False) as tx:
             reclaimed = self._free_other_instances(tx, worker_id, instance_id)
-            revoked = [task_id for task_id, attempt in held
-                       if not _holds(tx, task_id, attempt, worker_id)]
+            revoked = _not_held(tx, held, worker_id)
             if unlisted_grace is not None and instance_id is not None:
                 listed = {task_id for task_id, _ in held}
                 lost = [row for row in tx.all("leased_to_instance",
@@ -799,8 +798,17 @@ class Beats:
         return row
 
 
-def _holds(tx: Tx, task_id: int, attempt: int, worker_id: str) -> bool:
-    row = tx.one("task_lease", {"task_id": task_id})
+def _not_held(tx: Tx, held: Sequence[Held], worker_id: str) -> list[int]:
+    """The listed task ids that are not (or no longer) this worker's lease: one query for all."""
+    if not held:
+        return []
+    ids = tx.id_list(sorted({task_id for task_id, _ in held}))
+    rows = {row["task_id"]: row for row in tx.all("task_leases", {"ids": ids})}
+    return [task_id for task_id, attempt in held
+            if not _is_lease(rows.get(task_id), attempt, worker_id)]
+
+
+def _is_lease(row: Row | None, attempt: int, worker_id: str) -> bool:
     return (row is not None and row["status"] == TaskStatus.IN_PROGRESS.value
             and row["attempt"] == attempt and row["worker_id"] == worker_id)
 

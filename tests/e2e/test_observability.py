@@ -41,11 +41,12 @@ def held_by(cluster: LocalCluster, worker_id: str) -> list[int]:
 def test_metrics_agree_with_stats_after_real_work(cluster: LocalCluster) -> None:
     ids = cluster.submit_many([{"task_type": "primes", "params": {"limit": 10_000 * (i + 1)}}
                                for i in range(6)])
-    long_id = cluster.submit("sleep", {"seconds": 30})
     cluster.start_worker("mw-1")
     cluster.start_worker("mw-2")
     for task_id in ids:
         assert cluster.wait_finished(task_id, 30)["status"] == "completed"
+    # Submitted after: a prefetched batch ending with it would hold its results until it ends.
+    long_id = cluster.submit("sleep", {"seconds": 30})
     wait_until(lambda: cluster.task(long_id)["status"] == "in-progress", 20)
     holder = cluster.task(long_id)["worker_id"]
     cluster.kill_worker(holder)  # SIGKILL: its task is reclaimed (dead_worker) and reassigned

@@ -21,7 +21,7 @@ def run_schemathesis(url: str, workdir: Path) -> subprocess.CompletedProcess[str
     return subprocess.run(
         [str(cli), "--config-file", str(CONFIG), "--no-color", "run", f"{url}/openapi.json",
          "--checks", "all", "--max-examples", str(MAX_EXAMPLES), "--seed", str(SEED),
-         "--workers", "2", "--request-timeout", "10",
+         "--workers", "2", "--request-timeout", "30",  # a heartbeat may list 10,000 leases
          "--generation-database", "none", "--report-dir", str(workdir / "report")],
         capture_output=True, text=True, timeout=600, cwd=workdir,
     )
