@@ -135,11 +135,11 @@ QUERIES: dict[str, str] = {
     "purge_candidates": """
         SELECT task_id, group_id FROM tasks t
          WHERE finished_at < %(before)s AND status IN ('completed', 'failed', 'cancelled')
-           AND (group_id IS NULL OR NOT EXISTS (
+           AND NOT EXISTS (  -- (a task of no group has no siblings: NULL = NULL is not true)
                 SELECT 1 FROM tasks p WHERE p.group_id = t.group_id
-                   AND (p.status IN ('pending', 'in-progress') OR p.finished_at >= %(before)s)))
+                   AND (p.status IN ('pending', 'in-progress') OR p.finished_at >= %(before)s))
          ORDER BY finished_at LIMIT %(limit)s
-           FOR UPDATE SKIP LOCKED""",
+           FOR UPDATE OF t SKIP LOCKED""",
     "purge_results": "DELETE FROM task_results WHERE task_id = ANY(%(ids)s)",
     "purge_checkpoints": "DELETE FROM checkpoints WHERE task_id = ANY(%(ids)s)",
     "purge_tasks": "DELETE FROM tasks WHERE task_id = ANY(%(ids)s)",

@@ -116,13 +116,15 @@ QUERIES: dict[str, str] = {
     "group_unfinished": """
         SELECT task_id FROM tasks
          WHERE group_id = :group_id AND status IN ('pending', 'in-progress')""",
-    # -- retention: finished tasks older than RESULT_TTL, a group's parts only all together --
+    # -- retention: finished tasks older than RESULT_TTL, a group's parts only all together;
+    # oldest first along tasks_finished_idx ('+status' keeps the planner off the status index,
+    # which would sort every finished task) --
     "purge_candidates": """
         SELECT task_id, group_id FROM tasks t
-         WHERE finished_at < :before AND status IN ('completed', 'failed', 'cancelled')
-           AND (group_id IS NULL OR NOT EXISTS (
+         WHERE finished_at < :before AND +status IN ('completed', 'failed', 'cancelled')
+           AND NOT EXISTS (  -- (a task of no group has no siblings: NULL = NULL is not true)
                 SELECT 1 FROM tasks p WHERE p.group_id = t.group_id
-                   AND (p.status IN ('pending', 'in-progress') OR p.finished_at >= :before)))
+                   AND (p.status IN ('pending', 'in-progress') OR p.finished_at >= :before))
          ORDER BY finished_at LIMIT :limit""",
     "purge_results": """
         DELETE FROM task_results WHERE task_id IN (SELECT value FROM json_each(:ids))""",
