@@ -13,7 +13,7 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from dispatcher.db import Store
+from dispatcher.db import StorageUnavailable, Store
 from dispatcher.heartbeat_monitor import HeartbeatMonitor
 from dispatcher.models import (
     Group,
@@ -278,10 +278,31 @@ class Dispatcher:
             if outcome.outcome is OutcomeKind.STALE:
                 log.warning("stale result for task %s from worker %s refused", outcome.task_id,
                             worker_id)
+        self._stop_failed_groups([o.task_id for o in outcomes if o.status is TaskStatus.FAILED
+                                  and o.outcome in (OutcomeKind.ACCEPTED, OutcomeKind.REFUSED)])
+
+    def _stop_failed_groups(self, failed: list[int]) -> None:
+        """A part failed: its split job has failed, so its unfinished parts are cancelled.
+
+        Their work could no longer make a result. Done after the failure is committed, in
+        transactions of its own (best effort: if it does not happen, the parts run on and the
+        job is failed all the same).
+        """
+        if not failed:
+            return
+        try:
+            for group_id in self.store.groups_of(failed):
+                group = self.store.cancel_group(group_id)
+                log.warning("split job %s failed (%s); its unfinished parts are cancelled",
+                            group_id, group.error)
+                self.tasks_finished.notify()
+        except StorageUnavailable as exc:
+            log.warning("cancelling the parts of a failed split job skipped: %s", exc)
 
     def _after_reclaim(self, reclaimed: list[Reclaim]) -> None:
         if not reclaimed:
             return
+        self._stop_failed_groups([r.task_id for r in reclaimed if r.failed])
         if any(not r.failed for r in reclaimed):
             self.tasks_available.notify()
         if any(r.failed for r in reclaimed):

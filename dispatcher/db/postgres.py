@@ -126,6 +126,9 @@ QUERIES: dict[str, str] = {
         SELECT t.task_id, t.status, t.params, t.progress, t.worker_id, t.error, r.result
           FROM tasks t LEFT JOIN task_results r USING (task_id)
          WHERE t.group_id = %(group_id)s ORDER BY t.task_id""",
+    "groups_of": """
+        SELECT DISTINCT group_id FROM tasks
+         WHERE task_id = ANY(%(ids)s) AND group_id IS NOT NULL ORDER BY group_id""",
     "group_unfinished": """
         SELECT task_id FROM tasks
          WHERE group_id = %(group_id)s AND status IN ('pending', 'in-progress')

@@ -572,6 +572,12 @@ class Store(abc.ABC):
         more = len(rows) > query.limit
         return TaskPage(tasks, tasks[-1].task_id if more and tasks else None)
 
+    def groups_of(self, task_ids: Sequence[int]) -> list[int]:
+        """The split jobs these tasks are parts of."""
+        with self._read() as tx:
+            rows = tx.all("groups_of", {"ids": tx.id_list(sorted(set(task_ids)))})
+        return [row["group_id"] for row in rows]
+
     def get_group(self, group_id: int) -> Group:
         """A split job with its parts; raise NotFound."""
         with self._read() as tx:

@@ -7,8 +7,10 @@ from typing import Any
 import pytest
 from flask.testing import FlaskClient
 
+from dispatcher.service import Dispatcher
 from tasks.base import noop_checkpoint
 from tasks.prime_task import primes
+from tests.conftest import FakeClock, run_monitor
 
 COMPARED = ("algorithm", "start", "limit", "prime_count", "sum_of_primes", "largest_prime",
             "primes")
@@ -106,8 +108,31 @@ def test_a_failed_part_fails_the_group_with_its_error(client: FlaskClient) -> No
     assert view["status"] == "failed" and view["result"] is None
     assert f"part task {leases[1]['task_id']}" in view["error"]
     assert "disk on fire" in view["error"]
-    run_and_report(client, "w1", leases[2])  # the others finishing does not undo the failure
+    # The job cannot make a result any more: its unfinished part was cancelled, its worker fenced.
+    assert [p["status"] for p in view["tasks"]] == ["completed", "failed", "cancelled"]
+    late = client.post("/submit-result", json={
+        "worker_id": "w1", "task_id": leases[2]["task_id"], "attempt": 1,
+        "result": unsplit(leases[2]["params"])})
+    assert late.status_code == 409
     assert client.get(f"/group/{answer['group_id']}").json["status"] == "failed"
+
+
+def test_a_part_out_of_attempts_fails_the_group_and_stops_the_others(
+        client: FlaskClient, dispatcher: Dispatcher, clock: FakeClock) -> None:
+    answer = client.post("/submit-task", json={"task_type": "primes", "params": {"limit": 10_000},
+                                              "split": 3, "max_attempts": 1}).json
+    [lost] = claim_all(client, "w1", 1)
+    [running] = claim_all(client, "w2", 1)
+    beat = lambda: client.post("/heartbeat", json={  # noqa: E731
+        "worker_id": "w2", "instance_id": "w2",
+        "tasks": [{"task_id": running["task_id"], "attempt": 1}]})
+    [reclaim] = run_monitor(dispatcher, clock, 3, beat)  # w1 goes silent, out of attempts
+    assert (reclaim.task_id, reclaim.failed) == (lost["task_id"], True)
+    view = client.get(f"/group/{answer['group_id']}").json
+    assert view["status"] == "failed" and "gave up after 1 attempts" in view["error"]
+    assert view["parts"] == {"total": 3, "pending": 0, "in-progress": 0, "completed": 0,
+                             "failed": 1, "cancelled": 2}
+    assert claim_all(client, "w2", 3) == []
 
 
 def test_cancelling_a_group_cancels_its_unfinished_parts(client: FlaskClient) -> None:
