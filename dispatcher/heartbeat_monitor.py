@@ -20,8 +20,10 @@ log = logging.getLogger(__name__)
 
 PURGE_BATCH = 500
 """Finished tasks deleted per transaction: a few milliseconds of the write lock at most."""
-PURGE_PASS_SECONDS = 0.5
-"""A purge pass stops after this long; a backlog continues at the next sweep."""
+PURGE_PASS_SECONDS = 0.2
+"""A purge pass stops after this long; a backlog continues PURGE_BACKLOG_SECONDS later."""
+PURGE_BACKLOG_SECONDS = 1.0
+"""The pause between two passes over a backlog, so a big one is deleted in the background."""
 PURGE_PAUSE_SECONDS = 0.005
 """The pause between two batches, so claims and results take the write lock in between."""
 PURGE_EVERY_SECONDS = 5.0
@@ -58,7 +60,7 @@ class HeartbeatMonitor:
     result_ttl: float = 0.0
     """Finished tasks are purged this many seconds after they finished; <= 0 keeps them."""
     purge_batch: int = PURGE_BATCH
-    _next_purge: float = 0.0
+    _next_purge: float = field(default=0.0, init=False, repr=False)
 
     @property
     def gap_seconds(self) -> float:
@@ -87,8 +89,9 @@ class HeartbeatMonitor:
         """Delete finished tasks older than ``result_ttl``, batch by batch; how many.
 
         Each batch is one short write transaction; between batches the lock is free for
-        claims and results. A pass ends when a batch comes back short or after
-        PURGE_PASS_SECONDS; it reports whether a backlog is left through ``_next_purge``.
+        claims and results. A pass ends when a batch comes back short (the next one is due
+        PURGE_EVERY_SECONDS later) or after PURGE_PASS_SECONDS (a backlog: the next pass comes
+        PURGE_BACKLOG_SECONDS later).
         """
         if self.result_ttl <= 0:
             return 0
@@ -100,7 +103,7 @@ class HeartbeatMonitor:
                 self._next_purge = time.monotonic() + PURGE_EVERY_SECONDS
                 break
             if time.monotonic() >= deadline:
-                self._next_purge = 0.0  # a backlog: go on after the next sweep
+                self._next_purge = time.monotonic() + PURGE_BACKLOG_SECONDS
                 break
             time.sleep(PURGE_PAUSE_SECONDS)
         if purged:
