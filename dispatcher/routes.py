@@ -145,6 +145,10 @@ def _submit_group(body: SubmitTask, key: str | None) -> tuple[Response, int]:
         pieces = task_type.split_params(job.params, body.split or 1)
     except InvalidParams as exc:
         raise ApiError(400, "invalid_field", f"{exc.field}: {exc.message}") from None
+    except Exception as exc:  # the task type's own code: its failure is not a server error
+        current_app.logger.exception("split of a %s job failed", job.task_type)
+        raise ApiError(400, "invalid_field", f"split: the task type {job.task_type!r} could "
+                       f"not split these params ({type(exc).__name__}: {exc})") from None
     parts = [NewTask(job.task_type, piece, job.priority, job.max_attempts) for piece in pieces]
     group_id, ids, created = _dispatcher().submit_group(job.task_type, job.params, parts, key)
     answer = {"group_id": group_id, "task_ids": ids, "status": TaskStatus.PENDING.value}
@@ -292,13 +296,13 @@ def _statuses_arg() -> tuple[TaskStatus, ...]:
     """``status``: one or several, repeated or comma-separated."""
     found: list[TaskStatus] = []
     for raw in request.args.getlist("status"):
-        for name in raw.split(","):
+        for name in filter(None, (part.strip() for part in raw.split(","))):
             try:
-                status = TaskStatus(name.strip())
+                status = TaskStatus(name)
             except ValueError:
                 known = ", ".join(s.value for s in TaskStatus)
                 raise ApiError(400, "invalid_field",
-                               f"status: {name.strip()[:40]!r} is not one of {known}") from None
+                               f"status: {name[:40]!r} is not one of {known}") from None
             if status not in found:
                 found.append(status)
     return tuple(found)

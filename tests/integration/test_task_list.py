@@ -68,6 +68,7 @@ def test_filters_by_status_type_and_time(client: FlaskClient, a_history: dict[st
     ids, times = a_history["ids"], a_history["times"]
     newest_first = ids[::-1]
     assert listed(client) == newest_first
+    assert listed(client, status="") == newest_first  # an empty filter is no filter
     assert listed(client, status="completed") == ids[:3][::-1]
     assert listed(client, status="completed,failed") == ids[:4][::-1]
     repeated = client.get("/tasks?status=failed&status=cancelled").json["tasks"]
