@@ -32,6 +32,13 @@ def test_a_split_job_runs_on_both_workers_and_combines(cluster: LocalCluster) ->
     assert (result["prime_count"], result["largest_prime"], result["sum_of_primes"]) == (
         KNOWN_PRIMES[10**7])
     assert (result["start"], result["limit"]) == (0, 10**7)
+    # The parts, listed newest first over two pages by the Python client.
+    first = cluster.client.task_page(status="completed", task_type="primes", limit=5)
+    rest = cluster.client.task_page(status="completed", task_type="primes", limit=5,
+                                    cursor=first["next_cursor"])
+    assert [t["task_id"] for t in first["tasks"] + rest["tasks"]] == [
+        part["task_id"] for part in reversed(view["tasks"])]
+    assert rest["next_cursor"] is None
 
 
 def test_add_task_split_prints_the_group_and_its_parts(cluster: LocalCluster) -> None:
