@@ -118,7 +118,7 @@ ALTER TABLE tasks ADD COLUMN group_id INTEGER REFERENCES task_groups (group_id);
 CREATE INDEX IF NOT EXISTS tasks_group_idx ON tasks (group_id) WHERE group_id IS NOT NULL;
 CREATE INDEX IF NOT EXISTS tasks_status_id_idx ON tasks (status, task_id);
 CREATE INDEX IF NOT EXISTS tasks_type_status_idx ON tasks (task_type, status, task_id);
-CREATE INDEX IF NOT EXISTS tasks_created_idx ON tasks (created_at);
+CREATE INDEX IF NOT EXISTS tasks_created_idx ON tasks (created_at, task_id);
 """,
 }
 """SQLite schema changes by version; a database is brought up to SCHEMA_VERSION at start."""
@@ -254,7 +254,7 @@ ALTER TABLE tasks ADD COLUMN IF NOT EXISTS group_id bigint REFERENCES task_group
 CREATE INDEX IF NOT EXISTS tasks_group_idx ON tasks (group_id) WHERE group_id IS NOT NULL;
 CREATE INDEX IF NOT EXISTS tasks_status_id_idx ON tasks (status, task_id);
 CREATE INDEX IF NOT EXISTS tasks_type_status_idx ON tasks (task_type, status, task_id);
-CREATE INDEX IF NOT EXISTS tasks_created_idx ON tasks (created_at);
+CREATE INDEX IF NOT EXISTS tasks_created_idx ON tasks (created_at, task_id);
 """,
 }
 """PostgreSQL schema changes by version (the same versions as SQLite's)."""

@@ -98,9 +98,11 @@ QUERIES: dict[str, str] = {
            AND t.created_at >= :after AND t.created_at < :before
          ORDER BY t.task_id DESC LIMIT :limit""",
     "first_id_created_from": """
-        SELECT task_id FROM tasks WHERE created_at >= :at ORDER BY created_at LIMIT 1""",
+        SELECT task_id FROM tasks WHERE created_at >= :at
+         ORDER BY created_at, task_id LIMIT 1""",
     "last_id_created_before": """
-        SELECT task_id FROM tasks WHERE created_at < :at ORDER BY created_at DESC LIMIT 1""",
+        SELECT task_id FROM tasks WHERE created_at < :at
+         ORDER BY created_at DESC, task_id DESC LIMIT 1""",
     # -- groups (split jobs) --
     "group_insert": """
         INSERT INTO task_groups (task_type, params, parts, idempotency_key, created_at)

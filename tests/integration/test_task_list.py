@@ -84,6 +84,20 @@ def test_filters_by_status_type_and_time(client: FlaskClient, a_history: dict[st
     assert listed(client, task_type="wordcount") == []
 
 
+def test_a_batch_created_at_one_instant_is_listed_whole(client: FlaskClient,
+                                                         clock: FakeClock) -> None:
+    before = submit(client, NOOP)
+    clock.advance(5)
+    batch = client.post("/submit-task", json={"tasks": [NOOP] * 7}).json["task_ids"]
+    at = clock()
+    clock.advance(5)
+    after = submit(client, NOOP)
+    assert listed(client, created_after=at, created_before=at + 1) == batch[::-1]
+    assert listed(client, created_before=at + 1) == [*batch[::-1], before]
+    assert listed(client, created_after=at) == [after, *batch[::-1]]
+    assert listed(client, created_after=at, created_before=at + 1, limit=3) == batch[::-1][:3]
+
+
 def test_pages_follow_the_cursor_and_stay_stable_under_inserts(
         client: FlaskClient, a_history: dict[str, Any]) -> None:
     expected = [i for i in a_history["ids"][::-1] if a_history["ids"].index(i) % 3 != 0]
