@@ -9,6 +9,7 @@ import sys
 
 from shared.cluster import LocalCluster, wait_until
 from shared.config import REPO_ROOT
+from tests.conftest import ClusterFactory
 from tests.support.primes_reference import KNOWN_PRIMES
 
 
@@ -56,3 +57,20 @@ def test_add_task_split_prints_the_group_and_its_parts(cluster: LocalCluster) ->
     refused = add_task(cluster, "--split", "2", "--type", "noop", "--params", "{}")
     assert refused.returncode == 1 and "split" in refused.stderr
     assert refused.stderr.count("\n") == 1
+
+
+def test_an_operators_task_type_splits_and_a_failing_part_fails_the_job(
+        make_cluster: ClusterFactory) -> None:
+    cluster = make_cluster(TASK_MODULES="tests.support.split_tasks")
+    cluster.start_worker("w1")
+    cluster.start_worker("w2")
+    client = cluster.client
+    good = client.wait_group(client.submit_split("split_sum", {"end": 10**6}, 5)["group_id"], 60)
+    assert good["status"] == "completed", good
+    assert good["result"] == {"sum": 10**6 * (10**6 + 1) // 2, "parts": [0, 1, 2, 3, 4]}
+    bad = client.wait_group(
+        client.submit_split("split_sum", {"end": 10**6, "fail_part": 2}, 5)["group_id"], 60)
+    assert bad["status"] == "failed" and bad["result"] is None
+    assert "ValueError: part 2 refuses to add up" in bad["error"]
+    statuses = [part["status"] for part in bad["tasks"]]
+    assert statuses[2] == "failed" and statuses.count("failed") == 1
