@@ -93,10 +93,13 @@ class Tx:
         """Run two named queries in order and read both (pipelined: one round trip for both)."""
         if not self._dialect.pipelined:
             return self.all(first, first_params), self.all(second, second_params)
-        other = self.cursor.connection.cursor()
-        self.cursor.execute(self._dialect.queries[first], first_params)
+        # Two fresh cursors: the transaction's own cursor may still be waiting for the results
+        # of statements sent before (BEGIN...), and under a full send buffer psycopg can hand
+        # it one of those instead of the first query's rows.
+        one, other = self.cursor.connection.cursor(), self.cursor.connection.cursor()
+        one.execute(self._dialect.queries[first], first_params)
         other.execute(self._dialect.queries[second], second_params)
-        return list(self.cursor.fetchall()), list(other.fetchall())
+        return list(one.fetchall()), list(other.fetchall())
 
     def many(self, name: str, rows: Sequence[Mapping[str, Any]]) -> None:
         """Execute a named statement once per parameter set."""

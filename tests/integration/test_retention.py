@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import threading
 from typing import Any
 
 import pytest
 from flask.testing import FlaskClient
 
+from dispatcher.db.postgres import PostgresStore
+from dispatcher.models import NewTask, Report
 from dispatcher.service import Dispatcher
 from tests.conftest import FakeClock
+from tests.support import postgres
 
 TTL = 100.0
 NOOP = {"task_type": "noop", "params": {}}
@@ -144,3 +148,31 @@ def test_a_ttl_of_zero_keeps_everything(client: FlaskClient, dispatcher: Dispatc
     clock.advance(10 * 365 * 86400)
     assert dispatcher.monitor.purge() == 0
     assert len(all_rows(client)) == 1
+
+
+def test_two_dispatchers_purge_one_postgresql_database_without_waiting_on_each_other(
+        postgres_database: str, clock: FakeClock) -> None:
+    postgres.empty(postgres_database)
+    stores = [PostgresStore(postgres_database, clock=clock) for _ in range(2)]
+    try:
+        ids = [task_id for task_id, _ in stores[0].submit([NewTask("noop", {}, 0, 3)] * 600)]
+        while leases := stores[0].claim("w1", "i1", 200, 100).leases:
+            stores[0].complete("w1", [Report(lease.task_id, 1, "{}") for lease in leases])
+        clock.advance(TTL + 1)
+        purged = [0, 0]
+
+        def purge(index: int) -> None:
+            while batch := stores[index].purge_finished(TTL, 25):
+                purged[index] += batch
+
+        threads = [threading.Thread(target=purge, args=(i,)) for i in range(2)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=60)
+        assert sum(purged) == len(ids)  # each task deleted once, by one of them
+        stores[0].sweep(2.0, 100.0, 10.0)  # folds the count deltas
+        assert {k: v for k, v in stores[1].stats()["counts"].items() if v} == {}
+    finally:
+        for store in stores:
+            store.close()
