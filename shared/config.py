@@ -58,6 +58,8 @@ class Config:
     """How many of the newest timeline events (reclaims, dead workers...) the database keeps."""
     run_dir: str = "run"
     log_level: str = "INFO"
+    result_ttl: float = 7 * 24 * 3600.0
+    """Seconds a finished task (result, checkpoint, idempotency key) is kept; <= 0: forever."""
     task_modules: str = ""
     """Comma-separated import paths of the operator's task modules (besides the built-ins)."""
     worker_processes: str = "1"
@@ -135,6 +137,7 @@ _RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "lease_duration": (_positive, "must be > 0"),
     "checkpoint_interval": (_positive, "must be > 0"),
     "monitor_interval": (_positive, "must be > 0"),
+    "result_ttl": (lambda v: v == v and abs(v) != float("inf"), "must be a finite number"),
     "max_attempts": (lambda v: 1 <= v <= 1000, "must be 1-1000"),
     "database_pool_size": (lambda v: 1 <= v <= 1000, "must be 1-1000"),
     "max_connections": (lambda v: 10 <= v <= 1_000_000, "must be 10-1000000"),
