@@ -10,7 +10,7 @@ Two kinds, and the difference matters when several dispatchers share one databas
 - **Process metrics**, counted by this dispatcher since it started: requests and their
   latency, tasks submitted, claimed, completed and failed through it, task durations and
   reassignment times observed in its claims and results, storage errors, monitor sweeps,
-  claims waiting. ``sum`` them across dispatchers.
+  finished tasks purged (RESULT_TTL), claims waiting. ``sum`` them across dispatchers.
 
 Each app has its own :class:`~prometheus_client.CollectorRegistry` (never the global default),
 so several apps in one process (tests) do not collide.
@@ -181,6 +181,9 @@ class ClusterCollector(Collector):
         yield sweeps
         yield CounterMetricFamily(f"{PREFIX}_monitor_errors", "Monitor passes of this "
                                   "dispatcher that failed", value=stats.errors)
+        yield CounterMetricFamily(f"{PREFIX}_tasks_purged", "Finished tasks this dispatcher's "
+                                  "monitor deleted after RESULT_TTL (as /stats monitor.purged)",
+                                  value=stats.purged)
 
 
 def _gauge(name: str, documentation: str, value: float) -> GaugeMetricFamily:

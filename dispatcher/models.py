@@ -116,6 +116,7 @@ class Task:
     claimed_at: float | None
     finished_at: float | None
     lease_expires_at: float | None
+    group_id: int | None = None
 
     @classmethod
     def from_row(cls, row: Any) -> "Task":
@@ -138,6 +139,7 @@ class Task:
             claimed_at=row["claimed_at"],
             finished_at=row["finished_at"],
             lease_expires_at=row["lease_expires_at"],
+            group_id=row["group_id"],
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -159,6 +161,7 @@ class Task:
             "claimed_at": self.claimed_at,
             "finished_at": self.finished_at,
             "lease_expires_at": self.lease_expires_at,
+            "group_id": self.group_id,
         }
 
 
@@ -230,6 +233,8 @@ class NewTask:
     priority: int
     max_attempts: int
     idempotency_key: str | None = None
+    group_id: int | None = None
+    """The split job this task is a part of (set by the store when it inserts the group)."""
 
 
 @dataclass(frozen=True)
@@ -308,3 +313,102 @@ class Event:
         return {"event_id": self.event_id, "at": self.at, "kind": self.kind,
                 "task_id": self.task_id, "worker_id": self.worker_id, "attempt": self.attempt,
                 "status": self.status, "progress": self.progress, "detail": self.detail}
+
+
+@dataclass(frozen=True)
+class TaskQuery:
+    """What ``GET /tasks`` asks for: filters, a keyset position and a page size.
+
+    Pages run from the newest task to the oldest; ``before_id`` (from the cursor) is exclusive.
+    """
+
+    statuses: tuple[TaskStatus, ...] = ()  # empty: any status
+    task_type: str | None = None
+    created_after: float | None = None  # inclusive
+    created_before: float | None = None  # exclusive
+    before_id: int | None = None
+    limit: int = 100
+
+
+@dataclass(frozen=True)
+class TaskPage:
+    """One page of the task list; ``next_id`` is where the next page starts (None: no more)."""
+
+    tasks: list[Task]
+    next_id: int | None
+
+
+class GroupStatus(str, enum.Enum):
+    """A split job's status, derived from its parts' statuses."""
+
+    PENDING = "pending"  # no part has started
+    RUNNING = "running"  # some part started or finished, none failed or was cancelled
+    COMPLETED = "completed"  # every part completed: the combined result is there
+    FAILED = "failed"  # a part failed (its error is the group's)
+    CANCELLED = "cancelled"  # a part was cancelled (and none failed)
+
+
+@dataclass(frozen=True)
+class GroupPart:
+    """One part of a split job as the group view shows it."""
+
+    task_id: int
+    status: TaskStatus
+    params: dict[str, Any]
+    progress: float
+    worker_id: str | None
+    result: Any
+    error: str | None
+
+    @classmethod
+    def from_row(cls, row: Any) -> "GroupPart":
+        """Build from a ``group_parts`` row."""
+        result = row["result"]
+        return cls(row["task_id"], TaskStatus(row["status"]), json.loads(row["params"]),
+                   row["progress"], row["worker_id"],
+                   json.loads(result) if result is not None else None, row["error"])
+
+
+@dataclass(frozen=True)
+class Group:
+    """A split job: the task it stands for and its parts, in range order."""
+
+    group_id: int
+    task_type: str
+    params: dict[str, Any]
+    created_at: float
+    parts: list[GroupPart]
+
+    @classmethod
+    def from_rows(cls, row: Any, parts: list[Any]) -> "Group":
+        """Build from a ``task_groups`` row and its ``group_parts`` rows."""
+        return cls(row["group_id"], row["task_type"], json.loads(row["params"]),
+                   row["created_at"], [GroupPart.from_row(part) for part in parts])
+
+    @property
+    def status(self) -> GroupStatus:
+        """Failed if a part failed, cancelled if one was, completed if all are, else by start."""
+        statuses = {part.status for part in self.parts}
+        if TaskStatus.FAILED in statuses:
+            return GroupStatus.FAILED
+        if TaskStatus.CANCELLED in statuses:
+            return GroupStatus.CANCELLED
+        if statuses == {TaskStatus.COMPLETED}:
+            return GroupStatus.COMPLETED
+        return GroupStatus.PENDING if statuses == {TaskStatus.PENDING} else GroupStatus.RUNNING
+
+    @property
+    def error(self) -> str | None:
+        """The error of the first failed part, naming it."""
+        for part in self.parts:
+            if part.status is TaskStatus.FAILED:
+                return f"part task {part.task_id} failed: {part.error}"
+        return None
+
+    @property
+    def progress(self) -> float:
+        """The mean progress of the parts (a completed part counts 1)."""
+        if not self.parts:
+            return 0.0
+        done = [1.0 if p.status is TaskStatus.COMPLETED else p.progress for p in self.parts]
+        return sum(done) / len(done)

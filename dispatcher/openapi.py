@@ -82,10 +82,29 @@ HEADERS: dict[str, dict[str, Any]] = {
 WAIT = Param("wait", {"type": "number", "minimum": 0, "maximum": 3600, "default": 0},
              "Long poll: answer as soon as the task finishes, at most this many seconds "
              "(capped by MAX_WAIT_SECONDS)")
-STATUS = Param("status", {"type": "string", "enum": list(responses.TASK_STATUSES)},
-               "Only tasks of this status")
+_ONE_STATUS = "(?:" + "|".join(responses.TASK_STATUSES) + ")"  # plain names: no escaping
+STATUS = Param(
+    "status",
+    {"type": "string",
+     "pattern": rf"^\s*(?:{_ONE_STATUS}\s*)?(?:,\s*(?:{_ONE_STATUS}\s*)?)*$"},
+    "Only tasks of these statuses: one, or several comma-separated (the parameter may also "
+    "be repeated). Spaces around a name and empty items are ignored, so an empty value is no "
+    "filter (every status)")
 LIMIT = Param("limit", {"type": "integer", "minimum": 1, "maximum": 1000, "default": 100},
               "At most this many tasks, newest first")
+TASK_LIST_QUERY = (
+    STATUS,
+    Param("task_type", {"type": "string", "pattern": r"^[A-Za-z][A-Za-z0-9_.-]{0,63}$"},
+          "Only tasks of this type"),
+    Param("created_after", {"type": "number"},
+          "Only tasks created at or after this time (Unix epoch seconds)"),
+    Param("created_before", {"type": "number"},
+          "Only tasks created before this time (Unix epoch seconds)"),
+    LIMIT,
+    Param("cursor", {"type": "string", "pattern": r"^(?:[A-Za-z0-9_-]{1,40}={0,2})?$"},
+          "The `next_cursor` of the previous page, as it was given (opaque; empty or absent: "
+          "the first page). Anything this server did not give is a 400"),
+)
 
 _OPTIONAL_ID = {"oneOf": [{"type": "integer", "minimum": 0, "maximum": 2**62},
                           {"type": "string", "maxLength": 0}]}
@@ -120,7 +139,13 @@ OPERATIONS: dict[tuple[str, str], Operation] = {
     ("/task/<task_id>/cancel", "POST"): Operation(
         {200: ("Cancelled; the task's view", responses.TaskView)}, errors=(404, 409)),
     ("/tasks", "GET"): Operation(
-        {200: ("The newest tasks", responses.TaskList)}, errors=(400,), query=(STATUS, LIMIT)),
+        {200: ("A page of tasks, newest first, and the cursor of the next page",
+               responses.TaskList)}, errors=(400,), query=TASK_LIST_QUERY),
+    ("/group/<group_id>", "GET"): Operation(
+        {200: ("The split job's view", responses.GroupView)}, errors=(404,), tags=("groups",)),
+    ("/group/<group_id>/cancel", "POST"): Operation(
+        {200: ("Every unfinished part is cancelled (none left: nothing changes); the split "
+               "job's view", responses.GroupView)}, errors=(404,), tags=("groups",)),
     ("/stats", "GET"): Operation(
         {200: ("Counts per status, workers, throughput, reclaims by cause", responses.Stats)},
         tags=("monitoring",)),
@@ -291,7 +316,8 @@ def _task_submission(components: dict[str, Any], registry: Registry) -> dict[str
             "description": task_type.description,
             "required": ["task_type", "params"] if needs_params else ["task_type"],
             "properties": {"task_type": {"const": task_type.name}, "params": params,
-                           "priority": base["priority"], "max_attempts": base["max_attempts"]},
+                           "priority": base["priority"], "max_attempts": base["max_attempts"],
+                           **({"split": base["split"]} if task_type.splittable else {})},
         })
     components["SubmitTask"] = {"oneOf": variants,
                                 "description": schemas.SubmitTask.__doc__ or ""}

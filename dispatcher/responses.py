@@ -9,9 +9,9 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, RootModel
+from pydantic import BaseModel, ConfigDict, Field, RootModel
 
-from dispatcher.models import OutcomeKind, TaskStatus
+from dispatcher.models import GroupStatus, OutcomeKind, TaskStatus
 
 TASK_STATUSES = tuple(status.value for status in TaskStatus)
 Status = Literal["pending", "in-progress", "completed", "failed", "cancelled"]
@@ -52,7 +52,21 @@ class SubmittedBatch(_Answer):
     status: Literal["pending"]
 
 
-class Submitted(RootModel[SubmittedOne | SubmittedBatch]):
+GroupStatusName = Literal["pending", "running", "completed", "failed", "cancelled"]
+assert set(GroupStatusName.__args__) == {s.value for s in GroupStatus}  # type: ignore[attr-defined]
+
+
+class SubmittedGroup(_Answer):
+    """A split job stored (201) as a group of part tasks, or found under its idempotency key
+    (200, ``duplicate``, with the group's current status)."""
+
+    group_id: int
+    task_ids: list[int]
+    status: GroupStatusName
+    duplicate: bool = False
+
+
+class Submitted(RootModel[SubmittedOne | SubmittedBatch | SubmittedGroup]):
     """The answer to a submission."""
 
 
@@ -160,12 +174,54 @@ class TaskView(_Answer):
     claimed_at: float | None
     finished_at: float | None
     lease_expires_at: float | None
+    group_id: int | None = None
+    """The split job this task is a part of (null: a task of its own)."""
 
 
 class TaskList(_Answer):
-    """Tasks, newest first."""
+    """A page of tasks, newest first; ``next_cursor`` (null on the last page) asks for the
+    next one."""
 
     tasks: list[TaskView]
+    next_cursor: str | None
+
+
+class GroupPart(_Answer):
+    """One part task of a split job."""
+
+    task_id: int
+    status: Status
+    params: dict[str, Any]
+    progress: float
+    worker_id: str | None
+    error: str | None
+
+
+class GroupParts(_Answer):
+    """How many parts a split job has, in total and per task status."""
+
+    total: int
+    pending: int
+    in_progress: int = Field(alias="in-progress")
+    completed: int
+    failed: int
+    cancelled: int
+
+
+class GroupView(_Answer):
+    """A split job: its status (derived from its parts'), progress, parts, and the combined
+    result once every part completed."""
+
+    group_id: int
+    task_type: str
+    params: dict[str, Any]
+    status: GroupStatusName
+    progress: float
+    parts: GroupParts
+    tasks: list[GroupPart]
+    result: Any
+    error: str | None
+    created_at: float
 
 
 class WorkerView(_Answer):

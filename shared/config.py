@@ -62,6 +62,8 @@ class Config:
     log_format: str = "text"
     """``text`` (one line per record, as always) or ``json`` (one JSON object per line, with
     ``task_id``, ``worker_id`` and ``attempt`` fields on every line about a task)."""
+    result_ttl: float = 7 * 24 * 3600.0
+    """Seconds a finished task (result, checkpoint, idempotency key) is kept; <= 0: forever."""
     task_modules: str = ""
     """Comma-separated import paths of the operator's task modules (besides the built-ins)."""
     worker_processes: str = "1"
@@ -139,6 +141,7 @@ _RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "lease_duration": (_positive, "must be > 0"),
     "checkpoint_interval": (_positive, "must be > 0"),
     "monitor_interval": (_positive, "must be > 0"),
+    "result_ttl": (lambda v: v == v and abs(v) != float("inf"), "must be a finite number"),
     "max_attempts": (lambda v: 1 <= v <= 1000, "must be 1-1000"),
     "database_pool_size": (lambda v: 1 <= v <= 1000, "must be 1-1000"),
     "max_connections": (lambda v: 10 <= v <= 1_000_000, "must be 10-1000000"),

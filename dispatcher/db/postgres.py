@@ -86,24 +86,80 @@ QUERIES: dict[str, str] = {
         RETURNING task_id""",
     # -- tasks --
     "insert_task": """
-        INSERT INTO tasks (task_type, params, priority, max_attempts, idempotency_key, created_at)
+        INSERT INTO tasks (task_type, params, priority, max_attempts, idempotency_key, created_at,
+                           group_id)
         VALUES (%(task_type)s, %(params)s, %(priority)s, %(max_attempts)s, %(idempotency_key)s,
-                %(now)s)
+                %(now)s, %(group_id)s)
         ON CONFLICT (idempotency_key) DO NOTHING
         RETURNING task_id""",
     "insert_tasks": """
-        INSERT INTO tasks (task_type, params, priority, max_attempts, created_at)
+        INSERT INTO tasks (task_type, params, priority, max_attempts, created_at, group_id)
         SELECT * FROM unnest(%(task_types)s::text[], %(params)s::text[], %(priorities)s::int[],
-                             %(max_attempts)s::int[], %(nows)s::float8[])
+                             %(max_attempts)s::int[], %(nows)s::float8[],
+                             %(group_ids)s::bigint[])
         RETURNING task_id""",
     "task_by_key": "SELECT task_id, status FROM tasks WHERE idempotency_key = %(key)s",
     "task_view": """
         SELECT t.*, r.result FROM tasks t LEFT JOIN task_results r USING (task_id)
          WHERE t.task_id = %(task_id)s""",
-    "task_list": """
+    # The task list: one query per index; ids bound the walk, times only filter within it.
+    "task_page": """
         SELECT t.*, r.result FROM tasks t LEFT JOIN task_results r USING (task_id)
-         WHERE (%(status)s::text IS NULL OR t.status = %(status)s)
+         WHERE t.task_id < %(before_id)s AND t.task_id >= %(min_id)s
+           AND t.created_at >= %(after)s AND t.created_at < %(before)s
          ORDER BY t.task_id DESC LIMIT %(limit)s""",
+    "task_page_status": """
+        SELECT t.*, r.result FROM tasks t LEFT JOIN task_results r USING (task_id)
+         WHERE t.status = %(status)s AND t.task_id < %(before_id)s AND t.task_id >= %(min_id)s
+           AND t.created_at >= %(after)s AND t.created_at < %(before)s
+         ORDER BY t.task_id DESC LIMIT %(limit)s""",
+    "task_page_type_status": """
+        SELECT t.*, r.result FROM tasks t LEFT JOIN task_results r USING (task_id)
+         WHERE t.task_type = %(task_type)s AND t.status = %(status)s
+           AND t.task_id < %(before_id)s AND t.task_id >= %(min_id)s
+           AND t.created_at >= %(after)s AND t.created_at < %(before)s
+         ORDER BY t.task_id DESC LIMIT %(limit)s""",
+    "first_id_created_from": """
+        SELECT task_id FROM tasks WHERE created_at >= %(at)s
+         ORDER BY created_at, task_id LIMIT 1""",
+    "last_id_created_before": """
+        SELECT task_id FROM tasks WHERE created_at < %(at)s
+         ORDER BY created_at DESC, task_id DESC LIMIT 1""",
+    # -- groups (split jobs) --
+    "group_insert": """
+        INSERT INTO task_groups (task_type, params, parts, idempotency_key, created_at)
+        VALUES (%(task_type)s, %(params)s, %(parts)s, %(idempotency_key)s, %(now)s)
+        ON CONFLICT (idempotency_key) DO NOTHING
+        RETURNING group_id""",
+    "group_by_key": "SELECT group_id FROM task_groups WHERE idempotency_key = %(key)s",
+    "group_get": "SELECT * FROM task_groups WHERE group_id = %(group_id)s",
+    "group_parts": """
+        SELECT t.task_id, t.status, t.params, t.progress, t.worker_id, t.error, r.result
+          FROM tasks t LEFT JOIN task_results r USING (task_id)
+         WHERE t.group_id = %(group_id)s ORDER BY t.task_id""",
+    "groups_of": """
+        SELECT DISTINCT group_id FROM tasks
+         WHERE task_id = ANY(%(ids)s) AND group_id IS NOT NULL ORDER BY group_id""",
+    "group_unfinished": """
+        SELECT task_id FROM tasks
+         WHERE group_id = %(group_id)s AND status IN ('pending', 'in-progress')
+         ORDER BY task_id""",
+    # -- retention: finished tasks older than RESULT_TTL, a group's parts only all together;
+    # rows another dispatcher's purge holds are skipped, never waited for --
+    "purge_candidates": """
+        SELECT task_id, group_id FROM tasks t
+         WHERE finished_at < %(before)s AND status IN ('completed', 'failed', 'cancelled')
+           AND NOT EXISTS (  -- (a task of no group has no siblings: NULL = NULL is not true)
+                SELECT 1 FROM tasks p WHERE p.group_id = t.group_id
+                   AND (p.status IN ('pending', 'in-progress') OR p.finished_at >= %(before)s))
+         ORDER BY finished_at LIMIT %(limit)s
+           FOR UPDATE OF t SKIP LOCKED""",
+    "purge_results": "DELETE FROM task_results WHERE task_id = ANY(%(ids)s)",
+    "purge_checkpoints": "DELETE FROM checkpoints WHERE task_id = ANY(%(ids)s)",
+    "purge_tasks": "DELETE FROM tasks WHERE task_id = ANY(%(ids)s)",
+    "purge_groups": """
+        DELETE FROM task_groups g WHERE g.group_id = ANY(%(ids)s)
+           AND NOT EXISTS (SELECT 1 FROM tasks t WHERE t.group_id = g.group_id)""",
     "task_lease": """
         SELECT status, attempt, worker_id, task_type FROM tasks WHERE task_id = %(task_id)s""",
     "task_leases": """
@@ -359,7 +415,8 @@ class PostgresStore(Store):
         found = tx.all("insert_tasks", {
             "task_types": [r["task_type"] for r in rows], "params": [r["params"] for r in rows],
             "priorities": [r["priority"] for r in rows],
-            "max_attempts": [r["max_attempts"] for r in rows], "nows": [r["now"] for r in rows]})
+            "max_attempts": [r["max_attempts"] for r in rows], "nows": [r["now"] for r in rows],
+            "group_ids": [r["group_id"] for r in rows]})
         # Identity values are drawn in insertion order, so sorted ids follow the input order.
         return sorted(row["task_id"] for row in found)
 

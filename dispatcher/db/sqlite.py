@@ -72,22 +72,81 @@ QUERIES: dict[str, str] = {
          WHERE task_id = :task_id AND status IN ('pending', 'in-progress') RETURNING task_id""",
     # -- tasks --
     "insert_task": """
-        INSERT INTO tasks (task_type, params, priority, max_attempts, idempotency_key, created_at)
-        VALUES (:task_type, :params, :priority, :max_attempts, :idempotency_key, :now)
+        INSERT INTO tasks (task_type, params, priority, max_attempts, idempotency_key, created_at,
+                           group_id)
+        VALUES (:task_type, :params, :priority, :max_attempts, :idempotency_key, :now, :group_id)
         ON CONFLICT (idempotency_key) DO NOTHING
         RETURNING task_id""",
     "insert_tasks": """
-        INSERT INTO tasks (task_type, params, priority, max_attempts, idempotency_key, created_at)
-        VALUES (:task_type, :params, :priority, :max_attempts, :idempotency_key, :now)""",
+        INSERT INTO tasks (task_type, params, priority, max_attempts, idempotency_key, created_at,
+                           group_id)
+        VALUES (:task_type, :params, :priority, :max_attempts, :idempotency_key, :now,
+                :group_id)""",
     "last_insert_id": "SELECT last_insert_rowid() AS id",
     "task_by_key": "SELECT task_id, status FROM tasks WHERE idempotency_key = :key",
     "task_view": """
         SELECT t.*, r.result FROM tasks t LEFT JOIN task_results r USING (task_id)
          WHERE t.task_id = :task_id""",
-    "task_list": """
+    # The task list: one query per index; ids bound the walk, times only filter within it.
+    "task_page": """
         SELECT t.*, r.result FROM tasks t LEFT JOIN task_results r USING (task_id)
-         WHERE (:status IS NULL OR t.status = :status)
+         WHERE t.task_id < :before_id AND t.task_id >= :min_id
+           AND t.created_at >= :after AND t.created_at < :before
          ORDER BY t.task_id DESC LIMIT :limit""",
+    "task_page_status": """
+        SELECT t.*, r.result FROM tasks t LEFT JOIN task_results r USING (task_id)
+         WHERE t.status = :status AND t.task_id < :before_id AND t.task_id >= :min_id
+           AND t.created_at >= :after AND t.created_at < :before
+         ORDER BY t.task_id DESC LIMIT :limit""",
+    "task_page_type_status": """
+        SELECT t.*, r.result FROM tasks t LEFT JOIN task_results r USING (task_id)
+         WHERE t.task_type = :task_type AND t.status = :status
+           AND t.task_id < :before_id AND t.task_id >= :min_id
+           AND t.created_at >= :after AND t.created_at < :before
+         ORDER BY t.task_id DESC LIMIT :limit""",
+    "first_id_created_from": """
+        SELECT task_id FROM tasks WHERE created_at >= :at
+         ORDER BY created_at, task_id LIMIT 1""",
+    "last_id_created_before": """
+        SELECT task_id FROM tasks WHERE created_at < :at
+         ORDER BY created_at DESC, task_id DESC LIMIT 1""",
+    # -- groups (split jobs) --
+    "group_insert": """
+        INSERT INTO task_groups (task_type, params, parts, idempotency_key, created_at)
+        VALUES (:task_type, :params, :parts, :idempotency_key, :now)
+        ON CONFLICT (idempotency_key) DO NOTHING
+        RETURNING group_id""",
+    "group_by_key": "SELECT group_id FROM task_groups WHERE idempotency_key = :key",
+    "group_get": "SELECT * FROM task_groups WHERE group_id = :group_id",
+    "group_parts": """
+        SELECT t.task_id, t.status, t.params, t.progress, t.worker_id, t.error, r.result
+          FROM tasks t LEFT JOIN task_results r USING (task_id)
+         WHERE t.group_id = :group_id ORDER BY t.task_id""",
+    "groups_of": """
+        SELECT DISTINCT group_id FROM tasks
+         WHERE task_id IN (SELECT value FROM json_each(:ids)) AND group_id IS NOT NULL
+         ORDER BY group_id""",
+    "group_unfinished": """
+        SELECT task_id FROM tasks
+         WHERE group_id = :group_id AND status IN ('pending', 'in-progress')""",
+    # -- retention: finished tasks older than RESULT_TTL, a group's parts only all together;
+    # oldest first along tasks_finished_idx ('+status' keeps the planner off the status index,
+    # which would sort every finished task) --
+    "purge_candidates": """
+        SELECT task_id, group_id FROM tasks t
+         WHERE finished_at < :before AND +status IN ('completed', 'failed', 'cancelled')
+           AND NOT EXISTS (  -- (a task of no group has no siblings: NULL = NULL is not true)
+                SELECT 1 FROM tasks p WHERE p.group_id = t.group_id
+                   AND (p.status IN ('pending', 'in-progress') OR p.finished_at >= :before))
+         ORDER BY finished_at LIMIT :limit""",
+    "purge_results": """
+        DELETE FROM task_results WHERE task_id IN (SELECT value FROM json_each(:ids))""",
+    "purge_checkpoints": """
+        DELETE FROM checkpoints WHERE task_id IN (SELECT value FROM json_each(:ids))""",
+    "purge_tasks": "DELETE FROM tasks WHERE task_id IN (SELECT value FROM json_each(:ids))",
+    "purge_groups": """
+        DELETE FROM task_groups WHERE group_id IN (SELECT value FROM json_each(:ids))
+           AND NOT EXISTS (SELECT 1 FROM tasks WHERE tasks.group_id = task_groups.group_id)""",
     "task_lease": """
         SELECT status, attempt, worker_id, task_type FROM tasks WHERE task_id = :task_id""",
     "task_leases": """

@@ -26,6 +26,7 @@ from dispatcher.models import (
     Checkpoint,
     Event,
     EventKind,
+    Group,
     Lease,
     NewTask,
     Outcome,
@@ -34,6 +35,8 @@ from dispatcher.models import (
     ReclaimCause,
     Report,
     Task,
+    TaskPage,
+    TaskQuery,
     TaskStatus,
     WorkerStatus,
     dumps,
@@ -109,10 +112,13 @@ class Tx:
         """Run two named queries in order and read both (pipelined: one round trip for both)."""
         if not self._dialect.pipelined:
             return self.all(first, first_params), self.all(second, second_params)
-        other = self.cursor.connection.cursor()
-        self.cursor.execute(self._dialect.queries[first], first_params)
+        # Two fresh cursors: the transaction's own cursor may still be waiting for the results
+        # of statements sent before (BEGIN...), and under a full send buffer psycopg can hand
+        # it one of those instead of the first query's rows.
+        one, other = self.cursor.connection.cursor(), self.cursor.connection.cursor()
+        one.execute(self._dialect.queries[first], first_params)
         other.execute(self._dialect.queries[second], second_params)
-        return list(self.cursor.fetchall()), list(other.fetchall())
+        return list(one.fetchall()), list(other.fetchall())
 
     def many(self, name: str, rows: Sequence[Mapping[str, Any]]) -> None:
         """Execute a named statement once per parameter set."""
@@ -239,6 +245,28 @@ class Store(abc.ABC):
                 created = [_insert_keyed(tx, row) for row in rows]
             self._notify(tx, Channel.TASKS, sum(1 for _, new in created if new))
         return created
+
+    def submit_group(self, task_type: str, params: dict[str, Any], parts: Sequence[NewTask],
+                     key: str | None = None, on_commit: OnCommit = None
+                     ) -> tuple[int, list[int], bool]:
+        """Insert a split job and its part tasks in one durable transaction.
+
+        Returns (group_id, part task ids, created). A group whose idempotency key is stored
+        already is not inserted again: its existing id and parts come back, created=False.
+        """
+        with self._write(on_commit=on_commit) as tx:
+            row = tx.one("group_insert", {"task_type": task_type, "params": dumps(params),
+                                          "parts": len(parts), "idempotency_key": key,
+                                          "now": tx.now})
+            if row is None:
+                group_id = tx.one("group_by_key", {"key": key})["group_id"]
+                ids = [part["task_id"] for part in tx.all("group_parts", {"group_id": group_id})]
+                return group_id, ids, False
+            group_id = row["group_id"]
+            rows = [{**_task_row(part, tx.now), "group_id": group_id} for part in parts]
+            ids = self._insert_tasks(tx, rows)
+            self._notify(tx, Channel.TASKS, len(ids))
+        return group_id, ids, True
 
     # -- workers ------------------------------------------------------------------------------
 
@@ -453,6 +481,42 @@ class Store(abc.ABC):
             self._notify(tx, Channel.FINISHED)
         return self.get_task(task_id)
 
+    def cancel_group(self, group_id: int) -> Group:
+        """Cancel every unfinished part of a split job (none left: nothing changes)."""
+        with self._write() as tx:
+            if tx.one("group_get", {"group_id": group_id}) is None:
+                raise NotFound(f"group {group_id} does not exist")
+            unfinished = tx.all("group_unfinished", {"group_id": group_id})
+            for row in unfinished:
+                move(tx, Move.CANCEL, {"task_id": row["task_id"], "now": tx.now})
+            if unfinished:
+                tx.run("checkpoints_drop",
+                       {"ids": tx.id_list([row["task_id"] for row in unfinished])})
+                self._notify(tx, Channel.FINISHED)
+        return self.get_group(group_id)
+
+    # -- retention ----------------------------------------------------------------------------
+
+    def purge_finished(self, ttl_seconds: float, batch: int) -> int:
+        """Delete up to ``batch`` tasks finished more than ``ttl_seconds`` ago; how many.
+
+        One short transaction: the tasks with their results, checkpoints and idempotency keys,
+        oldest first. A part of a split job goes only with all its group's parts, once every
+        one of them finished before the cut-off; the group row goes with its last part.
+        Unfinished tasks are never touched, so claims never wait on a purge.
+        """
+        with self._write(durable=False) as tx:
+            rows = tx.all("purge_candidates", {"before": tx.now - ttl_seconds, "limit": batch})
+            if rows:
+                ids = tx.id_list([row["task_id"] for row in rows])
+                tx.run("purge_results", {"ids": ids})
+                tx.run("purge_checkpoints", {"ids": ids})
+                tx.run("purge_tasks", {"ids": ids})
+                groups = sorted({row["group_id"] for row in rows if row["group_id"] is not None})
+                if groups:
+                    tx.run("purge_groups", {"ids": tx.id_list(groups)})
+        return len(rows)
+
     # -- the heartbeat monitor's sweep --------------------------------------------------------
 
     def sweep(self, heartbeat_timeout: float, lease_seconds: float, gap_seconds: float,
@@ -523,12 +587,39 @@ class Store(abc.ABC):
             raise NotFound(f"task {task_id} does not exist")
         return Task.from_row(row)
 
-    def list_tasks(self, status: TaskStatus | None, limit: int) -> list[Task]:
-        """The newest tasks, optionally of one status."""
+    def list_tasks(self, query: TaskQuery) -> TaskPage:
+        """One page of tasks, newest first, filtered; every query walks one index.
+
+        Each status asked for is one index walk (``(status, task_id)``, or
+        ``(task_type, status, task_id)`` with a type), merged here; a time range becomes a
+        range of ids first (ids are handed out in creation order), so a page never scans the
+        tasks outside it.
+        """
         with self._read() as tx:
-            rows = tx.all("task_list", {"status": status.value if status else None,
-                                        "limit": limit})
-        return [Task.from_row(row) for row in rows]
+            params = _page_params(tx, query)
+            if params is None:
+                return TaskPage([], None)
+            rows = [row for name, extra in _page_queries(query)
+                    for row in tx.all(name, {**params, **extra})]
+        rows.sort(key=lambda row: row["task_id"], reverse=True)
+        tasks = [Task.from_row(row) for row in rows[:query.limit]]
+        more = len(rows) > query.limit
+        return TaskPage(tasks, tasks[-1].task_id if more and tasks else None)
+
+    def groups_of(self, task_ids: Sequence[int]) -> list[int]:
+        """The split jobs these tasks are parts of."""
+        with self._read() as tx:
+            rows = tx.all("groups_of", {"ids": tx.id_list(sorted(set(task_ids)))})
+        return [row["group_id"] for row in rows]
+
+    def get_group(self, group_id: int) -> Group:
+        """A split job with its parts; raise NotFound."""
+        with self._read() as tx:
+            row = tx.one("group_get", {"group_id": group_id})
+            parts = tx.all("group_parts", {"group_id": group_id}) if row is not None else []
+        if row is None:
+            raise NotFound(f"group {group_id} does not exist")
+        return Group.from_rows(row, parts)
 
     def stats(self, window_seconds: float = 60.0) -> dict[str, Any]:
         """Counts per status, workers, throughput over the window, counters; and ``now``."""
@@ -725,7 +816,40 @@ def _note_resumed(tx: Tx, worker_id: str, leases: Sequence[Lease], claimed: set[
 def _task_row(task: NewTask, now: float) -> dict[str, Any]:
     return {"task_type": task.task_type, "params": dumps(task.params),
             "priority": task.priority, "max_attempts": task.max_attempts,
-            "idempotency_key": task.idempotency_key, "now": now}
+            "idempotency_key": task.idempotency_key, "now": now, "group_id": task.group_id}
+
+
+NO_ID_ABOVE = 2**63 - 1
+FAR_PAST, FAR_FUTURE = -1e300, 1e300
+
+
+def _page_params(tx: Tx, query: TaskQuery) -> dict[str, Any] | None:
+    """The bounds of a page's walk; None when the time range holds no task at all."""
+    before_id, min_id = query.before_id or NO_ID_ABOVE, 0
+    if query.created_before is not None:
+        row = tx.one("last_id_created_before", {"at": query.created_before})
+        if row is None:
+            return None
+        before_id = min(before_id, row["task_id"] + 1)
+    if query.created_after is not None:
+        row = tx.one("first_id_created_from", {"at": query.created_after})
+        if row is None:
+            return None
+        min_id = row["task_id"]
+    return {"before_id": before_id, "min_id": min_id, "limit": query.limit + 1,
+            "after": FAR_PAST if query.created_after is None else query.created_after,
+            "before": FAR_FUTURE if query.created_before is None else query.created_before}
+
+
+def _page_queries(query: TaskQuery) -> list[tuple[str, dict[str, Any]]]:
+    """The named queries of a page, one per index walk, with their own parameters."""
+    statuses = query.statuses
+    if query.task_type is not None:
+        return [("task_page_type_status", {"task_type": query.task_type, "status": s.value})
+                for s in statuses or tuple(TaskStatus)]
+    if statuses:
+        return [("task_page_status", {"status": s.value}) for s in statuses]
+    return [("task_page", {})]
 
 
 def _insert_keyed(tx: Tx, row: dict[str, Any]) -> tuple[int, bool]:

@@ -121,3 +121,14 @@ def test_recovery_quick_run_and_plots(tmp_path: Path) -> None:
                "--output-dir", str(plots))
     assert_plots(sorted(plots.glob("*.png")))
     assert (plots / "recovery_reassignment_times.png").exists()
+
+
+def test_split_speedup_quick_run_checks_its_answers(tmp_path: Path) -> None:
+    out = tmp_path / "split.json"
+    printed = run_module("analysis.split_speedup", "--limit", "1e8", "--parts", "4",
+                         "--output", str(out))
+    doc = json.loads(out.read_text())
+    assert doc["kind"] == "split_speedup" and doc["known_prime_count"] == 5_761_455
+    assert doc["answers_agree"] is True and doc["correct"] is True
+    assert [(r["mode"], r["parts"]) for r in doc["runs"]] == [("unsplit", 1), ("split", 4)]
+    assert doc["speedup"] > 0 and "| unsplit |" in printed.replace("  ", " ")
