@@ -85,6 +85,8 @@ class Task:
     claimed_at: float | None
     finished_at: float | None
     lease_expires_at: float | None
+    owner: str | None = None
+    """The id of the token that submitted it (not part of the JSON view)."""
 
     @classmethod
     def from_row(cls, row: Any) -> "Task":
@@ -107,6 +109,7 @@ class Task:
             claimed_at=row["claimed_at"],
             finished_at=row["finished_at"],
             lease_expires_at=row["lease_expires_at"],
+            owner=row["owner"],
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -195,6 +198,10 @@ class NewTask:
     priority: int
     max_attempts: int
     idempotency_key: str | None = None
+    owner: str | None = None
+    """The id of the token that submitted it (None when auth is off)."""
+    request_hash: str | None = None
+    """SHA-256 of the submission behind the idempotency key: a reuse must match it."""
 
 
 @dataclass(frozen=True)

@@ -89,10 +89,15 @@ class Dispatcher:
 
     # -- operations -------------------------------------------------------------------------
 
-    def submit(self, tasks: Sequence[NewTask]) -> list[tuple[int, bool]]:
-        """Store new tasks durably; idle workers are woken (one per task) before the fsync."""
+    def submit(self, tasks: Sequence[NewTask], pending_cap: int | None = None
+               ) -> list[tuple[int, bool]]:
+        """Store new tasks durably; idle workers are woken (one per task) before the fsync.
+
+        ``pending_cap`` bounds the tasks the submitting client may have pending.
+        """
         return self.store.submit(
-            tasks, on_commit=lambda: self.tasks_available.notify(len(tasks))
+            tasks, on_commit=lambda: self.tasks_available.notify(len(tasks)),
+            pending_cap=pending_cap,
         )
 
     def claim(
@@ -193,9 +198,10 @@ class Dispatcher:
                 return task
             self.tasks_finished.wait(seen, min(remaining, RECHECK_SECONDS))
 
-    def list_tasks(self, status: TaskStatus | None, limit: int) -> list[Task]:
-        """The newest tasks, optionally filtered by status."""
-        return self.store.list_tasks(status, limit)
+    def list_tasks(self, status: TaskStatus | None, limit: int, owner: str | None = None
+                   ) -> list[Task]:
+        """The newest tasks, optionally filtered by status and by owner (a client's own)."""
+        return self.store.list_tasks(status, limit, owner)
 
     def stats(self) -> dict[str, Any]:
         """The /stats document."""

@@ -15,13 +15,16 @@ class ApiError(Exception):
     """An error answered as ``{"error": {"code", "message"}}`` with an HTTP status."""
 
     def __init__(
-        self, status: int, code: str, message: str, extra: dict[str, Any] | None = None
+        self, status: int, code: str, message: str, extra: dict[str, Any] | None = None,
+        retry_after: float | None = None,
     ) -> None:
         super().__init__(message)
         self.status = status
         self.code = code
         self.message = message
         self.extra = extra or {}
+        self.retry_after = retry_after
+        """Seconds the client should wait before trying again (the Retry-After header)."""
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON body of the error response."""

@@ -27,12 +27,14 @@ from shared.config import Config, ConfigError
 TABLES: dict[str, tuple[str, ...]] = {
     "tasks": ("task_id", "task_type", "params", "status", "priority", "attempt", "max_attempts",
               "worker_id", "worker_instance", "lease_expires_at", "progress", "error",
-              "idempotency_key", "created_at", "started_at", "claimed_at", "finished_at"),
+              "idempotency_key", "created_at", "started_at", "claimed_at", "finished_at",
+              "owner", "request_hash"),
     "task_results": ("task_id", "attempt", "worker_id", "result", "created_at"),
     "checkpoints": ("task_id", "attempt", "worker_id", "state", "progress", "saved_at"),
     "workers": ("worker_id", "instance_id", "status", "last_heartbeat", "registered_at",
                 "tasks_completed"),
     "counters": ("name", "value"),
+    "tokens": ("token_id", "secret_hash", "role", "worker_id", "created_at", "revoked_at"),
 }
 """What is copied, in an order that respects the foreign keys. Column names are fixed here,
 never taken from input, so the statements built from them are constant."""

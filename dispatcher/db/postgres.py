@@ -77,17 +77,35 @@ QUERIES: dict[str, str] = {
         RETURNING task_id""",
     # -- tasks --
     "insert_task": """
-        INSERT INTO tasks (task_type, params, priority, max_attempts, idempotency_key, created_at)
+        INSERT INTO tasks (task_type, params, priority, max_attempts, idempotency_key, created_at,
+                           owner, request_hash)
         VALUES (%(task_type)s, %(params)s, %(priority)s, %(max_attempts)s, %(idempotency_key)s,
-                %(now)s)
+                %(now)s, %(owner)s, %(request_hash)s)
         ON CONFLICT (idempotency_key) DO NOTHING
         RETURNING task_id""",
     "insert_tasks": """
-        INSERT INTO tasks (task_type, params, priority, max_attempts, created_at)
+        INSERT INTO tasks (task_type, params, priority, max_attempts, created_at, owner)
         SELECT * FROM unnest(%(task_types)s::text[], %(params)s::text[], %(priorities)s::int[],
-                             %(max_attempts)s::int[], %(nows)s::float8[])
+                             %(max_attempts)s::int[], %(nows)s::float8[], %(owners)s::text[])
         RETURNING task_id""",
-    "task_by_key": "SELECT task_id, status FROM tasks WHERE idempotency_key = %(key)s",
+    "task_by_key": """
+        SELECT task_id, status, request_hash FROM tasks WHERE idempotency_key = %(key)s""",
+    "owner_pending": """
+        SELECT COUNT(*) AS n FROM (SELECT 1 FROM tasks WHERE owner = %(owner)s
+                                    AND status = 'pending' LIMIT %(cap)s) AS capped""",
+    "task_list_owned": """
+        SELECT t.*, r.result FROM tasks t LEFT JOIN task_results r USING (task_id)
+         WHERE t.owner = %(owner)s AND (%(status)s::text IS NULL OR t.status = %(status)s)
+         ORDER BY t.task_id DESC LIMIT %(limit)s""",
+    # -- credentials --
+    "token_put": """
+        INSERT INTO tokens (token_id, secret_hash, role, worker_id, created_at)
+        VALUES (%(token_id)s, %(secret_hash)s, %(role)s, %(worker_id)s, %(now)s)""",
+    "token_get": "SELECT * FROM tokens WHERE token_id = %(token_id)s",
+    "tokens_all": "SELECT * FROM tokens ORDER BY created_at, token_id",
+    "token_revoke": """
+        UPDATE tokens SET revoked_at = %(now)s
+         WHERE token_id = %(token_id)s AND revoked_at IS NULL RETURNING token_id""",
     "task_view": """
         SELECT t.*, r.result FROM tasks t LEFT JOIN task_results r USING (task_id)
          WHERE t.task_id = %(task_id)s""",
@@ -313,7 +331,8 @@ class PostgresStore(Store):
         found = tx.all("insert_tasks", {
             "task_types": [r["task_type"] for r in rows], "params": [r["params"] for r in rows],
             "priorities": [r["priority"] for r in rows],
-            "max_attempts": [r["max_attempts"] for r in rows], "nows": [r["now"] for r in rows]})
+            "max_attempts": [r["max_attempts"] for r in rows], "nows": [r["now"] for r in rows],
+            "owners": [r["owner"] for r in rows]})
         # Identity values are drawn in insertion order, so sorted ids follow the input order.
         return sorted(row["task_id"] for row in found)
 

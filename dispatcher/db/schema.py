@@ -9,7 +9,7 @@ equal values compare equal as text on both backends.
 
 from __future__ import annotations
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 SQLITE_SCHEMA = """
 CREATE TABLE IF NOT EXISTS schema_info (
@@ -102,6 +102,23 @@ CREATE TABLE IF NOT EXISTS cluster (
     name  TEXT PRIMARY KEY,
     value REAL NOT NULL
 );
+""",
+    # v4: credentials (API tokens, stored as SHA-256 hashes of their secrets), each task's
+    # owner (the token that submitted it) and the hash of the request behind an idempotency key.
+    4: """
+CREATE TABLE IF NOT EXISTS tokens (
+    token_id    TEXT PRIMARY KEY,
+    secret_hash TEXT NOT NULL,
+    role        TEXT NOT NULL CHECK (role IN ('client', 'worker', 'admin')),
+    worker_id   TEXT,
+    created_at  REAL NOT NULL,
+    revoked_at  REAL
+);
+ALTER TABLE tasks ADD COLUMN owner TEXT;
+ALTER TABLE tasks ADD COLUMN request_hash TEXT;
+CREATE INDEX IF NOT EXISTS tasks_owner_idx ON tasks (owner, task_id) WHERE owner IS NOT NULL;
+CREATE INDEX IF NOT EXISTS tasks_owner_pending_idx ON tasks (owner)
+    WHERE status = 'pending' AND owner IS NOT NULL;
 """,
 }
 """SQLite schema changes by version; a database is brought up to SCHEMA_VERSION at start."""
@@ -222,6 +239,22 @@ CREATE TABLE IF NOT EXISTS cluster (
     name  text PRIMARY KEY,
     value double precision NOT NULL
 );
+""",
+    # v4: credentials, task owners, idempotency request hashes (as SQLite's v4).
+    4: """
+CREATE TABLE IF NOT EXISTS tokens (
+    token_id    text PRIMARY KEY,
+    secret_hash text NOT NULL,
+    role        text NOT NULL CHECK (role IN ('client', 'worker', 'admin')),
+    worker_id   text,
+    created_at  double precision NOT NULL,
+    revoked_at  double precision
+);
+ALTER TABLE tasks ADD COLUMN IF NOT EXISTS owner text;
+ALTER TABLE tasks ADD COLUMN IF NOT EXISTS request_hash text;
+CREATE INDEX IF NOT EXISTS tasks_owner_idx ON tasks (owner, task_id) WHERE owner IS NOT NULL;
+CREATE INDEX IF NOT EXISTS tasks_owner_pending_idx ON tasks (owner)
+    WHERE status = 'pending' AND owner IS NOT NULL;
 """,
 }
 """PostgreSQL schema changes by version (the same versions as SQLite's)."""

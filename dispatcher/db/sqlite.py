@@ -65,15 +65,36 @@ QUERIES: dict[str, str] = {
          WHERE task_id = :task_id AND status IN ('pending', 'in-progress') RETURNING task_id""",
     # -- tasks --
     "insert_task": """
-        INSERT INTO tasks (task_type, params, priority, max_attempts, idempotency_key, created_at)
-        VALUES (:task_type, :params, :priority, :max_attempts, :idempotency_key, :now)
+        INSERT INTO tasks (task_type, params, priority, max_attempts, idempotency_key, created_at,
+                           owner, request_hash)
+        VALUES (:task_type, :params, :priority, :max_attempts, :idempotency_key, :now, :owner,
+                :request_hash)
         ON CONFLICT (idempotency_key) DO NOTHING
         RETURNING task_id""",
     "insert_tasks": """
-        INSERT INTO tasks (task_type, params, priority, max_attempts, idempotency_key, created_at)
-        VALUES (:task_type, :params, :priority, :max_attempts, :idempotency_key, :now)""",
+        INSERT INTO tasks (task_type, params, priority, max_attempts, idempotency_key, created_at,
+                           owner, request_hash)
+        VALUES (:task_type, :params, :priority, :max_attempts, :idempotency_key, :now, :owner,
+                :request_hash)""",
     "last_insert_id": "SELECT last_insert_rowid() AS id",
-    "task_by_key": "SELECT task_id, status FROM tasks WHERE idempotency_key = :key",
+    "task_by_key": """
+        SELECT task_id, status, request_hash FROM tasks WHERE idempotency_key = :key""",
+    "owner_pending": """
+        SELECT COUNT(*) AS n FROM (SELECT 1 FROM tasks WHERE owner = :owner
+                                    AND status = 'pending' LIMIT :cap)""",
+    "task_list_owned": """
+        SELECT t.*, r.result FROM tasks t LEFT JOIN task_results r USING (task_id)
+         WHERE t.owner = :owner AND (:status IS NULL OR t.status = :status)
+         ORDER BY t.task_id DESC LIMIT :limit""",
+    # -- credentials --
+    "token_put": """
+        INSERT INTO tokens (token_id, secret_hash, role, worker_id, created_at)
+        VALUES (:token_id, :secret_hash, :role, :worker_id, :now)""",
+    "token_get": "SELECT * FROM tokens WHERE token_id = :token_id",
+    "tokens_all": "SELECT * FROM tokens ORDER BY created_at, token_id",
+    "token_revoke": """
+        UPDATE tokens SET revoked_at = :now WHERE token_id = :token_id AND revoked_at IS NULL
+        RETURNING token_id""",
     "task_view": """
         SELECT t.*, r.result FROM tasks t LEFT JOIN task_results r USING (task_id)
          WHERE t.task_id = :task_id""",

@@ -18,7 +18,7 @@ from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any
 
-from dispatcher.db.errors import NotFound, StaleLease
+from dispatcher.db.errors import IdempotencyConflict, NotFound, QuotaExceeded, StaleLease
 from dispatcher.db.moves import Move, move, move_after_read
 from dispatcher.models import (
     FINISHED,
@@ -205,14 +205,18 @@ class Store(abc.ABC):
 
     # -- submission ---------------------------------------------------------------------------
 
-    def submit(self, tasks: Sequence[NewTask], on_commit: OnCommit = None
-               ) -> list[tuple[int, bool]]:
+    def submit(self, tasks: Sequence[NewTask], on_commit: OnCommit = None,
+               pending_cap: int | None = None) -> list[tuple[int, bool]]:
         """Insert tasks in one durable transaction; (task_id, created) for each, in order.
 
         A task whose idempotency key is already stored is not inserted again: its existing
-        id comes back with created=False.
+        id comes back with created=False, unless the stored request hash differs (then
+        IdempotencyConflict, and nothing of the batch is stored). With ``pending_cap``, an
+        owner with that many pending tasks (counting these) gets QuotaExceeded.
         """
         with self._write(on_commit=on_commit) as tx:
+            if pending_cap is not None and tasks and tasks[0].owner is not None:
+                _check_pending(tx, tasks[0].owner, pending_cap, len(tasks))
             rows = [_task_row(task, tx.now) for task in tasks]
             if all(task.idempotency_key is None for task in tasks):
                 created = [(task_id, True) for task_id in self._insert_tasks(tx, rows)]
@@ -492,12 +496,42 @@ class Store(abc.ABC):
             raise NotFound(f"task {task_id} does not exist")
         return Task.from_row(row)
 
-    def list_tasks(self, status: TaskStatus | None, limit: int) -> list[Task]:
-        """The newest tasks, optionally of one status."""
+    def list_tasks(self, status: TaskStatus | None, limit: int, owner: str | None = None
+                   ) -> list[Task]:
+        """The newest tasks, optionally of one status, optionally only ``owner``'s."""
+        params = {"status": status.value if status else None, "limit": limit}
         with self._read() as tx:
-            rows = tx.all("task_list", {"status": status.value if status else None,
-                                        "limit": limit})
+            if owner is None:
+                rows = tx.all("task_list", params)
+            else:
+                rows = tx.all("task_list_owned", {**params, "owner": owner})
         return [Task.from_row(row) for row in rows]
+
+    # -- credentials --------------------------------------------------------------------------
+
+    def add_token(self, token_id: str, secret_hash: str, role: str, worker_id: str | None
+                  ) -> None:
+        """Store a new credential (only the hash of its secret)."""
+        with self._write() as tx:
+            tx.run("token_put", {"token_id": token_id, "secret_hash": secret_hash,
+                                 "role": role, "worker_id": worker_id, "now": tx.now})
+
+    def token(self, token_id: str) -> dict[str, Any] | None:
+        """A stored credential's row (id, secret_hash, role, worker_id, created_at,
+        revoked_at), or None."""
+        with self._read() as tx:
+            row = tx.one("token_get", {"token_id": token_id})
+        return dict(row) if row is not None else None
+
+    def tokens(self) -> list[dict[str, Any]]:
+        """Every stored credential, oldest first."""
+        with self._read() as tx:
+            return [dict(row) for row in tx.all("tokens_all")]
+
+    def revoke_token(self, token_id: str) -> bool:
+        """Revoke a credential; False when there is no such unrevoked token."""
+        with self._write() as tx:
+            return tx.one("token_revoke", {"token_id": token_id, "now": tx.now}) is not None
 
     def stats(self, window_seconds: float = 60.0) -> dict[str, Any]:
         """Counts per status, workers, throughput over the window, counters; and ``now``."""
@@ -593,15 +627,36 @@ class Store(abc.ABC):
 def _task_row(task: NewTask, now: float) -> dict[str, Any]:
     return {"task_type": task.task_type, "params": dumps(task.params),
             "priority": task.priority, "max_attempts": task.max_attempts,
-            "idempotency_key": task.idempotency_key, "now": now}
+            "idempotency_key": task.idempotency_key, "now": now, "owner": task.owner,
+            "request_hash": task.request_hash}
 
 
 def _insert_keyed(tx: Tx, row: dict[str, Any]) -> tuple[int, bool]:
-    """Insert unless the key is taken (atomically: another dispatcher may be inserting it)."""
+    """Insert unless the key is taken (atomically: another dispatcher may be inserting it).
+
+    A taken key answers its task only for the same request: a different one (its hash
+    differs) raises IdempotencyConflict, which rolls the whole submission back.
+    """
     inserted = tx.one("insert_task", row)
     if inserted is not None:
         return inserted["task_id"], True
-    return tx.one("task_by_key", {"key": row["idempotency_key"]})["task_id"], False
+    found = tx.one("task_by_key", {"key": row["idempotency_key"]})
+    stored_hash = found["request_hash"]
+    if stored_hash is not None and row["request_hash"] is not None \
+            and stored_hash != row["request_hash"]:
+        raise IdempotencyConflict(
+            f"task {found['task_id']} was submitted under this idempotency key with a "
+            "different request")
+    return found["task_id"], False
+
+
+def _check_pending(tx: Tx, owner: str, cap: int, adding: int) -> None:
+    """Raise QuotaExceeded when ``owner`` would have more than ``cap`` pending tasks."""
+    pending = int(tx.one("owner_pending", {"owner": owner, "cap": cap + 1})["n"])
+    if pending + adding > cap:
+        raise QuotaExceeded(
+            f"{pending} tasks of this client are pending; at most {cap} may be "
+            "(MAX_PENDING_PER_CLIENT)")
 
 
 def _look_in(tx: Tx, worker_id: str, instance_id: str | None) -> Look:

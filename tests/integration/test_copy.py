@@ -25,8 +25,10 @@ def target() -> Iterator[str]:
 def a_busy_queue(path: Path) -> SQLiteStore:
     """A SQLite queue with tasks in every status, a result, a checkpoint, workers, counters."""
     store = SQLiteStore(path, clock=FakeClock())
-    ids = [task_id for task_id, _ in store.submit([NewTask("noop", {"i": i}, i % 3, 5)
+    ids = [task_id for task_id, _ in store.submit([NewTask("noop", {"i": i}, i % 3, 5,
+                                                           owner="0123456789ab")
                                                    for i in range(8)])]
+    store.add_token("0123456789ab", "f" * 64, "client", None)
     leases = store.claim("w1", "i1", 4, 100).leases
     store.complete("w1", [Report(leases[0].task_id, 1, '{"echo":{"i":0}}')])
     store.complete("w1", [Report(leases[1].task_id, 1, None, "boom")])
@@ -43,9 +45,11 @@ def test_a_sqlite_queue_moves_to_postgresql_whole(tmp_path: Path, target: str) -
     source.close()
     copied = copy_queue(f"sqlite:///{tmp_path / 'tasks.db'}", target)
     assert copied.rows == {"tasks": 8, "task_results": 1, "checkpoints": 1, "workers": 2,
-                           "counters": 1}
+                           "counters": 1, "tokens": 1}
     store = PostgresStore(target)
     assert {t.task_id: t for t in store.list_tasks(None, 100)} == expected
+    assert store.token("0123456789ab")["role"] == "client"  # credentials move too
+    assert len(store.list_tasks(None, 100, owner="0123456789ab")) == 8
     stats = store.stats()
     assert {k: v for k, v in stats["counts"].items() if v} == {
         "pending": 4, "in-progress": 1, "completed": 1, "failed": 1, "cancelled": 1}
