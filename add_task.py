@@ -144,9 +144,10 @@ def print_table(views: dict[int, dict[str, Any]]) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Submit, optionally wait, print; return the exit code."""
-    urls = check_dispatcher_urls(args.url, "--url") if args.url else load_config().dispatcher_urls
+    config = load_config()
+    urls = check_dispatcher_urls(args.url, "--url") if args.url else config.dispatcher_urls
     tasks = build_tasks(args)
-    with QueueClient(urls) as client:
+    with QueueClient(urls, token=config.dispatcher_token) as client:
         try:
             ids = submit(client, tasks)
             if not args.json:
@@ -160,8 +161,11 @@ def run(args: argparse.Namespace) -> int:
             raise CliError(f"cannot reach the dispatcher ({', '.join(urls)}); is it running?"
                            ) from None
         except RequestRefused as exc:
+            hint = ""
+            if exc.status == 401:
+                hint = " (set DISPATCHER_TOKEN to a token from python -m dispatcher.tokens)"
             raise CliError(f"dispatcher refused the request ({exc.status}): {exc.message}"
-                           ) from None
+                           f"{hint}") from None
     if args.json:
         print(json.dumps({"task_ids": ids, "tasks": [views[i] for i in sorted(views)]}))
     else:

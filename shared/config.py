@@ -69,7 +69,7 @@ class Config:
     """Browser origins allowed to call the API cross-origin (comma-separated)."""
     body_budget_bytes: int = 16 * 1024 * 1024
     max_error_bytes: int = 10_000
-    max_list_field_bytes: int = 4096
+    max_list_field_bytes: int = 1024
     rate_limit: str = "20000/minute"
     max_pending_per_client: int = 100_000
 
