@@ -40,7 +40,7 @@ from dispatcher.schemas import (
     SubmitTask,
 )
 from dispatcher.service import Dispatcher
-from dispatcher.utils import ApiError, json_body, parse
+from dispatcher.utils import ApiError, json_body, json_longer_than, parse
 from tasks.base import InvalidCheckpoint, InvalidParams
 
 api = Blueprint("api", __name__)
@@ -71,6 +71,9 @@ def _body() -> dict[str, Any]:
 
 def _check_size(field: str, value: Any, limit: int, setting: str) -> str:
     """The canonical JSON of ``value``; 413 naming the field when it is over ``limit`` bytes."""
+    if json_longer_than(value, 2 * limit):  # without serialising a huge value whole
+        raise ApiError(413, "too_large", f"{field}: more than {2 * limit} bytes is over the "
+                                         f"limit of {limit} ({setting})")
     text = dumps(value)
     if len(text) > limit:
         raise ApiError(413, "too_large",
@@ -121,8 +124,12 @@ def _report(item: ResultItem) -> Report:
     """A posted result as the store takes it; an oversized one is marked refused."""
     if item.error is not None:
         return Report(item.task_id, item.attempt, None, _error_text(item.error))
-    text = dumps(item.result)
     limit = _dispatcher().config.max_result_bytes
+    if json_longer_than(item.result, 2 * limit):
+        reason = (f"result refused: more than {2 * limit} bytes is over the limit of {limit} "
+                  "(MAX_RESULT_BYTES)")
+        return Report(item.task_id, item.attempt, None, refused=reason)
+    text = dumps(item.result)
     if len(text) > limit:
         reason = (f"result refused: {len(text)} bytes is over the limit of {limit} "
                   "(MAX_RESULT_BYTES)")

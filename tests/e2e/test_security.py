@@ -1,0 +1,90 @@
+"""A secured cluster end to end: tokens from the CLI, a bound worker, add_task.py, revocation;
+the refusal to serve other hosts without credentials; memory under maximum-size requests."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import requests
+
+from benchmarks.memory_load import peak_rss_mib, run_load
+from shared.cluster import LocalCluster, wait_until
+from shared.config import Config
+from shared.config import REPO_ROOT
+from tests.conftest import ClusterFactory
+
+
+def tokens_cli(cluster: LocalCluster, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "dispatcher.tokens", *args], cwd=REPO_ROOT,
+                          env=cluster.env, capture_output=True, text=True, timeout=60)
+
+
+def create_token(cluster: LocalCluster, *args: str) -> str:
+    out = tokens_cli(cluster, "create", *args)
+    assert out.returncode == 0, out.stderr
+    return out.stdout.strip()
+
+
+def add_task(cluster: LocalCluster, token: str | None, *args: str
+             ) -> subprocess.CompletedProcess[str]:
+    env = {**cluster.env, "DISPATCHER_TOKEN": token or ""}
+    return subprocess.run([sys.executable, "add_task.py", *args], cwd=REPO_ROOT, env=env,
+                          capture_output=True, text=True, timeout=90)
+
+
+def test_a_secured_cluster_runs_tasks_for_token_holders_only(
+        make_cluster: ClusterFactory) -> None:
+    cluster = make_cluster(AUTH_REQUIRED="true", TOKEN_CACHE_SECONDS="2")
+    client = create_token(cluster, "--role", "client")
+    worker = create_token(cluster, "--role", "worker", "--worker-id", "sec-1")
+    listed = tokens_cli(cluster, "list").stdout
+    assert "client" in listed and "sec-1" in listed
+    assert client.split("_")[2] not in listed and worker.split("_")[2] not in listed
+    cluster.start_worker("sec-1", env={"DISPATCHER_TOKEN": worker})
+
+    done = add_task(cluster, client, "1", "10000", "--wait", "--timeout", "60")
+    assert done.returncode == 0, done.stderr
+    assert "count=1229" in done.stdout and "sec-1" in done.stdout
+
+    refused = add_task(cluster, None, "1", "100")
+    assert refused.returncode != 0
+    assert "401" in refused.stderr and "DISPATCHER_TOKEN" in refused.stderr
+    stolen = add_task(cluster, worker, "1", "100")  # a worker token cannot submit
+    assert stolen.returncode != 0 and "403" in stolen.stderr
+
+    token_id = client.split("_")[1]
+    assert tokens_cli(cluster, "revoke", token_id).returncode == 0
+    auth = {"Authorization": f"Bearer {client}"}
+    wait_until(lambda: requests.get(f"{cluster.url}/tasks", headers=auth, timeout=5
+                                    ).status_code == 401, 10, interval=0.2,
+               message="revocation taking effect")
+    assert tokens_cli(cluster, "revoke", token_id).returncode == 1
+    assert requests.get(f"{cluster.url}/health", timeout=5).status_code == 200  # stays open
+
+
+def test_a_public_bind_without_credentials_refuses_to_start(tmp_path: Path) -> None:
+    env = {**os.environ, "DISPATCHER_HOST": "0.0.0.0", "AUTH_REQUIRED": "false",
+           "DATABASE_URL": f"sqlite:///{tmp_path / 'tasks.db'}", "DISPATCHER_PORT": "1",
+           "DISPATCHER_URL": ""}
+    out = subprocess.run([sys.executable, "-m", "dispatcher"], cwd=REPO_ROOT, env=env,
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode != 0
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1 and "AUTH_REQUIRED=false" in lines[0] and "0.0.0.0" in lines[0]
+    assert not (tmp_path / "tasks.db").exists()  # refused before touching anything
+
+
+def test_memory_stays_bounded_under_concurrent_maximum_size_requests(
+        make_cluster: ClusterFactory) -> None:
+    cluster = make_cluster()
+    result = run_load(cluster.port, Config().max_request_bytes, threads=32, rounds=2)
+    assert set(result.statuses) <= {"201", "400", "413", "503"}, result.statuses
+    assert result.statuses["503"] > 0 and result.statuses["413"] > 0  # the budget did refuse
+    assert result.statuses["201"] > 0
+    assert result.health_failures == 0 and result.health_max < 30  # generous: a loaded CI box
+    peak = peak_rss_mib(cluster.dispatcher.pid)  # type: ignore[union-attr]
+    assert peak < 300, f"dispatcher peak RSS {peak:.0f} MiB"
+    assert cluster.stats()["tasks"]["total"] == result.statuses["201"]
