@@ -68,7 +68,7 @@ def _post(port: int, body: bytes, token: str) -> str:
 def _watch_health(port: int, stop: threading.Event, result: LoadResult) -> None:
     while not stop.is_set():
         started = time.monotonic()
-        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
         try:
             conn.request("GET", "/health")
             ok = conn.getresponse().status == 200

@@ -84,7 +84,8 @@ def test_memory_stays_bounded_under_concurrent_maximum_size_requests(
     assert set(result.statuses) <= {"201", "400", "413", "503"}, result.statuses
     assert result.statuses["503"] > 0 and result.statuses["413"] > 0  # the budget did refuse
     assert result.statuses["201"] > 0
-    assert result.health_failures == 0 and result.health_max < 30  # generous: a loaded CI box
+    # Generous: each parse of a maximum-size body holds the process (seconds on a loaded box).
+    assert result.health_failures == 0 and result.health_max < 30
     peak = peak_rss_mib(cluster.dispatcher.pid)  # type: ignore[union-attr]
     assert peak < 300, f"dispatcher peak RSS {peak:.0f} MiB"
     assert cluster.stats()["tasks"]["total"] == result.statuses["201"]
