@@ -60,6 +60,18 @@ class ReclaimCause(str, enum.Enum):
     WORKER_RESTARTED = "worker_restarted"
 
 
+def scoped_key(owner: str | None, item: int | None, key: str) -> str:
+    """An Idempotency-Key as stored: ``<owner>/1/<key>`` for a single task, ``<owner>/b<i>/<key>``
+    for item i of a batch (owner ``-`` without credentials). A batch and a single task under
+    the same header never collide, nor the keys of two clients."""
+    return f"{owner or '-'}/{'1' if item is None else f'b{item}'}/{key}"
+
+
+def header_key(stored: str) -> str:
+    """The Idempotency-Key header a stored key came from (see :func:`scoped_key`)."""
+    return stored.split("/", 2)[2]
+
+
 def dumps(value: Any) -> str:
     """Canonical JSON used for everything stored, so equal values compare equal as text."""
     return json.dumps(value, sort_keys=True, separators=(",", ":"))

@@ -27,6 +27,7 @@ from dispatcher.models import (
     Task,
     TaskStatus,
     dumps,
+    scoped_key,
 )
 from dispatcher.schemas import (
     GetTask,
@@ -99,15 +100,8 @@ def _new_task(raw: Any, prefix: str, key: str | None) -> NewTask:
 
 
 def _stored_key(key: str | None, item: int | None) -> str | None:
-    """The key as stored: scoped to the caller's token and to a single task or a batch item.
-
-    ``<owner>/1/<key>`` for a single task, ``<owner>/b<i>/<key>`` for batch item i, so a
-    batch and a single task under the same header never collide, nor two clients' keys.
-    """
-    if key is None:
-        return None
-    owner = principal().token_id or "-"
-    return f"{owner}/{'1' if item is None else f'b{item}'}/{key}"
+    """The key as stored: scoped to the caller's token and to a single task or a batch item."""
+    return None if key is None else scoped_key(principal().token_id, item, key)
 
 
 def _error_text(text: str) -> str:
