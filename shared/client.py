@@ -97,8 +97,10 @@ class Reply:
 
     @property
     def retryable(self) -> bool:
-        """True for answers that mean "try again later" (5xx, 429)."""
-        return self.status >= 500 or self.status == 429
+        """True for answers that mean "try again later": 5xx, 429, and 401/403 (credentials
+        can be fixed, and a worker restarted with a good token delivers its cached results;
+        dropping them over a credentials problem would lose finished work)."""
+        return self.status >= 500 or self.status in (401, 403, 429)
 
     def field(self, name: str, default: Any = None) -> Any:
         """One top-level field of a JSON object body."""

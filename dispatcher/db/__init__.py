@@ -18,8 +18,8 @@ from dispatcher.db.errors import (
 from dispatcher.db.store import Claimed, Clock, Store, Swept
 from shared.config import Config, ConfigError
 
-__all__ = ["Claimed", "IdempotencyConflict", "NotFound", "QuotaExceeded", "StaleLease", "StorageUnavailable", "Store", "StoreError",
-           "Swept", "open_store"]
+__all__ = ["Claimed", "IdempotencyConflict", "NotFound", "QuotaExceeded", "StaleLease",
+           "StorageUnavailable", "Store", "StoreError", "Swept", "open_store"]
 
 
 def open_store(config: Config, clock: Clock | None = None) -> Store:

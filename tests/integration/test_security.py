@@ -94,8 +94,8 @@ def leased(call: Caller, worker: str = "w1", who: str = "worker") -> dict[str, A
 
 
 def test_every_route_declares_who_may_call_it(app: Flask) -> None:
-    undeclared = [rule.rule for rule in app.url_map.iter_rules()
-                  if rule.endpoint != "static" and not is_declared(app.view_functions[rule.endpoint])]
+    undeclared = [rule.rule for rule in app.url_map.iter_rules() if rule.endpoint != "static"
+                  and not is_declared(app.view_functions[rule.endpoint])]
     assert undeclared == []
 
 
@@ -447,7 +447,7 @@ def test_the_body_budget_refuses_what_would_go_over() -> None:
     assert alone.take(500)  # one request alone always passes (MAX_REQUEST_BYTES bounds it)
 
 
-# -- idempotency keys --------------------------------------------------------------------------------
+# -- idempotency keys ---------------------------------------------------------------------------
 
 
 def test_a_key_reused_with_another_payload_is_a_conflict(client: FlaskClient) -> None:
@@ -476,7 +476,7 @@ def test_two_clients_keys_never_collide(secured: tuple[FlaskClient, Tokens]) -> 
     assert a.json["task_id"] != b.json["task_id"]
 
 
-# -- hardening ------------------------------------------------------------------------------------------
+# -- hardening ------------------------------------------------------------------------------------
 
 
 def test_defaults_bind_loopback_without_debug(app: Flask) -> None:
