@@ -10,7 +10,7 @@ import ipaddress
 import os
 import re
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -60,8 +60,9 @@ class Config:
     """Comma-separated import paths of the operator's task modules (besides the built-ins)."""
     auth_required: str = "auto"
     """auto (on unless the dispatcher binds a loopback address), true or false."""
-    dispatcher_token: str = ""
-    """The bearer token clients and workers send (``tq_<id>_<secret>``); empty: none."""
+    dispatcher_token: str = field(default="", repr=False)
+    """The bearer token clients and workers send (``tq_<id>_<secret>``); empty: none. Kept out
+    of ``repr`` so a logged config never shows it."""
     token_cache_seconds: float = 5.0
     allowed_hosts: str = ""
     """Extra Host header names accepted (comma-separated; ``*`` accepts any)."""
@@ -260,10 +261,10 @@ def load_config(
         merged.update({k: v for k, v in dotenv_values(path).items() if v is not None})
     merged.update(os.environ if env is None else env)
     values: dict[str, Any] = {}
-    for field in fields(Config):
-        key = field.name.upper()
+    for spec in fields(Config):
+        key = spec.name.upper()
         if key in merged and merged[key].strip() != "":
-            values[field.name] = _convert(key, merged[key], type(field.default))
+            values[spec.name] = _convert(key, merged[key], type(spec.default))
     if "dispatcher_url" not in values:
         host = values.get("dispatcher_host", Config.dispatcher_host)
         host = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
