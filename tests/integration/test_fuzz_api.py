@@ -14,6 +14,8 @@ from hypothesis import strategies as st
 
 from dispatcher.app import create_app
 from dispatcher.auth import Role, new_token
+from dispatcher.models import dumps
+from dispatcher.utils import deeper_than, json_longer_than, nesting_at_most
 from shared.config import Config
 from tests.conftest import FakeClock
 
@@ -73,3 +75,18 @@ def test_no_request_makes_a_server_error(
     assert resp.status_code < 500, (resp.status_code, resp.data[:300])
     if resp.status_code >= 400:
         assert set(resp.json["error"]) == {"code", "message"}
+
+
+@settings(max_examples=500, deadline=None)
+@given(value=values, depth=st.integers(1, 8), pretty=st.booleans())
+def test_the_raw_depth_scan_agrees_with_the_walk(value: Any, depth: int, pretty: bool) -> None:
+    text = json.dumps(value, indent=1 if pretty else None).encode()
+    assert nesting_at_most(text, depth) == (
+        not isinstance(value, (dict, list)) or deeper_than(value, depth) is None)
+
+
+@settings(max_examples=500, deadline=None)
+@given(value=values, limit=st.integers(0, 300))
+def test_the_size_lower_bound_never_overestimates(value: Any, limit: int) -> None:
+    if json_longer_than(value, limit):
+        assert len(dumps(value)) > limit
