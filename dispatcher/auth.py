@@ -115,6 +115,11 @@ def is_declared(view: Any) -> bool:
     return hasattr(view, "allowed_roles")
 
 
+def is_static(endpoint: str | None) -> bool:
+    """Flask's (or a blueprint's) packaged static files: public, like ``/health``."""
+    return endpoint is not None and (endpoint == "static" or endpoint.endswith(".static"))
+
+
 class TokenCache:
     """Token look-ups, each kept ``seconds`` (a revocation takes effect within that)."""
 

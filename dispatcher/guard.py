@@ -21,7 +21,14 @@ from limits import parse_many
 from limits.storage import MemoryStorage
 from limits.strategies import SlidingWindowCounterRateLimiter
 
-from dispatcher.auth import UNCHECKED, Principal, TokenCache, authorize, declared_roles
+from dispatcher.auth import (
+    UNCHECKED,
+    Principal,
+    TokenCache,
+    authorize,
+    declared_roles,
+    is_static,
+)
 from dispatcher.utils import ApiError
 from shared.config import Config
 
@@ -121,8 +128,8 @@ class Guard:
                        f"Origin: {origin!r} may not call this API (CORS_ORIGINS)")
 
     def _principal(self, view: Any) -> Principal:
-        if view is not None and declared_roles(view) is None:
-            return UNCHECKED  # a public route (/health)
+        if is_static(request.endpoint) or (view is not None and declared_roles(view) is None):
+            return UNCHECKED  # a public route (/health, static files)
         if not self.config.auth_enabled:
             proxied = [h for h in PROXY_HEADERS if h in request.headers]
             if proxied:
