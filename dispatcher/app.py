@@ -12,6 +12,7 @@ from urllib.parse import urlsplit, urlunsplit
 from flask import Flask
 
 from dispatcher.auth import TokenCache
+from dispatcher.dashboard import dashboard
 from dispatcher.db import StoreError, open_store
 from dispatcher.guard import Guard
 from dispatcher.routes import api, register_error_handlers
@@ -49,6 +50,7 @@ def create_app(
     app.extensions["taskqueue_guard"] = guard
     guard.install(app)
     app.register_blueprint(api)
+    app.register_blueprint(dashboard)
     register_error_handlers(app)
     if start_monitor:
         dispatcher.start_monitor()

@@ -7,8 +7,9 @@ TOKEN_CACHE_SECONDS: a revocation takes effect on every dispatcher within that t
 
 Every route declares the roles that may call it with :func:`roles` (or :func:`public`); the
 one check in :func:`authorize` runs before every request, and a route that declares nothing
-is for admins only. Resource checks (whose task, which worker) are :func:`require_owner` and
-:func:`require_worker`, called by the routes that touch tasks and leases.
+is for admins only. Resource checks (whose task or split job, which worker) are
+:func:`require_owner` and :func:`require_worker`, called by the routes that touch tasks, split
+jobs and leases.
 """
 
 from __future__ import annotations
@@ -179,8 +180,9 @@ def require_worker(principal: Principal, worker_id: str) -> None:
                        f"not {worker_id!r}")
 
 
-def require_owner(principal: Principal, task_id: int, owner: str | None) -> None:
-    """403 unless the caller is an admin or the client that submitted the task."""
+def require_owner(principal: Principal, what: str, owner: str | None) -> None:
+    """403 unless the caller is an admin or the client that submitted ``what`` (a task or a
+    split job, e.g. ``"task 7"``)."""
     if principal.is_admin or (owner is not None and owner == principal.token_id):
         return
-    raise ApiError(403, "forbidden", f"task {task_id} belongs to another client")
+    raise ApiError(403, "forbidden", f"{what} belongs to another client")

@@ -9,6 +9,8 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_vali
 Name = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9._:@-]{0,127}$")]
 TaskId = Annotated[int, Field(ge=1, le=2**62)]
 Attempt = Annotated[int, Field(ge=1, le=2**31)]
+MAX_SPLIT = 1000
+"""Most parts one split job may have."""
 
 
 class _Body(BaseModel):
@@ -22,6 +24,8 @@ class SubmitTask(_Body):
     params: dict[str, Any] = Field(default_factory=dict)
     priority: Annotated[int, Field(ge=-1000, le=1000)] = 0
     max_attempts: Annotated[int, Field(ge=1, le=100)] | None = None
+    split: Annotated[int, Field(ge=1, le=MAX_SPLIT)] | None = None
+    """Run the job as a group of at most this many parts on different workers (a split job)."""
 
 
 class SubmitBatch(_Body):

@@ -2,12 +2,12 @@
 
     python -m dispatcher.db.copy sqlite:///data/tasks.db postgresql://tq@db-host:5432/taskqueue
 
-Copies every table that holds the queue's history (tasks, results, checkpoints, workers,
-counters) from one consistent snapshot of the SQLite file into an empty PostgreSQL database,
-in one transaction (all or nothing), then checks that the row counts, the tasks per status and
-the counters agree on both sides, and prints them. Task ids are kept, and new ids continue
-after the largest. Stop the dispatcher first: a snapshot taken while it runs is consistent,
-but what it does afterwards stays behind in SQLite.
+Copies every table that holds the queue's history (split jobs, tasks, results, checkpoints,
+workers, counters, API tokens, the events timeline) from one consistent snapshot of the SQLite
+file into an empty PostgreSQL database, in one transaction (all or nothing), then checks that
+the row counts, the tasks per status and the counters agree on both sides, and prints them.
+Task, group and event ids are kept, and new ids continue after the largest. Stop the dispatcher first: a snapshot
+taken while it runs is consistent, but what it does afterwards stays behind in SQLite.
 """
 
 from __future__ import annotations
@@ -25,16 +25,20 @@ from dispatcher.db.sqlite import SQLiteStore
 from shared.config import Config, ConfigError
 
 TABLES: dict[str, tuple[str, ...]] = {
+    "task_groups": ("group_id", "task_type", "params", "parts", "idempotency_key", "created_at",
+                    "owner", "request_hash"),
     "tasks": ("task_id", "task_type", "params", "status", "priority", "attempt", "max_attempts",
               "worker_id", "worker_instance", "lease_expires_at", "progress", "error",
               "idempotency_key", "created_at", "started_at", "claimed_at", "finished_at",
-              "owner", "request_hash"),
+              "owner", "request_hash", "group_id"),
     "task_results": ("task_id", "attempt", "worker_id", "result", "created_at"),
     "checkpoints": ("task_id", "attempt", "worker_id", "state", "progress", "saved_at"),
     "workers": ("worker_id", "instance_id", "status", "last_heartbeat", "registered_at",
                 "tasks_completed"),
     "counters": ("name", "value"),
     "tokens": ("token_id", "secret_hash", "role", "worker_id", "created_at", "revoked_at"),
+    "events": ("event_id", "at", "kind", "task_id", "worker_id", "attempt", "status", "progress",
+               "detail"),
 }
 """What is copied, in an order that respects the foreign keys. Column names are fixed here,
 never taken from input, so the statements built from them are constant."""
@@ -51,6 +55,10 @@ RECOUNT_SQL = """
     INSERT INTO status_counts (status, n) SELECT status, COUNT(*) FROM tasks GROUP BY status;
     SELECT setval(pg_get_serial_sequence('tasks', 'task_id'),
                   GREATEST((SELECT MAX(task_id) FROM tasks), 1));
+    SELECT setval(pg_get_serial_sequence('events', 'event_id'),
+                  GREATEST((SELECT MAX(event_id) FROM events), 1));
+    SELECT setval(pg_get_serial_sequence('task_groups', 'group_id'),
+                  GREATEST((SELECT MAX(group_id) FROM task_groups), 1));
 """
 
 

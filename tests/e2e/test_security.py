@@ -1,13 +1,16 @@
-"""A secured cluster end to end: tokens from the CLI, a bound worker, add_task.py, revocation;
-the refusal to serve other hosts without credentials; memory under maximum-size requests."""
+"""A secured cluster end to end: tokens from the CLI, a bound worker, add_task.py (tasks and a
+split job), the dashboard's open page and admin-only data, revocation; the refusal to serve other
+hosts without credentials; memory under maximum-size requests."""
 
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import requests
 
 from benchmarks.memory_load import peak_rss_mib, run_load
@@ -41,7 +44,7 @@ def test_a_secured_cluster_runs_tasks_for_token_holders_only(
     worker = create_token(cluster, "--role", "worker", "--worker-id", "sec-1")
     listed = tokens_cli(cluster, "list").stdout
     assert "client" in listed and "sec-1" in listed
-    assert client.split("_")[2] not in listed and worker.split("_")[2] not in listed
+    assert client.split("_", 2)[2] not in listed and worker.split("_", 2)[2] not in listed
     cluster.start_worker("sec-1", env={"DISPATCHER_TOKEN": worker})
 
     done = add_task(cluster, client, "1", "10000", "--wait", "--timeout", "60")
@@ -55,6 +58,21 @@ def test_a_secured_cluster_runs_tasks_for_token_holders_only(
                            headers={"Authorization": f"Bearer {worker}"}, timeout=10)
     assert stolen.status_code == 403  # a worker token cannot submit
 
+    split = add_task(cluster, client, "--split", "2", "1", "10000", "--wait", "--timeout", "60")
+    assert split.returncode == 0, split.stderr  # a split job: its group read with the token
+    assert "completed" in split.stdout
+
+    # The dashboard: the page and its files are open, the data it polls is for admins.
+    admin = create_token(cluster, "--role", "admin")
+    for path in ("/", "/dashboard", "/dashboard/static/dashboard.js"):
+        assert requests.get(f"{cluster.url}{path}", timeout=10).status_code == 200, path
+    state = f"{cluster.url}/dashboard/state"
+    assert requests.get(state, timeout=10).status_code == 401
+    as_client = requests.get(state, headers={"Authorization": f"Bearer {client}"}, timeout=10)
+    assert as_client.status_code == 403
+    as_admin = requests.get(state, headers={"Authorization": f"Bearer {admin}"}, timeout=10)
+    assert as_admin.status_code == 200 and as_admin.json()["tasks"]["completed"] >= 3
+
     token_id = client.split("_")[1]
     assert tokens_cli(cluster, "revoke", token_id).returncode == 0
     auth = {"Authorization": f"Bearer {client}"}
@@ -63,6 +81,34 @@ def test_a_secured_cluster_runs_tasks_for_token_holders_only(
                message="revocation taking effect")
     assert tokens_cli(cluster, "revoke", token_id).returncode == 1
     assert requests.get(f"{cluster.url}/health", timeout=5).status_code == 200  # stays open
+
+
+@pytest.mark.parametrize("cluster_backend", ["sqlite"])  # the supervisor alone: any store
+def test_a_supervisor_announces_a_dead_child_with_its_prefix_token(
+        make_cluster: ClusterFactory) -> None:
+    cluster = make_cluster(AUTH_REQUIRED="true", CHECKPOINT_INTERVAL="0.3")
+    admin = create_token(cluster, "--role", "admin")
+    worker = create_token(cluster, "--role", "worker", "--worker-id", "host-*")
+    cluster.http.headers["Authorization"] = f"Bearer {admin}"
+    cluster.start_supervisor("host", 2, env={"DISPATCHER_TOKEN": worker})
+    wait_until(lambda: {w["worker_id"] for w in cluster.stats()["workers"]["details"]
+                        if w["alive"]} == {"host-1", "host-2"}, 60, interval=0.1,
+               message="two supervised workers with one prefix token")
+    task_id = cluster.submit("sleep", {"seconds": 3}, max_attempts=5)
+    view = wait_until(lambda: (v := cluster.task(task_id))["progress"] > 0 and v, 30,
+                      message="the task checkpointed")
+    victim = view["worker_id"]
+    pid = cluster.child_pid(victim)
+    assert pid is not None
+    os.kill(pid, signal.SIGKILL)
+    # The supervisor's announcement carries the token: requeued at once, not after a timeout.
+    wait_until(lambda: cluster.stats()["reclaims"]["worker_restarted"] >= 1, 30, interval=0.05,
+               message="the task requeued as worker_restarted")
+    told = f"that worker {victim} died: its tasks are requeued (HTTP 200)"
+    wait_until(lambda: told in cluster.worker_log("host"), 30, interval=0.05,
+               message="the supervisor's announcement accepted")
+    assert "refused to hear" not in cluster.worker_log("host")
+    assert cluster.wait_finished(task_id, 60)["status"] == "completed"
 
 
 def test_a_public_bind_without_credentials_refuses_to_start(tmp_path: Path) -> None:

@@ -108,13 +108,18 @@ ALLOWED = {  # endpoint -> callers that get past the credentials check
     "release": {"worker", "admin"}, "result": {"worker", "admin"},
     "view": {"client", "admin"}, "cancel": {"client", "admin"}, "list": {"client", "admin"},
     "stats": {"client", "worker", "other_worker", "admin"}, "health": set(CALLERS),
+    "group": {"client", "admin"}, "group_cancel": {"client", "admin"},
+    "page": set(CALLERS), "dashboard": set(CALLERS), "dashboard_static": set(CALLERS),
+    "dashboard_state": {"admin"}, "events": {"admin"}, "checkpoint_view": {"admin"},
 }
+SPLIT = {"task_type": "primes", "params": {"limit": 1000}, "split": 4}
 
 
 def test_auth_matrix_over_every_endpoint(secured: tuple[FlaskClient, Tokens]) -> None:
     client, tokens = secured
     call = calls(client, tokens)
     task_id = submitted(call)
+    group_id = call("client", "POST", "/submit-task", SPLIT).json["group_id"]
     held = {"worker_id": "w1", "task_id": task_id, "attempt": 1}
     requests = {
         "submit": ("POST", "/submit-task", NOOP),
@@ -129,6 +134,14 @@ def test_auth_matrix_over_every_endpoint(secured: tuple[FlaskClient, Tokens]) ->
         "list": ("GET", "/tasks", None),
         "stats": ("GET", "/stats", None),
         "health": ("GET", "/health", None),
+        "group": ("GET", f"/group/{group_id}", None),
+        "group_cancel": ("POST", f"/group/{group_id}/cancel", None),
+        "page": ("GET", "/", None),
+        "dashboard": ("GET", "/dashboard", None),
+        "dashboard_static": ("GET", "/dashboard/static/dashboard.js", None),
+        "dashboard_state": ("GET", "/dashboard/state", None),
+        "events": ("GET", "/events", None),
+        "checkpoint_view": ("GET", f"/task/{task_id}/checkpoint", None),
     }
     wrong = []
     for endpoint, (method, path, body) in requests.items():
@@ -225,6 +238,48 @@ def test_clients_see_and_cancel_only_their_own_tasks(
     assert call("admin", "POST", f"/task/{theirs}/cancel").json["status"] == "cancelled"
 
 
+def test_clients_see_and_cancel_only_their_own_split_jobs(
+        secured: tuple[FlaskClient, Tokens]) -> None:
+    client, tokens = secured
+    call = calls(client, tokens)
+    mine = call("client", "POST", "/submit-task", SPLIT).json
+    assert call("client_b", "GET", f"/group/{mine['group_id']}").status_code == 403
+    assert call("client_b", "POST", f"/group/{mine['group_id']}/cancel").status_code == 403
+    assert call("client_b", "GET", f"/task/{mine['task_ids'][0]}").status_code == 403
+    assert call("client_b", "GET", "/group/999").status_code == 404
+    view = call("client", "GET", f"/group/{mine['group_id']}").json
+    assert view["status"] == "pending" and view["parts"]["pending"] == len(mine["task_ids"])
+    # The parts are the client's tasks: listed for it, counted against its pending cap.
+    listed = [t["task_id"] for t in call("client", "GET", "/tasks").json["tasks"]]
+    assert listed == sorted(mine["task_ids"], reverse=True)
+    assert call("client_b", "GET", "/tasks").json["tasks"] == []
+    assert call("admin", "POST", f"/group/{mine['group_id']}/cancel").json["status"] == \
+        "cancelled"
+
+
+def test_a_clients_task_list_pages_through_its_own_tasks_only(
+        secured: tuple[FlaskClient, Tokens]) -> None:
+    client, tokens = secured
+    call = calls(client, tokens)
+    mine, theirs = [], []
+    for i in range(7):
+        mine.append(submitted(call, "client"))
+        theirs.append(submitted(call, "client_b"))
+    call("client", "POST", f"/task/{mine[2]}/cancel")
+    seen, cursor = [], ""
+    while cursor is not None:
+        page = call("client", "GET", f"/tasks?limit=3&cursor={cursor}").json
+        seen += [t["task_id"] for t in page["tasks"]]
+        cursor = page["next_cursor"]
+    assert seen == mine[::-1]
+    both = call("client", "GET", "/tasks?status=pending,cancelled&task_type=noop").json["tasks"]
+    assert [t["task_id"] for t in both] == mine[::-1]
+    cancelled = call("client", "GET", "/tasks?status=cancelled").json["tasks"]
+    assert [t["task_id"] for t in cancelled] == [mine[2]]
+    everyone = call("admin", "GET", "/tasks?limit=100").json["tasks"]
+    assert {t["task_id"] for t in everyone} == set(mine + theirs)
+
+
 def test_a_prefix_bound_token_acts_only_for_its_workers(
         secured: tuple[FlaskClient, Tokens]) -> None:
     client, tokens = secured
@@ -273,7 +328,7 @@ def test_tokens_never_reach_the_log(secured: tuple[FlaskClient, Tokens],
                                                   "attempt": 1, "result": 1})
         call("bad", "GET", "/tasks")
     for text in tokens.texts.values():
-        assert text.split("_")[-1] not in caplog.text
+        assert text.split("_", 2)[2] not in caplog.text
 
 
 # -- requests a browser can forge ----------------------------------------------------------------
@@ -394,6 +449,8 @@ def test_a_client_may_have_only_so_many_pending_tasks(config: Config, clock: Fak
         assert call("client", "POST", "/submit-task", NOOP).status_code == 429
         assert len(call("client", "GET", "/tasks").json["tasks"]) == 3
         leased(call)  # one pending task fewer: room for one more
+        split = call("client", "POST", "/submit-task", {**SPLIT, "split": 2})
+        assert split.status_code == 429  # a split job's parts count too
         submitted(call)
         assert call("admin", "POST", "/submit-task", batch).status_code == 201  # no cap
     finally:
@@ -464,6 +521,36 @@ def test_a_key_reused_with_another_payload_is_a_conflict(client: FlaskClient) ->
     changed = client.post("/submit-task", json={"tasks": [NOOP, NOOP]}, headers=key)
     assert changed.status_code == 409
     assert client.get("/stats").json["tasks"]["total"] == 3  # nothing of the conflict stored
+
+
+def test_a_split_job_key_reused_with_another_payload_is_a_conflict(client: FlaskClient) -> None:
+    key = {"Idempotency-Key": "split-1"}
+    first = client.post("/submit-task", json=SPLIT, headers=key)
+    assert first.status_code == 201
+    again = client.post("/submit-task", json=SPLIT, headers=key)
+    assert again.status_code == 200 and again.json["duplicate"] is True
+    assert (again.json["group_id"], again.json["task_ids"]) == (
+        first.json["group_id"], first.json["task_ids"])
+    for changed in ({**SPLIT, "split": 3}, {**SPLIT, "params": {"limit": 999}},
+                    {**SPLIT, "priority": 2}):
+        other = client.post("/submit-task", json=changed, headers=key)
+        assert other.status_code == 409, changed
+        assert other.json["error"]["code"] == "idempotency_conflict"
+    single = client.post("/submit-task", json=NOOP, headers=key)  # a task's key: its own scope
+    assert single.status_code == 201
+    assert client.get("/stats").json["tasks"]["total"] == len(first.json["task_ids"]) + 1
+
+
+def test_two_clients_split_job_keys_never_collide(secured: tuple[FlaskClient, Tokens]) -> None:
+    client, tokens = secured
+    call = calls(client, tokens)
+    key = {"Idempotency-Key": "same"}
+    a = call("client", "POST", "/submit-task", SPLIT, headers=key)
+    b = call("client_b", "POST", "/submit-task", SPLIT, headers=key)
+    assert (a.status_code, b.status_code) == (201, 201)
+    assert a.json["group_id"] != b.json["group_id"]
+    again = call("client", "POST", "/submit-task", {**SPLIT, "split": 2}, headers=key)
+    assert again.status_code == 409
 
 
 def test_two_clients_keys_never_collide(secured: tuple[FlaskClient, Tokens]) -> None:
