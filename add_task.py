@@ -191,11 +191,12 @@ def print_groups(views: list[dict[str, Any]]) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Submit, optionally wait, print; return the exit code."""
-    urls = check_dispatcher_urls(args.url, "--url") if args.url else load_config().dispatcher_urls
+    config = load_config()
+    urls = check_dispatcher_urls(args.url, "--url") if args.url else config.dispatcher_urls
     tasks = build_tasks(args)
     if args.split is not None and args.split < 1:
         raise CliError(f"--split must be at least 1, got {args.split}")
-    with QueueClient(urls) as client:
+    with QueueClient(urls, token=config.dispatcher_token) as client:
         if args.split is not None:
             try:
                 return run_split(client, args, tasks[0])
@@ -218,8 +219,11 @@ def run(args: argparse.Namespace) -> int:
             raise CliError(f"cannot reach the dispatcher ({', '.join(urls)}); is it running?"
                            ) from None
         except RequestRefused as exc:
+            hint = ""
+            if exc.status == 401:
+                hint = " (set DISPATCHER_TOKEN to a token from python -m dispatcher.tokens)"
             raise CliError(f"dispatcher refused the request ({exc.status}): {exc.message}"
-                           ) from None
+                           f"{hint}") from None
     if args.json:
         print(json.dumps({"task_ids": ids, "tasks": [views[i] for i in sorted(views)]}))
     else:

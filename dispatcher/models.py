@@ -60,6 +60,23 @@ class ReclaimCause(str, enum.Enum):
     WORKER_RESTARTED = "worker_restarted"
 
 
+def scoped_key(owner: str | None, item: int | None, key: str) -> str:
+    """An Idempotency-Key as stored: ``<owner>/1/<key>`` for a single task, ``<owner>/b<i>/<key>``
+    for item i of a batch (owner ``-`` without credentials). A batch and a single task under
+    the same header never collide, nor the keys of two clients."""
+    return f"{owner or '-'}/{'1' if item is None else f'b{item}'}/{key}"
+
+
+def header_key(stored: str) -> str:
+    """The Idempotency-Key header a stored key came from (see :func:`scoped_key`)."""
+    return stored.split("/", 2)[2]
+
+
+def group_key(owner: str | None, key: str) -> str:
+    """A split job's Idempotency-Key as stored: ``<owner>/g/<key>`` (see :func:`scoped_key`)."""
+    return f"{owner or '-'}/g/{key}"
+
+
 class EventKind(str, enum.Enum):
     """What a timeline event (``events`` table, ``GET /events``) records.
 
@@ -116,6 +133,8 @@ class Task:
     claimed_at: float | None
     finished_at: float | None
     lease_expires_at: float | None
+    owner: str | None = None
+    """The id of the token that submitted it (not part of the JSON view)."""
     group_id: int | None = None
 
     @classmethod
@@ -139,6 +158,7 @@ class Task:
             claimed_at=row["claimed_at"],
             finished_at=row["finished_at"],
             lease_expires_at=row["lease_expires_at"],
+            owner=row["owner"],
             group_id=row["group_id"],
         )
 
@@ -233,6 +253,10 @@ class NewTask:
     priority: int
     max_attempts: int
     idempotency_key: str | None = None
+    owner: str | None = None
+    """The id of the token that submitted it (None when auth is off)."""
+    request_hash: str | None = None
+    """SHA-256 of the submission behind the idempotency key: a reuse must match it."""
     group_id: int | None = None
     """The split job this task is a part of (set by the store when it inserts the group)."""
 
@@ -328,6 +352,7 @@ class TaskQuery:
     created_before: float | None = None  # exclusive
     before_id: int | None = None
     limit: int = 100
+    owner: str | None = None  # only the tasks this token submitted (a client's own)
 
 
 @dataclass(frozen=True)
@@ -378,12 +403,14 @@ class Group:
     params: dict[str, Any]
     created_at: float
     parts: list[GroupPart]
+    owner: str | None = None
+    """The id of the token that submitted it (not part of the JSON view)."""
 
     @classmethod
     def from_rows(cls, row: Any, parts: list[Any]) -> "Group":
         """Build from a ``task_groups`` row and its ``group_parts`` rows."""
         return cls(row["group_id"], row["task_type"], json.loads(row["params"]),
-                   row["created_at"], [GroupPart.from_row(part) for part in parts])
+                   row["created_at"], [GroupPart.from_row(part) for part in parts], row["owner"])
 
     @property
     def status(self) -> GroupStatus:

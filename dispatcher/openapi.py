@@ -8,9 +8,12 @@ and every route must have an entry in :data:`OPERATIONS` (a test checks it), so 
 cannot be served undocumented.
 
 Error responses are one table, :data:`ERRORS`: each operation lists the statuses it can answer
-with, and every one of them has the ``{"error": {"code", "message"}}`` body. Adding a status
-to every operation (401/403 for authentication, 415, 429) is one line in :data:`COMMON_ERRORS`;
-a security scheme is one entry in ``components.securitySchemes`` plus a top-level ``security``.
+with, and every one of them has the ``{"error": {"code", "message"}}`` body. The guard's
+refusals are added by rule: 403 (Host, Origin) to every operation, 415 and 503 (body budget)
+to every POST, and, when this dispatcher requires credentials, 401 and the bearer scheme to
+every operation that is not open (each one's roles are in its description and ``x-roles``).
+The document describes the dispatcher that serves it: without credentials (a loopback
+dispatcher by default) it declares no security, as none is asked.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from pydantic import BaseModel
 from werkzeug.routing import Rule
 
 from dispatcher import responses, schemas
+from dispatcher.auth import declared_roles, is_static
 from tasks.registry import Registry
 
 OPENAPI_VERSION = "3.1.0"
@@ -32,16 +36,34 @@ REF = "#/components/schemas/{model}"
 ERRORS: dict[int, str] = {
     400: "Bad input: the message starts with the field (`invalid_field`, `invalid_json`, "
          "`too_deep`, `invalid_checkpoint`)",
+    401: "Missing, malformed, unknown or revoked bearer token (`unauthorized`)",
+    403: "Not allowed: the token's role, someone else's task or split job, a worker id the "
+         "token is not bound to (`forbidden`); a `Host` or `Origin` this dispatcher does not "
+         "serve (`bad_host`, `bad_origin`); a proxied request without credentials "
+         "(`proxied_without_credentials`)",
     404: "No such task (or no such route)",
     405: "Method not allowed on this path (the `Allow` header lists the methods)",
-    409: "Stale lease or illegal transition (`stale_lease`, `already_finished`)",
+    409: "Stale lease, illegal transition, or an idempotency key reused for another request "
+         "(`stale_lease`, `already_finished`, `idempotency_conflict`)",
     413: "Body or an item of it too large (`too_large`, `result_too_large`, "
          "`request_entity_too_large`)",
-    503: "Storage busy, full or unreachable (`storage_unavailable`); retry after `Retry-After`",
+    415: "A POST whose `Content-Type` is not `application/json`, even one without a body "
+         "(`unsupported_media_type`)",
+    429: "Too many submissions from this token (`rate_limited`, RATE_LIMIT) or too many of its "
+         "tasks pending (`too_many_pending`, MAX_PENDING_PER_CLIENT); retry after "
+         "`Retry-After`",
+    503: "Storage busy, full or unreachable (`storage_unavailable`), or too many request bodies "
+         "arriving at once (`busy`, BODY_BUDGET_BYTES); retry after `Retry-After`",
 }
 """Every error status the API answers with, and what it means. All share one body schema."""
 COMMON_ERRORS: tuple[int, ...] = (503,)
-"""Statuses any operation that reads the database may answer with (add 401/403/429 here)."""
+"""Statuses any operation that reads the database may answer with."""
+GUARD_ERRORS: tuple[int, ...] = (403,)
+"""Statuses of every operation: the Host and Origin checks run before any route."""
+POST_ERRORS: tuple[int, ...] = (415, 503)
+"""Statuses of every POST: its content type, the in-flight body budget."""
+SECURITY_SCHEME = {"type": "http", "scheme": "bearer", "bearerFormat": "tq_<id>_<secret>",
+                   "description": "A token from `python -m dispatcher.tokens create`"}
 JSON_BODY_ERRORS: tuple[int, ...] = (400, 413)
 """Statuses of any operation that takes a JSON body."""
 
@@ -115,7 +137,7 @@ OPERATIONS: dict[tuple[str, str], Operation] = {
         {201: ("Stored (one task, or a batch with at least one new task)",
                responses.Submitted),
          200: ("Every task was stored before under its idempotency key", responses.Submitted)},
-        body="Submission", errors=JSON_BODY_ERRORS, headers=("Idempotency-Key",)),
+        body="Submission", errors=(*JSON_BODY_ERRORS, 409, 429), headers=("Idempotency-Key",)),
     ("/get-task", "POST"): Operation(
         {200: ("Leased work: `task` (plain form) or `tasks` + `results` (batch form, when "
                "`max_tasks` or `results` is given)", responses.Claimed),
@@ -208,8 +230,11 @@ def routes(app: Flask) -> list[tuple[Rule, str]]:
             for method in sorted(rule.methods or ()) if method not in ("HEAD", "OPTIONS")]
 
 
-def build(app: Flask, registry: Registry) -> dict[str, Any]:
-    """The OpenAPI document of ``app``; raises KeyError naming a route missing from OPERATIONS."""
+def build(app: Flask, registry: Registry, *, auth: bool = False) -> dict[str, Any]:
+    """The OpenAPI document of ``app``; raises KeyError naming a route missing from OPERATIONS.
+
+    ``auth``: the dispatcher requires credentials (documents the bearer scheme and 401).
+    """
     components: dict[str, Any] = {}
     error = _ref(responses.ErrorBody, components)
     paths: dict[str, dict[str, Any]] = {}
@@ -220,8 +245,8 @@ def build(app: Flask, registry: Registry) -> dict[str, Any]:
         view = app.view_functions[rule.endpoint]
         path = _PARAM.sub(r"{\1}", rule.rule)
         paths.setdefault(path, {})[method.lower()] = _operation(
-            OPERATIONS[key], rule, view.__doc__ or "", components, registry)
-    return {
+            OPERATIONS[key], rule, method, view, components, registry, auth)
+    document: dict[str, Any] = {
         "openapi": OPENAPI_VERSION,
         "info": {"title": "Distributed task queue: dispatcher API", "version": "1",
                  "description": "Every body is JSON; every error is "
@@ -233,15 +258,25 @@ def build(app: Flask, registry: Registry) -> dict[str, Any]:
                            "content": {"application/json": {"schema": error}}}
                            for status, text in ERRORS.items()}},
     }
+    if auth:
+        document["components"]["securitySchemes"] = {"bearer": SECURITY_SCHEME}
+        document["security"] = [{"bearer": []}]
+    return document
 
 
-def _operation(op: Operation, rule: Rule, doc: str, components: dict[str, Any],
-               registry: Registry) -> dict[str, Any]:
-    summary, _, description = doc.strip().partition("\n")
+def _operation(op: Operation, rule: Rule, method: str, view: Any, components: dict[str, Any],
+               registry: Registry, auth: bool) -> dict[str, Any]:
+    summary, _, description = (view.__doc__ or "").strip().partition("\n")
     out: dict[str, Any] = {"summary": summary.strip(), "tags": list(op.tags),
                            "operationId": rule.endpoint.rsplit(".", 1)[-1]}
-    if description.strip():
-        out["description"] = description.strip()
+    allowed = None if is_static(rule.endpoint) else declared_roles(view)
+    names = "open (no token)" if allowed is None else ", ".join(
+        sorted(role.value for role in allowed))
+    description = f"{description.strip()}\n\nRoles (with credentials on): {names}.".strip()
+    out["description"] = description
+    out["x-roles"] = [] if allowed is None else sorted(role.value for role in allowed)
+    if allowed is None and auth:
+        out["security"] = []  # open even where the rest needs a token
     parameters = _path_params(rule) + [HEADERS[name] for name in op.headers] + [
         {"in": "query", "name": p.name, "required": False, "schema": p.schema,
          "description": p.description} for p in op.query]
@@ -257,9 +292,13 @@ def _operation(op: Operation, rule: Rule, doc: str, components: dict[str, Any],
             answers[str(status)]["content"] = {op.media: {"schema": _ref(model, components)}}
         elif status != 204:
             answers[str(status)]["content"] = {op.media: {"schema": {}}}
-    errors = set(op.errors) | {405}  # another method on the same path answers 405
+    errors = set(op.errors) | {405} | set(GUARD_ERRORS)  # 405: another method on the path
     if op.reads_database:
         errors |= set(COMMON_ERRORS)
+    if method == "POST":
+        errors |= set(POST_ERRORS)
+    if auth and allowed is not None:
+        errors.add(401)
     for status in sorted(errors):
         answers[str(status)] = {"$ref": f"#/components/responses/Error{status}"}
     out["responses"] = answers

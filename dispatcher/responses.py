@@ -178,11 +178,19 @@ class TaskView(_Answer):
     """The split job this task is a part of (null: a task of its own)."""
 
 
+class ListedTask(TaskView):
+    """A task as ``GET /tasks`` lists it: a params, result or error longer than
+    MAX_LIST_FIELD_BYTES is null and named in ``truncated`` (``GET /task/<id>`` has it)."""
+
+    params: dict[str, Any] | None  # type: ignore[assignment]
+    truncated: list[Literal["params", "result", "error"]] = []
+
+
 class TaskList(_Answer):
     """A page of tasks, newest first; ``next_cursor`` (null on the last page) asks for the
     next one."""
 
-    tasks: list[TaskView]
+    tasks: list[ListedTask]
     next_cursor: str | None
 
 

@@ -23,7 +23,7 @@ class SubmitTask(_Body):
     task_type: Annotated[str, StringConstraints(min_length=1, max_length=64)]
     params: dict[str, Any] = Field(default_factory=dict)
     priority: Annotated[int, Field(ge=-1000, le=1000)] = 0
-    max_attempts: Annotated[int, Field(ge=1, le=1000)] | None = None
+    max_attempts: Annotated[int, Field(ge=1, le=100)] | None = None
     split: Annotated[int, Field(ge=1, le=MAX_SPLIT)] | None = None
     """Run the job as a group of at most this many parts on different workers (a split job)."""
 
@@ -83,7 +83,8 @@ class ResultItem(_Body):
     task_id: TaskId
     attempt: Attempt
     result: Any = None
-    error: Annotated[str, StringConstraints(max_length=10_000)] | None = None
+    # Longer than MAX_ERROR_BYTES is cut by the route; this bound only stops absurd texts.
+    error: Annotated[str, StringConstraints(max_length=1_000_000)] | None = None
 
     @model_validator(mode="after")
     def _one_outcome(self) -> "ResultItem":

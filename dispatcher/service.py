@@ -102,10 +102,15 @@ class Dispatcher:
 
     # -- operations -------------------------------------------------------------------------
 
-    def submit(self, tasks: Sequence[NewTask]) -> list[tuple[int, bool]]:
-        """Store new tasks durably; idle workers are woken (one per task) before the fsync."""
+    def submit(self, tasks: Sequence[NewTask], pending_cap: int | None = None
+               ) -> list[tuple[int, bool]]:
+        """Store new tasks durably; idle workers are woken (one per task) before the fsync.
+
+        ``pending_cap`` bounds the tasks the submitting client may have pending.
+        """
         created = self.store.submit(
-            tasks, on_commit=lambda: self.tasks_available.notify(len(tasks))
+            tasks, on_commit=lambda: self.tasks_available.notify(len(tasks)),
+            pending_cap=pending_cap,
         )
         self.metrics.on_submit(tasks, created)
         return created
@@ -215,15 +220,27 @@ class Dispatcher:
         return self.store.list_tasks(query)
 
     def submit_group(self, task_type: str, params: dict[str, Any], parts: Sequence[NewTask],
-                     key: str | None = None) -> tuple[int, list[int], bool]:
-        """Store a split job and its parts durably; (group_id, part ids, created)."""
-        return self.store.submit_group(
+                     key: str | None = None, request_hash: str | None = None,
+                     pending_cap: int | None = None) -> tuple[int, list[int], bool]:
+        """Store a split job and its parts durably; (group_id, part ids, created).
+
+        ``request_hash`` is what a reuse of ``key`` must match; ``pending_cap`` bounds the
+        tasks the submitting client may have pending (as :meth:`submit`).
+        """
+        group_id, ids, created = self.store.submit_group(
             task_type, params, parts, key,
-            on_commit=lambda: self.tasks_available.notify(len(parts)))
+            on_commit=lambda: self.tasks_available.notify(len(parts)),
+            request_hash=request_hash, pending_cap=pending_cap)
+        self.metrics.on_submit(parts, [(task_id, created) for task_id in ids])
+        return group_id, ids, created
 
     def get_group(self, group_id: int) -> dict[str, Any]:
         """The view of a split job: progress, parts, and the combined result once all are done."""
         return self._group_view(self.store.get_group(group_id))
+
+    def group_owner(self, group_id: int) -> str | None:
+        """The id of the token that submitted a split job; NotFound."""
+        return self.store.group_owner(group_id)
 
     def cancel_group(self, group_id: int) -> dict[str, Any]:
         """Cancel a split job's unfinished parts; its view."""

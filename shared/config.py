@@ -6,10 +6,11 @@ result down. Every key is documented in ``.env`` and in the README's configurati
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -66,8 +67,41 @@ class Config:
     """Seconds a finished task (result, checkpoint, idempotency key) is kept; <= 0: forever."""
     task_modules: str = ""
     """Comma-separated import paths of the operator's task modules (besides the built-ins)."""
+    auth_required: str = "auto"
+    """auto (on unless the dispatcher binds a loopback address), true or false."""
+    dispatcher_token: str = field(default="", repr=False)
+    """The bearer token clients and workers send (``tq_<id>_<secret>``); empty: none. Kept out
+    of ``repr`` so a logged config never shows it."""
+    token_cache_seconds: float = 5.0
+    allowed_hosts: str = ""
+    """Extra Host header names accepted (comma-separated; ``*`` accepts any)."""
+    cors_origins: str = ""
+    """Browser origins allowed to call the API cross-origin (comma-separated)."""
+    body_budget_bytes: int = 16 * 1024 * 1024
+    max_error_bytes: int = 10_000
+    max_list_field_bytes: int = 1024
+    rate_limit: str = "20000/minute"
+    max_pending_per_client: int = 100_000
     worker_processes: str = "1"
     """Worker processes ``start_worker.sh`` runs under one supervisor: a count or ``auto``."""
+
+    @property
+    def auth_enabled(self) -> bool:
+        """Whether requests must carry a bearer token (AUTH_REQUIRED, auto by bind address)."""
+        if self.auth_required == "auto":
+            return not is_loopback(self.dispatcher_host)
+        return self.auth_required == "true"
+
+    @property
+    def allowed_host_names(self) -> frozenset[str]:
+        """The Host names ALLOWED_HOSTS lists, lower-cased."""
+        return frozenset(h.strip().lower() for h in self.allowed_hosts.split(",") if h.strip())
+
+    @property
+    def cors_origin_list(self) -> frozenset[str]:
+        """The origins CORS_ORIGINS lists (scheme://host[:port], no trailing slash)."""
+        return frozenset(o.strip().rstrip("/") for o in self.cors_origins.split(",")
+                         if o.strip())
 
     @property
     def sqlite_path(self) -> Path | None:
@@ -111,6 +145,17 @@ class Config:
         return new
 
 
+def is_loopback(host: str) -> bool:
+    """True for a loopback address or name (127.0.0.0/8, ::1, localhost)."""
+    name = host.strip().strip("[]").lower()
+    if name == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(name).is_loopback
+    except ValueError:
+        return False
+
+
 def resolve_path(raw: str) -> Path:
     """Resolve a configured path: absolute as given, relative to the repository root."""
     path = Path(raw).expanduser()
@@ -142,7 +187,16 @@ _RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "checkpoint_interval": (_positive, "must be > 0"),
     "monitor_interval": (_positive, "must be > 0"),
     "result_ttl": (lambda v: v == v and abs(v) != float("inf"), "must be a finite number"),
-    "max_attempts": (lambda v: 1 <= v <= 1000, "must be 1-1000"),
+    "max_attempts": (lambda v: 1 <= v <= 100, "must be 1-100"),
+    "auth_required": (lambda v: v in ("auto", "true", "false"), "must be auto, true or false"),
+    "token_cache_seconds": (lambda v: 0 <= v <= 60, "must be 0-60"),
+    "body_budget_bytes": (lambda v: v >= 1024, "must be >= 1024"),
+    "max_error_bytes": (lambda v: 64 <= v <= 1_000_000, "must be 64-1000000"),
+    "max_list_field_bytes": (lambda v: 64 <= v <= 1_000_000, "must be 64-1000000"),
+    "max_pending_per_client": (lambda v: v >= 1, "must be >= 1"),
+    "rate_limit": (lambda v: _rate_ok(v), "must be like 20000/minute (limits notation)"),
+    "dispatcher_token": (lambda v: v == "" or _TOKEN_TEXT.fullmatch(v) is not None,
+                         "must be a token printed by python -m dispatcher.tokens create"),
     "database_pool_size": (lambda v: 1 <= v <= 1000, "must be 1-1000"),
     "max_connections": (lambda v: 10 <= v <= 1_000_000, "must be 10-1000000"),
     "max_request_bytes": (lambda v: v >= 1024, "must be >= 1024"),
@@ -172,6 +226,18 @@ _RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
         "must be comma-separated Python import paths (e.g. examples.wordcount)",
     ),
 }
+
+
+_TOKEN_TEXT = re.compile(r"[A-Za-z0-9_\-]{1,200}")
+
+
+def _rate_ok(text: str) -> bool:
+    from limits import parse_many
+
+    try:
+        return bool(parse_many(text))
+    except ValueError:
+        return False
 
 
 def _check(config: Config) -> None:
@@ -213,6 +279,9 @@ def _convert(name: str, raw: str, kind: type) -> Any:
         raise ConfigError(f"{name} must be a {kind.__name__}, got {raw!r}") from None
     if name == "LOG_FORMAT":
         return text.lower()
+    if name == "AUTH_REQUIRED":
+        return {"1": "true", "yes": "true", "on": "true", "0": "false", "no": "false",
+                "off": "false"}.get(text.lower(), text.lower())
     return text.upper() if name == "LOG_LEVEL" else text
 
 
@@ -230,10 +299,10 @@ def load_config(
         merged.update({k: v for k, v in dotenv_values(path).items() if v is not None})
     merged.update(os.environ if env is None else env)
     values: dict[str, Any] = {}
-    for field in fields(Config):
-        key = field.name.upper()
+    for spec in fields(Config):
+        key = spec.name.upper()
         if key in merged and merged[key].strip() != "":
-            values[field.name] = _convert(key, merged[key], type(field.default))
+            values[spec.name] = _convert(key, merged[key], type(spec.default))
     if "dispatcher_url" not in values:
         host = values.get("dispatcher_host", Config.dispatcher_host)
         host = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host

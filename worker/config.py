@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from shared.config import Config, ConfigError, check_dispatcher_urls
@@ -37,6 +37,8 @@ class WorkerConfig:
     max_result_bytes: int = 1024 * 1024
     max_tasks: int | None = None
     burst: bool = False
+    token: str = field(default="", repr=False)
+    """DISPATCHER_TOKEN, sent as a bearer token (never logged)."""
 
     @property
     def dispatcher_urls(self) -> tuple[str, ...]:
@@ -90,4 +92,5 @@ def make_worker_config(
         max_result_bytes=config.max_result_bytes,
         max_tasks=max_tasks,
         burst=burst,
+        token=config.dispatcher_token,
     )

@@ -74,7 +74,7 @@ class Heartbeat(threading.Thread):
                  failover: Failover | None = None) -> None:
         super().__init__(name=f"heartbeat-{config.worker_id}", daemon=True)
         self._config, self._held = config, held
-        self._client = DispatcherClient(failover or worker_failover(config))
+        self._client = DispatcherClient(failover or worker_failover(config), config.token)
         self._outage = OutageLog(config.worker_id, "heartbeats")
         self._stop_event = threading.Event()
         self.beats = 0

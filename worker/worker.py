@@ -316,7 +316,7 @@ class Worker:
         # One dispatcher list for both threads: they fail over together, logged once.
         failover = worker_failover(config)
         self._heartbeat = Heartbeat(config, self._held, failover)
-        self._client = DispatcherClient(failover)
+        self._client = DispatcherClient(failover, config.token)
         self._outage = OutageLog(config.worker_id, "tasks and results")
         # A task stays held (listed in heartbeats) until its result is answered, so the
         # dispatcher never mistakes a finished, undelivered task for a lost claim.

@@ -87,18 +87,31 @@ QUERIES: dict[str, str] = {
     # -- tasks --
     "insert_task": """
         INSERT INTO tasks (task_type, params, priority, max_attempts, idempotency_key, created_at,
-                           group_id)
+                           owner, request_hash, group_id)
         VALUES (%(task_type)s, %(params)s, %(priority)s, %(max_attempts)s, %(idempotency_key)s,
-                %(now)s, %(group_id)s)
+                %(now)s, %(owner)s, %(request_hash)s, %(group_id)s)
         ON CONFLICT (idempotency_key) DO NOTHING
         RETURNING task_id""",
     "insert_tasks": """
-        INSERT INTO tasks (task_type, params, priority, max_attempts, created_at, group_id)
+        INSERT INTO tasks (task_type, params, priority, max_attempts, created_at, owner, group_id)
         SELECT * FROM unnest(%(task_types)s::text[], %(params)s::text[], %(priorities)s::int[],
-                             %(max_attempts)s::int[], %(nows)s::float8[],
+                             %(max_attempts)s::int[], %(nows)s::float8[], %(owners)s::text[],
                              %(group_ids)s::bigint[])
         RETURNING task_id""",
-    "task_by_key": "SELECT task_id, status FROM tasks WHERE idempotency_key = %(key)s",
+    "task_by_key": """
+        SELECT task_id, status, request_hash FROM tasks WHERE idempotency_key = %(key)s""",
+    "owner_pending": """
+        SELECT COUNT(*) AS n FROM (SELECT 1 FROM tasks WHERE owner = %(owner)s
+                                    AND status = 'pending' LIMIT %(cap)s) AS capped""",
+    # -- credentials --
+    "token_put": """
+        INSERT INTO tokens (token_id, secret_hash, role, worker_id, created_at)
+        VALUES (%(token_id)s, %(secret_hash)s, %(role)s, %(worker_id)s, %(now)s)""",
+    "token_get": "SELECT * FROM tokens WHERE token_id = %(token_id)s",
+    "tokens_all": "SELECT * FROM tokens ORDER BY created_at, token_id",
+    "token_revoke": """
+        UPDATE tokens SET revoked_at = %(now)s
+         WHERE token_id = %(token_id)s AND revoked_at IS NULL RETURNING token_id""",
     "task_view": """
         SELECT t.*, r.result FROM tasks t LEFT JOIN task_results r USING (task_id)
          WHERE t.task_id = %(task_id)s""",
@@ -119,6 +132,14 @@ QUERIES: dict[str, str] = {
            AND t.task_id < %(before_id)s AND t.task_id >= %(min_id)s
            AND t.created_at >= %(after)s AND t.created_at < %(before)s
          ORDER BY t.task_id DESC LIMIT %(limit)s""",
+    # A client's own tasks: the walk of (owner, task_id); status and type only filter it.
+    "task_page_owner": """
+        SELECT t.*, r.result FROM tasks t LEFT JOIN task_results r USING (task_id)
+         WHERE t.owner = %(owner)s AND t.task_id < %(before_id)s AND t.task_id >= %(min_id)s
+           AND (%(status)s::text IS NULL OR t.status = %(status)s)
+           AND (%(task_type)s::text IS NULL OR t.task_type = %(task_type)s)
+           AND t.created_at >= %(after)s AND t.created_at < %(before)s
+         ORDER BY t.task_id DESC LIMIT %(limit)s""",
     "first_id_created_from": """
         SELECT task_id FROM tasks WHERE created_at >= %(at)s
          ORDER BY created_at, task_id LIMIT 1""",
@@ -127,11 +148,14 @@ QUERIES: dict[str, str] = {
          ORDER BY created_at DESC, task_id DESC LIMIT 1""",
     # -- groups (split jobs) --
     "group_insert": """
-        INSERT INTO task_groups (task_type, params, parts, idempotency_key, created_at)
-        VALUES (%(task_type)s, %(params)s, %(parts)s, %(idempotency_key)s, %(now)s)
+        INSERT INTO task_groups (task_type, params, parts, idempotency_key, created_at, owner,
+                                 request_hash)
+        VALUES (%(task_type)s, %(params)s, %(parts)s, %(idempotency_key)s, %(now)s, %(owner)s,
+                %(request_hash)s)
         ON CONFLICT (idempotency_key) DO NOTHING
         RETURNING group_id""",
-    "group_by_key": "SELECT group_id FROM task_groups WHERE idempotency_key = %(key)s",
+    "group_by_key": """
+        SELECT group_id, request_hash FROM task_groups WHERE idempotency_key = %(key)s""",
     "group_get": "SELECT * FROM task_groups WHERE group_id = %(group_id)s",
     "group_parts": """
         SELECT t.task_id, t.status, t.params, t.progress, t.worker_id, t.error, r.result
@@ -416,6 +440,7 @@ class PostgresStore(Store):
             "task_types": [r["task_type"] for r in rows], "params": [r["params"] for r in rows],
             "priorities": [r["priority"] for r in rows],
             "max_attempts": [r["max_attempts"] for r in rows], "nows": [r["now"] for r in rows],
+            "owners": [r["owner"] for r in rows],
             "group_ids": [r["group_id"] for r in rows]})
         # Identity values are drawn in insertion order, so sorted ids follow the input order.
         return sorted(row["task_id"] for row in found)

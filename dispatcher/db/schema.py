@@ -12,7 +12,7 @@ development, numbered apart) is skipped, see :func:`migrations_between`.
 
 from __future__ import annotations
 
-SCHEMA_VERSION = 8
+SCHEMA_VERSION = 9
 
 SQLITE_SCHEMA = """
 CREATE TABLE IF NOT EXISTS schema_info (
@@ -106,6 +106,23 @@ CREATE TABLE IF NOT EXISTS cluster (
     value REAL NOT NULL
 );
 """,
+    # v4: credentials (API tokens, stored as SHA-256 hashes of their secrets), each task's
+    # owner (the token that submitted it) and the hash of the request behind an idempotency key.
+    4: """
+CREATE TABLE IF NOT EXISTS tokens (
+    token_id    TEXT PRIMARY KEY,
+    secret_hash TEXT NOT NULL,
+    role        TEXT NOT NULL CHECK (role IN ('client', 'worker', 'admin')),
+    worker_id   TEXT,
+    created_at  REAL NOT NULL,
+    revoked_at  REAL
+);
+ALTER TABLE tasks ADD COLUMN owner TEXT;
+ALTER TABLE tasks ADD COLUMN request_hash TEXT;
+CREATE INDEX IF NOT EXISTS tasks_owner_idx ON tasks (owner, task_id) WHERE owner IS NOT NULL;
+CREATE INDEX IF NOT EXISTS tasks_owner_pending_idx ON tasks (owner)
+    WHERE status = 'pending' AND owner IS NOT NULL;
+""",
     # v6: split jobs (a group of part tasks with a combine step), the indexes behind the
     # filtered, paginated task list, and the one behind retention's purge of parts by group.
     6: """
@@ -145,6 +162,13 @@ CREATE TABLE IF NOT EXISTS events (
     progress  REAL,
     detail    TEXT
 );
+""",
+    # v9: a split job's owner (the token that submitted it: a client reads and cancels only its
+    # own groups) and the hash of the request behind its idempotency key (v4 did the same for
+    # tasks; task_groups is younger than v4).
+    9: """
+ALTER TABLE task_groups ADD COLUMN owner TEXT;
+ALTER TABLE task_groups ADD COLUMN request_hash TEXT;
 """,
 }
 """SQLite schema changes by version; a database is brought up to SCHEMA_VERSION at start."""
@@ -266,6 +290,22 @@ CREATE TABLE IF NOT EXISTS cluster (
     value double precision NOT NULL
 );
 """,
+    # v4: credentials, task owners, idempotency request hashes (as SQLite's v4).
+    4: """
+CREATE TABLE IF NOT EXISTS tokens (
+    token_id    text PRIMARY KEY,
+    secret_hash text NOT NULL,
+    role        text NOT NULL CHECK (role IN ('client', 'worker', 'admin')),
+    worker_id   text,
+    created_at  double precision NOT NULL,
+    revoked_at  double precision
+);
+ALTER TABLE tasks ADD COLUMN IF NOT EXISTS owner text;
+ALTER TABLE tasks ADD COLUMN IF NOT EXISTS request_hash text;
+CREATE INDEX IF NOT EXISTS tasks_owner_idx ON tasks (owner, task_id) WHERE owner IS NOT NULL;
+CREATE INDEX IF NOT EXISTS tasks_owner_pending_idx ON tasks (owner)
+    WHERE status = 'pending' AND owner IS NOT NULL;
+""",
     # v6: split jobs, the task list's indexes, the purge's lookup of parts by group.
     6: """
 CREATE TABLE IF NOT EXISTS task_groups (
@@ -300,6 +340,11 @@ CREATE TABLE IF NOT EXISTS events (
     progress  double precision,
     detail    text
 );
+""",
+    # v9: split jobs' owners and idempotency request hashes (as SQLite's v9).
+    9: """
+ALTER TABLE task_groups ADD COLUMN IF NOT EXISTS owner text;
+ALTER TABLE task_groups ADD COLUMN IF NOT EXISTS request_hash text;
 """,
 }
 """PostgreSQL schema changes by version (the same versions as SQLite's)."""

@@ -73,17 +73,31 @@ QUERIES: dict[str, str] = {
     # -- tasks --
     "insert_task": """
         INSERT INTO tasks (task_type, params, priority, max_attempts, idempotency_key, created_at,
-                           group_id)
-        VALUES (:task_type, :params, :priority, :max_attempts, :idempotency_key, :now, :group_id)
+                           owner, request_hash, group_id)
+        VALUES (:task_type, :params, :priority, :max_attempts, :idempotency_key, :now, :owner,
+                :request_hash, :group_id)
         ON CONFLICT (idempotency_key) DO NOTHING
         RETURNING task_id""",
     "insert_tasks": """
         INSERT INTO tasks (task_type, params, priority, max_attempts, idempotency_key, created_at,
-                           group_id)
-        VALUES (:task_type, :params, :priority, :max_attempts, :idempotency_key, :now,
-                :group_id)""",
+                           owner, request_hash, group_id)
+        VALUES (:task_type, :params, :priority, :max_attempts, :idempotency_key, :now, :owner,
+                :request_hash, :group_id)""",
     "last_insert_id": "SELECT last_insert_rowid() AS id",
-    "task_by_key": "SELECT task_id, status FROM tasks WHERE idempotency_key = :key",
+    "task_by_key": """
+        SELECT task_id, status, request_hash FROM tasks WHERE idempotency_key = :key""",
+    "owner_pending": """
+        SELECT COUNT(*) AS n FROM (SELECT 1 FROM tasks WHERE owner = :owner
+                                    AND status = 'pending' LIMIT :cap)""",
+    # -- credentials --
+    "token_put": """
+        INSERT INTO tokens (token_id, secret_hash, role, worker_id, created_at)
+        VALUES (:token_id, :secret_hash, :role, :worker_id, :now)""",
+    "token_get": "SELECT * FROM tokens WHERE token_id = :token_id",
+    "tokens_all": "SELECT * FROM tokens ORDER BY created_at, token_id",
+    "token_revoke": """
+        UPDATE tokens SET revoked_at = :now WHERE token_id = :token_id AND revoked_at IS NULL
+        RETURNING token_id""",
     "task_view": """
         SELECT t.*, r.result FROM tasks t LEFT JOIN task_results r USING (task_id)
          WHERE t.task_id = :task_id""",
@@ -104,6 +118,14 @@ QUERIES: dict[str, str] = {
            AND t.task_id < :before_id AND t.task_id >= :min_id
            AND t.created_at >= :after AND t.created_at < :before
          ORDER BY t.task_id DESC LIMIT :limit""",
+    # A client's own tasks: the walk of (owner, task_id); status and type only filter it.
+    "task_page_owner": """
+        SELECT t.*, r.result FROM tasks t LEFT JOIN task_results r USING (task_id)
+         WHERE t.owner = :owner AND t.task_id < :before_id AND t.task_id >= :min_id
+           AND (:status IS NULL OR t.status = :status)
+           AND (:task_type IS NULL OR t.task_type = :task_type)
+           AND t.created_at >= :after AND t.created_at < :before
+         ORDER BY t.task_id DESC LIMIT :limit""",
     "first_id_created_from": """
         SELECT task_id FROM tasks WHERE created_at >= :at
          ORDER BY created_at, task_id LIMIT 1""",
@@ -112,11 +134,13 @@ QUERIES: dict[str, str] = {
          ORDER BY created_at DESC, task_id DESC LIMIT 1""",
     # -- groups (split jobs) --
     "group_insert": """
-        INSERT INTO task_groups (task_type, params, parts, idempotency_key, created_at)
-        VALUES (:task_type, :params, :parts, :idempotency_key, :now)
+        INSERT INTO task_groups (task_type, params, parts, idempotency_key, created_at, owner,
+                                 request_hash)
+        VALUES (:task_type, :params, :parts, :idempotency_key, :now, :owner, :request_hash)
         ON CONFLICT (idempotency_key) DO NOTHING
         RETURNING group_id""",
-    "group_by_key": "SELECT group_id FROM task_groups WHERE idempotency_key = :key",
+    "group_by_key": """
+        SELECT group_id, request_hash FROM task_groups WHERE idempotency_key = :key""",
     "group_get": "SELECT * FROM task_groups WHERE group_id = :group_id",
     "group_parts": """
         SELECT t.task_id, t.status, t.params, t.progress, t.worker_id, t.error, r.result

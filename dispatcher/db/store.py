@@ -18,7 +18,7 @@ from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any
 
-from dispatcher.db.errors import NotFound, StaleLease
+from dispatcher.db.errors import IdempotencyConflict, NotFound, QuotaExceeded, StaleLease
 from dispatcher.db.moves import Move, move, move_after_read
 from dispatcher.models import (
     FINISHED,
@@ -230,14 +230,18 @@ class Store(abc.ABC):
 
     # -- submission ---------------------------------------------------------------------------
 
-    def submit(self, tasks: Sequence[NewTask], on_commit: OnCommit = None
-               ) -> list[tuple[int, bool]]:
+    def submit(self, tasks: Sequence[NewTask], on_commit: OnCommit = None,
+               pending_cap: int | None = None) -> list[tuple[int, bool]]:
         """Insert tasks in one durable transaction; (task_id, created) for each, in order.
 
         A task whose idempotency key is already stored is not inserted again: its existing
-        id comes back with created=False.
+        id comes back with created=False, unless the stored request hash differs (then
+        IdempotencyConflict, and nothing of the batch is stored). With ``pending_cap``, an
+        owner with that many pending tasks (counting these) gets QuotaExceeded.
         """
         with self._write(on_commit=on_commit) as tx:
+            if pending_cap is not None and tasks and tasks[0].owner is not None:
+                _check_pending(tx, tasks[0].owner, pending_cap, len(tasks))
             rows = [_task_row(task, tx.now) for task in tasks]
             if all(task.idempotency_key is None for task in tasks):
                 created = [(task_id, True) for task_id in self._insert_tasks(tx, rows)]
@@ -247,21 +251,31 @@ class Store(abc.ABC):
         return created
 
     def submit_group(self, task_type: str, params: dict[str, Any], parts: Sequence[NewTask],
-                     key: str | None = None, on_commit: OnCommit = None
+                     key: str | None = None, on_commit: OnCommit = None,
+                     request_hash: str | None = None, pending_cap: int | None = None
                      ) -> tuple[int, list[int], bool]:
         """Insert a split job and its part tasks in one durable transaction.
 
-        Returns (group_id, part task ids, created). A group whose idempotency key is stored
-        already is not inserted again: its existing id and parts come back, created=False.
+        Returns (group_id, part task ids, created). The group's owner is its parts' owner. A
+        group whose idempotency key is stored already is not inserted again: its existing id
+        and parts come back, created=False, unless the stored request hash differs (then
+        IdempotencyConflict). With ``pending_cap``, an owner who would have more pending tasks
+        than that, counting the parts, gets QuotaExceeded.
         """
+        owner = parts[0].owner if parts else None
         with self._write(on_commit=on_commit) as tx:
             row = tx.one("group_insert", {"task_type": task_type, "params": dumps(params),
                                           "parts": len(parts), "idempotency_key": key,
-                                          "now": tx.now})
+                                          "now": tx.now, "owner": owner,
+                                          "request_hash": request_hash})
             if row is None:
-                group_id = tx.one("group_by_key", {"key": key})["group_id"]
+                found = tx.one("group_by_key", {"key": key})
+                group_id = found["group_id"]
+                _same_request(found["request_hash"], request_hash, f"group {group_id}")
                 ids = [part["task_id"] for part in tx.all("group_parts", {"group_id": group_id})]
                 return group_id, ids, False
+            if pending_cap is not None and owner is not None:
+                _check_pending(tx, owner, pending_cap, len(parts))
             group_id = row["group_id"]
             rows = [{**_task_row(part, tx.now), "group_id": group_id} for part in parts]
             ids = self._insert_tasks(tx, rows)
@@ -591,9 +605,9 @@ class Store(abc.ABC):
         """One page of tasks, newest first, filtered; every query walks one index.
 
         Each status asked for is one index walk (``(status, task_id)``, or
-        ``(task_type, status, task_id)`` with a type), merged here; a time range becomes a
-        range of ids first (ids are handed out in creation order), so a page never scans the
-        tasks outside it.
+        ``(task_type, status, task_id)`` with a type, or ``(owner, task_id)`` for one client's
+        tasks), merged here; a time range becomes a range of ids first (ids are handed out in
+        creation order), so a page never scans the tasks outside it.
         """
         with self._read() as tx:
             params = _page_params(tx, query)
@@ -605,6 +619,14 @@ class Store(abc.ABC):
         tasks = [Task.from_row(row) for row in rows[:query.limit]]
         more = len(rows) > query.limit
         return TaskPage(tasks, tasks[-1].task_id if more and tasks else None)
+
+    def group_owner(self, group_id: int) -> str | None:
+        """The id of the token that submitted a split job (None: auth was off); NotFound."""
+        with self._read() as tx:
+            row = tx.one("group_get", {"group_id": group_id})
+        if row is None:
+            raise NotFound(f"group {group_id} does not exist")
+        return row["owner"]
 
     def groups_of(self, task_ids: Sequence[int]) -> list[int]:
         """The split jobs these tasks are parts of."""
@@ -620,6 +642,32 @@ class Store(abc.ABC):
         if row is None:
             raise NotFound(f"group {group_id} does not exist")
         return Group.from_rows(row, parts)
+
+    # -- credentials --------------------------------------------------------------------------
+
+    def add_token(self, token_id: str, secret_hash: str, role: str, worker_id: str | None
+                  ) -> None:
+        """Store a new credential (only the hash of its secret)."""
+        with self._write() as tx:
+            tx.run("token_put", {"token_id": token_id, "secret_hash": secret_hash,
+                                 "role": role, "worker_id": worker_id, "now": tx.now})
+
+    def token(self, token_id: str) -> dict[str, Any] | None:
+        """A stored credential's row (id, secret_hash, role, worker_id, created_at,
+        revoked_at), or None."""
+        with self._read() as tx:
+            row = tx.one("token_get", {"token_id": token_id})
+        return dict(row) if row is not None else None
+
+    def tokens(self) -> list[dict[str, Any]]:
+        """Every stored credential, oldest first."""
+        with self._read() as tx:
+            return [dict(row) for row in tx.all("tokens_all")]
+
+    def revoke_token(self, token_id: str) -> bool:
+        """Revoke a credential; False when there is no such unrevoked token."""
+        with self._write() as tx:
+            return tx.one("token_revoke", {"token_id": token_id, "now": tx.now}) is not None
 
     def stats(self, window_seconds: float = 60.0) -> dict[str, Any]:
         """Counts per status, workers, throughput over the window, counters; and ``now``."""
@@ -816,7 +864,8 @@ def _note_resumed(tx: Tx, worker_id: str, leases: Sequence[Lease], claimed: set[
 def _task_row(task: NewTask, now: float) -> dict[str, Any]:
     return {"task_type": task.task_type, "params": dumps(task.params),
             "priority": task.priority, "max_attempts": task.max_attempts,
-            "idempotency_key": task.idempotency_key, "now": now, "group_id": task.group_id}
+            "idempotency_key": task.idempotency_key, "now": now, "owner": task.owner,
+            "request_hash": task.request_hash, "group_id": task.group_id}
 
 
 NO_ID_ABOVE = 2**63 - 1
@@ -844,6 +893,10 @@ def _page_params(tx: Tx, query: TaskQuery) -> dict[str, Any] | None:
 def _page_queries(query: TaskQuery) -> list[tuple[str, dict[str, Any]]]:
     """The named queries of a page, one per index walk, with their own parameters."""
     statuses = query.statuses
+    if query.owner is not None:  # a client's own tasks: its (owner, task_id) walk
+        return [("task_page_owner", {"owner": query.owner, "task_type": query.task_type,
+                                     "status": s.value if s else None})
+                for s in statuses or (None,)]
     if query.task_type is not None:
         return [("task_page_type_status", {"task_type": query.task_type, "status": s.value})
                 for s in statuses or tuple(TaskStatus)]
@@ -853,11 +906,33 @@ def _page_queries(query: TaskQuery) -> list[tuple[str, dict[str, Any]]]:
 
 
 def _insert_keyed(tx: Tx, row: dict[str, Any]) -> tuple[int, bool]:
-    """Insert unless the key is taken (atomically: another dispatcher may be inserting it)."""
+    """Insert unless the key is taken (atomically: another dispatcher may be inserting it).
+
+    A taken key answers its task only for the same request: a different one (its hash
+    differs) raises IdempotencyConflict, which rolls the whole submission back.
+    """
     inserted = tx.one("insert_task", row)
     if inserted is not None:
         return inserted["task_id"], True
-    return tx.one("task_by_key", {"key": row["idempotency_key"]})["task_id"], False
+    found = tx.one("task_by_key", {"key": row["idempotency_key"]})
+    _same_request(found["request_hash"], row["request_hash"], f"task {found['task_id']}")
+    return found["task_id"], False
+
+
+def _same_request(stored: str | None, asked: str | None, what: str) -> None:
+    """Raise IdempotencyConflict when a key's stored request hash differs from this one's."""
+    if stored is not None and asked is not None and stored != asked:
+        raise IdempotencyConflict(
+            f"{what} was submitted under this idempotency key with a different request")
+
+
+def _check_pending(tx: Tx, owner: str, cap: int, adding: int) -> None:
+    """Raise QuotaExceeded when ``owner`` would have more than ``cap`` pending tasks."""
+    pending = int(tx.one("owner_pending", {"owner": owner, "cap": cap + 1})["n"])
+    if pending + adding > cap:
+        raise QuotaExceeded(
+            f"{pending} tasks of this client are pending; at most {cap} may be "
+            "(MAX_PENDING_PER_CLIENT)")
 
 
 def _look_in(tx: Tx, worker_id: str, instance_id: str | None) -> Look:

@@ -22,7 +22,9 @@ def run_schemathesis(url: str, workdir: Path) -> subprocess.CompletedProcess[str
         [str(cli), "--config-file", str(CONFIG), "--no-color", "run", f"{url}/openapi.json",
          "--checks", "all", "--max-examples", str(MAX_EXAMPLES), "--seed", str(SEED),
          "--workers", "2", "--request-timeout", "30",  # a heartbeat may list 10,000 leases
-         "--generation-database", "none", "--report-dir", str(workdir / "report")],
+         "--generation-database", "none", "--report-dir", str(workdir / "report"),
+         # Every POST must say it is JSON, even a body-less cancel (else 415, documented).
+         "--header", "Content-Type: application/json"],
         capture_output=True, text=True, timeout=600, cwd=workdir,
     )
 

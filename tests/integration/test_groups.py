@@ -139,7 +139,7 @@ def test_cancelling_a_group_cancels_its_unfinished_parts(client: FlaskClient) ->
     answer = submit_split(client, {"limit": 10_000}, 4)
     done, running = claim_all(client, "w1", 2)
     run_and_report(client, "w1", done)
-    resp = client.post(f"/group/{answer['group_id']}/cancel")
+    resp = client.post(f"/group/{answer['group_id']}/cancel", json={})
     assert resp.status_code == 200 and resp.json["status"] == "cancelled"
     assert resp.json["parts"] == {"total": 4, "pending": 0, "in-progress": 0, "completed": 1,
                                   "failed": 0, "cancelled": 3}
@@ -148,9 +148,9 @@ def test_cancelling_a_group_cancels_its_unfinished_parts(client: FlaskClient) ->
         "result": unsplit(running["params"])})
     assert late.status_code == 409  # the cancelled part's holder is fenced off
     assert claim_all(client, "w2", 4) == []  # nothing of the group is left to run
-    again = client.post(f"/group/{answer['group_id']}/cancel")
+    again = client.post(f"/group/{answer['group_id']}/cancel", json={})
     assert again.status_code == 200 and again.json["parts"]["cancelled"] == 3
-    assert client.post("/group/999/cancel").status_code == 404
+    assert client.post("/group/999/cancel", json={}).status_code == 404
     assert client.get("/group/999").status_code == 404
 
 

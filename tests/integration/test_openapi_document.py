@@ -4,13 +4,17 @@ error response with the one error body, the browsable page served from the dispa
 from __future__ import annotations
 
 import re
+from dataclasses import replace
 
 import pytest
 from flask import Flask
 from flask.testing import FlaskClient
 
 from dispatcher import openapi
+from dispatcher.app import create_app
 from dispatcher.responses import Stats, TaskView
+from shared.config import Config
+from tests.conftest import FakeClock
 
 
 def test_every_route_of_the_app_is_in_the_document(app: Flask, client: FlaskClient) -> None:
@@ -47,16 +51,50 @@ def test_every_error_status_has_the_error_body(client: FlaskClient) -> None:
 
 
 @pytest.mark.parametrize(("method", "path", "codes"), [
-    ("post", "/submit-task", {200, 201, 400, 405, 413, 503}),
-    ("post", "/submit-result", {200, 400, 404, 405, 409, 413, 503}),
-    ("post", "/checkpoint", {200, 400, 404, 405, 409, 413, 503}),
-    ("get", "/task/{task_id}", {200, 400, 404, 405, 503}),
-    ("post", "/get-task", {200, 204, 400, 405, 413, 503}),
+    ("post", "/submit-task", {200, 201, 400, 403, 405, 409, 413, 415, 429, 503}),
+    ("post", "/submit-result", {200, 400, 403, 404, 405, 409, 413, 415, 503}),
+    ("post", "/checkpoint", {200, 400, 403, 404, 405, 409, 413, 415, 503}),
+    ("get", "/task/{task_id}", {200, 400, 403, 404, 405, 503}),
+    ("post", "/get-task", {200, 204, 400, 403, 405, 413, 415, 503}),
+    ("post", "/group/{group_id}/cancel", {200, 403, 404, 405, 415, 503}),
+    ("get", "/tasks", {200, 400, 403, 405, 503}),
 ])
 def test_statuses_each_endpoint_can_answer(client: FlaskClient, method: str, path: str,
                                            codes: set[int]) -> None:
     operation = client.get("/openapi.json").json["paths"][path][method]
     assert {int(code) for code in operation["responses"]} == codes
+
+
+def test_without_credentials_the_document_asks_for_none(client: FlaskClient) -> None:
+    doc = client.get("/openapi.json").json
+    assert "security" not in doc and "securitySchemes" not in doc["components"]
+    assert all("401" not in op["responses"] for ops in doc["paths"].values()
+               for op in ops.values())
+    assert doc["paths"]["/tasks"]["get"]["x-roles"] == ["admin", "client"]
+
+
+def test_with_credentials_every_operation_but_the_open_ones_needs_a_token(
+        config: Config, clock: FakeClock) -> None:
+    app = create_app(replace(config, auth_required="true"), clock=clock, start_monitor=False)
+    try:
+        answer = app.test_client().get("/openapi.json")  # open: the /docs page fetches it
+        assert answer.status_code == 200
+        doc = answer.json
+    finally:
+        app.extensions["taskqueue"].close()
+    assert doc["components"]["securitySchemes"]["bearer"]["scheme"] == "bearer"
+    assert doc["security"] == [{"bearer": []}]
+    open_ops = {(path, method) for path, ops in doc["paths"].items()
+                for method, op in ops.items() if op.get("security") == []}
+    assert {("/health", "get"), ("/openapi.json", "get"), ("/docs", "get"),
+            ("/dashboard", "get")} <= open_ops
+    assert ("/metrics", "get") not in open_ops
+    for path, ops in doc["paths"].items():
+        for method, op in ops.items():
+            needs_token = (path, method) not in open_ops
+            assert ("401" in op["responses"]) == needs_token, (method, path)
+            assert (op["x-roles"] != []) == needs_token, (method, path)
+    assert doc["paths"]["/metrics"]["get"]["x-roles"] == ["admin", "client", "worker"]
 
 
 def test_submission_schema_lists_the_registered_task_types(client: FlaskClient) -> None:

@@ -74,14 +74,14 @@ def test_only_finished_tasks_older_than_the_ttl_are_purged_in_batches(
     report(client, leases[0])
     report(client, leases[1])
     report(client, leases[2], error="boom")
-    client.post(f"/task/{old[3]}/cancel")  # in progress, cancelled
+    client.post(f"/task/{old[3]}/cancel", json={})  # in progress, cancelled
     still_running = leases[4]
     waiting = submit(client, {**NOOP, "priority": -5})  # pending, submitted long ago
     clock.advance(TTL + 1)
     recent = submit(client)
     report(client, take(client, worker="w2")[0], worker="w2")  # finished just now
     cancelled_recent = submit(client)
-    client.post(f"/task/{cancelled_recent}/cancel")
+    client.post(f"/task/{cancelled_recent}/cancel", json={})
     assert purging.store.purge_finished(TTL, 2) == 2  # one batch is at most its size
     assert purging.monitor.purge() == 2  # then the monitor goes on, batch after batch
     assert purging.monitor.purge() == 0
