@@ -4,6 +4,7 @@
     python3 add_task.py COUNT LIMIT [ALGORITHM]       COUNT prime tasks up to LIMIT
     python3 add_task.py --type sleep --params '{"seconds": 3}'
     python3 add_task.py 10 1000000 --wait             live progress, then a table of results
+    python3 add_task.py status [--watch [SECONDS]]    the queue, workers and reclaims as a table
     python3 add_task.py --split 16 1 10000000000 --wait   one job in 16 parts on any workers
 
 Prints the created task ids. Exits 1 with a one-line message when the dispatcher is
@@ -55,7 +56,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description="Submit tasks to the task queue dispatcher.",
         epilog="examples: add_task.py 5 100000 | add_task.py 1 10000000 trial_division --wait"
-               " | add_task.py --type monte_carlo_pi --params '{\"samples\": 1000000}'",
+               " | add_task.py --type monte_carlo_pi --params '{\"samples\": 1000000}'"
+               " | add_task.py status --watch",
     )
     parser.add_argument("count", nargs="?", type=int, default=1, help="number of tasks (1)")
     parser.add_argument("limit", nargs="?", type=int, help="primes up to LIMIT")
@@ -234,8 +236,28 @@ def run(args: argparse.Namespace) -> int:
     return EXIT_TASK_FAILED if failed else 0
 
 
+def status_command(argv: list[str]) -> int:
+    """``add_task.py status``: see shared/status.py."""
+    from shared.status import main as status_main
+
+    return status_main(argv)
+
+
+SUBCOMMANDS = {
+    "status": status_command,
+}
+"""Words that, as the first argument, run another command instead of a submission (COUNT is
+a number, so no count can be mistaken for one)."""
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Entry point."""
+    """Entry point: a subcommand, or a submission (``COUNT LIMIT [ALGORITHM]`` as in the spec)."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv and argv[0] in SUBCOMMANDS:
+        try:
+            return SUBCOMMANDS[argv[0]](argv[1:])
+        except KeyboardInterrupt:
+            return 130
     args = parse_args(argv)
     try:
         return run(args)

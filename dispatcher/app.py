@@ -15,7 +15,7 @@ from dispatcher.auth import TokenCache
 from dispatcher.dashboard import dashboard
 from dispatcher.db import StoreError, open_store
 from dispatcher.guard import Guard
-from dispatcher.routes import api, register_error_handlers
+from dispatcher.routes import api, register_error_handlers, register_request_metrics
 from dispatcher.runtime import on_gevent
 from dispatcher.server import make_server
 from dispatcher.service import Dispatcher
@@ -48,6 +48,7 @@ def create_app(
     app.extensions["taskqueue"] = dispatcher
     guard = Guard(config, TokenCache(dispatcher.store.token, config.token_cache_seconds))
     app.extensions["taskqueue_guard"] = guard
+    register_request_metrics(app)  # first: refusals by the guard (401, 403, 415...) count too
     guard.install(app)
     app.register_blueprint(api)
     app.register_blueprint(dashboard)
@@ -85,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
             dispatcher_host=args.host, dispatcher_port=args.port,
             log_level=args.log_level.upper() if args.log_level else None,
         )
-        configure_logging(config.log_level)
+        configure_logging(config.log_level, log_format=config.log_format)
         check_exposure(config)
         registry = load_registry(config.task_module_names)
         app = create_app(config, registry=registry)

@@ -226,6 +226,10 @@ class Lease:
     lease_expires_at: float
     lease_seconds: float
     checkpoint: Checkpoint | None
+    requeued: tuple[float, str] | None = None
+    """When (store clock) and why (a ReclaimCause value) the task last went back to the
+    queue before this claim; None for a first claim. For the reassignment-time metric only:
+    not sent to the worker."""
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON form returned by ``POST /get-task``."""
@@ -266,6 +270,7 @@ class Reclaim:
     attempt: int
     cause: ReclaimCause
     failed: bool
+    task_type: str | None = None
 
 
 @dataclass(frozen=True)
@@ -301,6 +306,9 @@ class Outcome:
     attempt: int
     outcome: OutcomeKind
     status: TaskStatus | None
+    task_type: str | None = None
+    ran_seconds: float | None = None
+    """For a report that finished its task: from the claim of that attempt to the report."""
 
 
 @dataclass(frozen=True)

@@ -7,10 +7,14 @@ import binascii
 import hashlib
 import math
 import re
+import time
+from pathlib import Path
 from typing import Any
 
-from flask import Blueprint, Response, current_app, jsonify, request
+from flask import Blueprint, Response, current_app, g, jsonify, request, send_file
+from prometheus_client import CONTENT_TYPE_LATEST
 
+from dispatcher import openapi
 from dispatcher.auth import Role, public, require_owner, require_worker, roles
 from dispatcher.db import (
     IdempotencyConflict,
@@ -61,6 +65,11 @@ _CURSOR = re.compile(r"[A-Za-z0-9_-]{1,40}={0,2}")
 _DIGITS = re.compile(r"[0-9]{1,9}")  # ASCII only: str.isdigit() also accepts '²'
 _DIGITS_ANY = re.compile(r"[0-9]{1,19}")
 _NUMBER = re.compile(r"-?[0-9]+(\.[0-9]*)?([eE][-+]?[0-9]+)?")
+"""A JSON number as a query parameter spells it (no spaces, no '_', no 'inf'/'nan')."""
+SWAGGER_UI = Path(__file__).resolve().parent / "swagger_ui"
+DOC_ASSETS = {"swagger-ui-bundle.js": "text/javascript", "swagger-ui.css": "text/css",
+              "init.js": "text/javascript", "LICENSE": "text/plain", "NOTICE": "text/plain"}
+"""The files of the vendored Swagger UI that /docs/assets serves (nothing else is)."""
 
 
 CLIENTS = (Role.CLIENT, Role.ADMIN)
@@ -344,10 +353,9 @@ def _outcomes(outcomes: list[Outcome]) -> list[dict[str, Any]]:
 
 def _wait_arg() -> float:
     raw = request.args.get("wait", "0")
-    try:
-        wait = float(raw)
-    except ValueError:
+    if not _NUMBER.fullmatch(raw):  # float() alone would take " 5", "5_0", "inf"
         raise ApiError(400, "invalid_field", f"wait: must be a number of seconds, got {raw!r}")
+    wait = float(raw)
     if not 0 <= wait <= 3600:
         raise ApiError(400, "invalid_field", "wait: must be between 0 and 3600 seconds")
     return wait
@@ -442,7 +450,7 @@ def _time_arg(name: str) -> float | None:
         value = float(raw)
     except ValueError:
         value = math.nan
-    if not math.isfinite(value) or not _NUMBER.fullmatch(raw.strip()):
+    if not math.isfinite(value) or not _NUMBER.fullmatch(raw):
         raise ApiError(400, "invalid_field",
                        f"{name}: must be Unix epoch seconds, got {raw[:40]!r}")
     return value
@@ -486,6 +494,46 @@ def stats() -> tuple[Response, int]:
     return jsonify(_dispatcher().stats()), 200
 
 
+@api.get("/metrics")
+@roles(Role.CLIENT, Role.WORKER, Role.ADMIN)  # what /stats shows, in another format
+def metrics() -> Response:
+    """Prometheus metrics: the cluster's state read at scrape time, this process's counters."""
+    return Response(_dispatcher().metrics.render(), mimetype=None,
+                    content_type=CONTENT_TYPE_LATEST)
+
+
+@api.get("/openapi.json")
+@public  # the API's contract, no data; the /docs page fetches it without a token
+def openapi_document() -> tuple[Response, int]:
+    """This API's OpenAPI 3.1 document, generated from the models that validate requests."""
+    document = current_app.extensions.get("taskqueue_openapi")
+    if document is None:  # built once: the routes and the task types are fixed at start
+        document = openapi.build(current_app, _dispatcher().registry,
+                                 auth=_dispatcher().config.auth_enabled)
+        current_app.extensions["taskqueue_openapi"] = document
+    return jsonify(document), 200
+
+
+@api.get("/docs")
+@public  # a browser navigation carries no Bearer header; the page holds no data
+def docs() -> Response:
+    """A browsable page of the OpenAPI document (Swagger UI, served by this dispatcher)."""
+    page = (SWAGGER_UI / "index.html").read_text(encoding="utf-8")
+    root = request.script_root
+    page = page.replace("{assets}", f"{root}/docs/assets").replace("{spec}",
+                                                                   f"{root}/openapi.json")
+    return Response(page, content_type="text/html; charset=utf-8")
+
+
+@api.get("/docs/assets/<name>")
+@public
+def docs_asset(name: str) -> Response:
+    """A file of the vendored Swagger UI."""
+    if name not in DOC_ASSETS:
+        raise ApiError(404, "not_found", f"name: no such file {name!r}")
+    return send_file(SWAGGER_UI / name, mimetype=DOC_ASSETS[name], max_age=3600)
+
+
 @api.get("/health")
 @public
 def health() -> tuple[Response, int]:
@@ -493,9 +541,26 @@ def health() -> tuple[Response, int]:
     return jsonify(_dispatcher().health()), 200
 
 
+def register_request_metrics(app: Any) -> None:
+    """Time every request and count it under its route rule (bounded labels, not raw paths)."""
+
+    @app.before_request
+    def _started() -> None:
+        g.started = time.perf_counter()
+
+    @app.after_request
+    def _answered(response: Response) -> Response:
+        started = g.get("started")
+        if started is not None:
+            rule = request.url_rule.rule if request.url_rule is not None else None
+            _dispatcher().metrics.on_request(rule, request.method, response.status_code,
+                                             time.perf_counter() - started)
+        return response
+
+
 def register_error_handlers(app: Any) -> None:
     """Map every error to the JSON error body; tracebacks go to the log only."""
-    from werkzeug.exceptions import HTTPException
+    from werkzeug.exceptions import HTTPException, MethodNotAllowed
 
     @app.errorhandler(ApiError)
     def _api_error(exc: ApiError) -> tuple[Response, int, dict[str, str]]:
@@ -528,13 +593,18 @@ def register_error_handlers(app: Any) -> None:
     @app.errorhandler(StorageUnavailable)
     def _unavailable(exc: StorageUnavailable) -> tuple[Response, int, dict[str, str]]:
         app.logger.warning("storage unavailable: %s", exc)
+        _dispatcher().metrics.storage_errors.labels("request").inc()
         body = {"code": "storage_unavailable", "message": f"storage unavailable: {exc}"}
         return jsonify(error=body), 503, {"Retry-After": "1"}
 
     @app.errorhandler(HTTPException)
-    def _http(exc: HTTPException) -> tuple[Response, int]:
+    def _http(exc: HTTPException) -> tuple[Response, int, dict[str, str]]:
         code = (exc.name or "error").lower().replace(" ", "_")
-        return jsonify(error={"code": code, "message": exc.description}), exc.code or 500
+        headers = {}
+        if isinstance(exc, MethodNotAllowed) and exc.valid_methods:
+            headers["Allow"] = ", ".join(exc.valid_methods)
+        body = {"code": code, "message": exc.description}
+        return jsonify(error=body), exc.code or 500, headers
 
     @app.errorhandler(Exception)
     def _unexpected(exc: Exception) -> tuple[Response, int]:

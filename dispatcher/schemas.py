@@ -8,7 +8,7 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_vali
 
 Name = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9._:@-]{0,127}$")]
 TaskId = Annotated[int, Field(ge=1, le=2**62)]
-Attempt = Annotated[int, Field(ge=1, le=2**31)]
+Attempt = Annotated[int, Field(ge=1, le=2**31 - 1)]  # the attempt column is a 32-bit integer
 MAX_SPLIT = 1000
 """Most parts one split job may have."""
 
@@ -73,6 +73,12 @@ class Release(_Body):
 
 class ResultItem(_Body):
     """One result: exactly one of ``result`` (success) or ``error`` (the task raised)."""
+
+    model_config = ConfigDict(json_schema_extra={"oneOf": [
+        {"required": ["result"], "properties": {"error": {"type": "null"}}},
+        {"required": ["error"], "not": {"required": ["result"]},
+         "properties": {"error": {"type": "string"}}},
+    ]})
 
     task_id: TaskId
     attempt: Attempt

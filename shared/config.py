@@ -20,6 +20,7 @@ from shared.utils import split_urls
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+LOG_FORMATS = ("text", "json")
 MAX_WORKER_PROCESSES = 1024
 _MODULE_PATH = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*")
 
@@ -59,6 +60,9 @@ class Config:
     """How many of the newest timeline events (reclaims, dead workers...) the database keeps."""
     run_dir: str = "run"
     log_level: str = "INFO"
+    log_format: str = "text"
+    """``text`` (one line per record, as always) or ``json`` (one JSON object per line, with
+    ``task_id``, ``worker_id`` and ``attempt`` fields on every line about a task)."""
     result_ttl: float = 7 * 24 * 3600.0
     """Seconds a finished task (result, checkpoint, idempotency key) is kept; <= 0: forever."""
     task_modules: str = ""
@@ -208,6 +212,7 @@ _RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "prefetch_max": (lambda v: 1 <= v <= 1000, "must be 1-1000"),
     "events_kept": (lambda v: 10 <= v <= 1_000_000, "must be 10-1000000"),
     "log_level": (lambda v: v in LOG_LEVELS, "must be one of " + ", ".join(LOG_LEVELS)),
+    "log_format": (lambda v: v in LOG_FORMATS, "must be one of " + ", ".join(LOG_FORMATS)),
     "database_url": (
         lambda v: v.startswith(("sqlite:///", "postgresql://", "postgres://")),
         "must start with sqlite:/// or postgresql://",
@@ -272,6 +277,8 @@ def _convert(name: str, raw: str, kind: type) -> Any:
             return float(text)
     except ValueError:
         raise ConfigError(f"{name} must be a {kind.__name__}, got {raw!r}") from None
+    if name == "LOG_FORMAT":
+        return text.lower()
     if name == "AUTH_REQUIRED":
         return {"1": "true", "yes": "true", "on": "true", "0": "false", "no": "false",
                 "off": "false"}.get(text.lower(), text.lower())

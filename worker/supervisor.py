@@ -366,7 +366,7 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"configuration error: {exc}", file=sys.stderr)
         return CONFIG_ERROR_EXIT
-    configure_logging(config.log_level)
+    configure_logging(config.log_level, log_format=config.log_format)
     try:
         urls = config.dispatcher_urls if args.url is None else check_dispatcher_urls(args.url)
     except ConfigError:

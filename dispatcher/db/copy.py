@@ -30,7 +30,7 @@ TABLES: dict[str, tuple[str, ...]] = {
     "tasks": ("task_id", "task_type", "params", "status", "priority", "attempt", "max_attempts",
               "worker_id", "worker_instance", "lease_expires_at", "progress", "error",
               "idempotency_key", "created_at", "started_at", "claimed_at", "finished_at",
-              "owner", "request_hash", "group_id"),
+              "requeued_at", "requeue_cause", "owner", "request_hash", "group_id"),
     "task_results": ("task_id", "attempt", "worker_id", "result", "created_at"),
     "checkpoints": ("task_id", "attempt", "worker_id", "state", "progress", "saved_at"),
     "workers": ("worker_id", "instance_id", "status", "last_heartbeat", "registered_at",

@@ -32,7 +32,9 @@ from dispatcher.db.schema import (
     SCHEMA_VERSION,
     migrations_between,
 )
-from dispatcher.db.store import Channel, Clock, Dialect, OnCommit, Store, Tx
+from dispatcher.db.store import (
+    OLDEST_PENDING, Channel, Clock, Dialect, OnCommit, Store, Tx,
+)
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +51,8 @@ QUERIES: dict[str, str] = {
                    worker_instance = %(instance_id)s, lease_expires_at = %(lease_expires_at)s,
                    claimed_at = %(now)s, started_at = COALESCE(t.started_at, %(now)s)
               FROM next WHERE t.task_id = next.task_id
-            RETURNING t.task_id, t.task_type, t.params, t.attempt, t.lease_expires_at)
+            RETURNING t.task_id, t.task_type, t.params, t.attempt, t.lease_expires_at,
+                      t.requeued_at, t.requeue_cause)
         SELECT c.*, cp.state AS cp_state, cp.progress AS cp_progress,
                cp.attempt AS cp_attempt, cp.saved_at AS cp_saved_at
           FROM claimed c LEFT JOIN checkpoints cp USING (task_id)""",
@@ -67,15 +70,16 @@ QUERIES: dict[str, str] = {
            AND worker_id = %(worker_id)s
         RETURNING task_id""",
     "move_requeue": """
-        UPDATE tasks SET status = 'pending', lease_expires_at = NULL
+        UPDATE tasks SET status = 'pending', lease_expires_at = NULL, requeued_at = %(now)s,
+               requeue_cause = %(cause)s
          WHERE task_id = %(task_id)s AND status = 'in-progress' AND attempt = %(attempt)s
-        RETURNING task_id, progress""",
+        RETURNING task_id, task_type, progress""",
     "move_give_up": """
         UPDATE tasks SET status = 'failed', error = %(error)s, lease_expires_at = NULL,
                finished_at = %(now)s
          WHERE task_id = %(task_id)s AND status = 'in-progress' AND attempt = %(attempt)s
            AND attempt >= max_attempts
-        RETURNING task_id, progress""",
+        RETURNING task_id, task_type, progress""",
     "move_cancel": """
         UPDATE tasks SET status = 'cancelled', lease_expires_at = NULL, finished_at = %(now)s
          WHERE task_id = %(task_id)s AND status IN ('pending', 'in-progress')
@@ -183,7 +187,7 @@ QUERIES: dict[str, str] = {
     "task_lease": """
         SELECT status, attempt, worker_id, task_type FROM tasks WHERE task_id = %(task_id)s""",
     "task_leases": """
-        SELECT task_id, status, attempt, worker_id, task_type, error FROM tasks
+        SELECT task_id, status, attempt, worker_id, task_type, error, claimed_at FROM tasks
          WHERE task_id = ANY(%(ids)s)""",
     "renew_lease": """
         UPDATE tasks SET progress = %(progress)s, lease_expires_at = %(lease_expires_at)s
@@ -208,6 +212,7 @@ QUERIES: dict[str, str] = {
            AND worker_instance IS DISTINCT FROM %(instance_id)s ORDER BY task_id""",
     "in_progress_all": """
         SELECT task_id, worker_id, attempt FROM tasks WHERE status = 'in-progress'""",
+    "oldest_pending": OLDEST_PENDING,
     "finished_since": """
         SELECT COUNT(*) AS n FROM tasks
          WHERE finished_at >= %(since)s AND status = 'completed'""",

@@ -140,6 +140,12 @@ CREATE INDEX IF NOT EXISTS tasks_status_id_idx ON tasks (status, task_id);
 CREATE INDEX IF NOT EXISTS tasks_type_status_idx ON tasks (task_type, status, task_id);
 CREATE INDEX IF NOT EXISTS tasks_created_idx ON tasks (created_at, task_id);
 """,
+    # v7: when and why a task last went back to the queue, so a claim can tell how long a
+    # reclaimed task waited to be reassigned (the reassignment-time histogram of /metrics).
+    7: """
+ALTER TABLE tasks ADD COLUMN requeued_at REAL;
+ALTER TABLE tasks ADD COLUMN requeue_cause TEXT;
+""",
     # v8: the cluster's recent events (reclaims, dead workers, resumptions, cancellations), for
     # the dashboard's timeline; written in the transaction of what they record, trimmed by the
     # monitor to the newest EVENTS_KEPT. AUTOINCREMENT: an id is never reused after a trim, so
@@ -315,6 +321,11 @@ CREATE INDEX IF NOT EXISTS tasks_group_idx ON tasks (group_id) WHERE group_id IS
 CREATE INDEX IF NOT EXISTS tasks_status_id_idx ON tasks (status, task_id);
 CREATE INDEX IF NOT EXISTS tasks_type_status_idx ON tasks (task_type, status, task_id);
 CREATE INDEX IF NOT EXISTS tasks_created_idx ON tasks (created_at, task_id);
+""",
+    # v7: when a task last went back to the queue (see SQLite's v7).
+    7: """
+ALTER TABLE tasks ADD COLUMN IF NOT EXISTS requeued_at double precision;
+ALTER TABLE tasks ADD COLUMN IF NOT EXISTS requeue_cause text;
 """,
     # v8: recent events for the dashboard's timeline (see the SQLite migration).
     8: """

@@ -27,7 +27,7 @@ from dispatcher.db.schema import (
     SQLITE_SCHEMA,
     migrations_between,
 )
-from dispatcher.db.store import Clock, Dialect, OnCommit, Store, Tx
+from dispatcher.db.store import OLDEST_PENDING, Clock, Dialect, OnCommit, Store, Tx
 from dispatcher.runtime import offload
 
 log = logging.getLogger(__name__)
@@ -41,7 +41,8 @@ QUERIES: dict[str, str] = {
                claimed_at = :now, started_at = COALESCE(started_at, :now)
          WHERE task_id IN (SELECT task_id FROM tasks WHERE status = 'pending'
                            ORDER BY priority DESC, task_id LIMIT :limit)
-        RETURNING task_id, task_type, params, attempt, lease_expires_at""",
+        RETURNING task_id, task_type, params, attempt, lease_expires_at, requeued_at,
+                  requeue_cause""",
     "move_complete": """
         UPDATE tasks SET status = 'completed', progress = 1.0, lease_expires_at = NULL,
                finished_at = :now
@@ -56,15 +57,16 @@ QUERIES: dict[str, str] = {
            AND worker_id = :worker_id
         RETURNING task_id""",
     "move_requeue": """
-        UPDATE tasks SET status = 'pending', lease_expires_at = NULL
+        UPDATE tasks SET status = 'pending', lease_expires_at = NULL, requeued_at = :now,
+               requeue_cause = :cause
          WHERE task_id = :task_id AND status = 'in-progress' AND attempt = :attempt
-        RETURNING task_id, progress""",
+        RETURNING task_id, task_type, progress""",
     "move_give_up": """
         UPDATE tasks SET status = 'failed', error = :error, lease_expires_at = NULL,
                finished_at = :now
          WHERE task_id = :task_id AND status = 'in-progress' AND attempt = :attempt
            AND attempt >= max_attempts
-        RETURNING task_id, progress""",
+        RETURNING task_id, task_type, progress""",
     "move_cancel": """
         UPDATE tasks SET status = 'cancelled', lease_expires_at = NULL, finished_at = :now
          WHERE task_id = :task_id AND status IN ('pending', 'in-progress') RETURNING task_id""",
@@ -172,7 +174,7 @@ QUERIES: dict[str, str] = {
     "task_lease": """
         SELECT status, attempt, worker_id, task_type FROM tasks WHERE task_id = :task_id""",
     "task_leases": """
-        SELECT task_id, status, attempt, worker_id, task_type, error FROM tasks
+        SELECT task_id, status, attempt, worker_id, task_type, error, claimed_at FROM tasks
          WHERE task_id IN (SELECT value FROM json_each(:ids))""",
     "renew_lease": """
         UPDATE tasks SET progress = :progress, lease_expires_at = :lease_expires_at
@@ -197,6 +199,7 @@ QUERIES: dict[str, str] = {
            AND worker_instance IS NOT :instance_id""",
     "in_progress_all": """
         SELECT task_id, worker_id, attempt FROM tasks WHERE status = 'in-progress'""",
+    "oldest_pending": OLDEST_PENDING,
     "finished_since": """
         SELECT COUNT(*) AS n FROM tasks WHERE finished_at >= :since AND status = 'completed'""",
     # -- checkpoints and results --
@@ -431,7 +434,9 @@ class SQLiteStore(Store):
         """A consistent read snapshot on a pooled reader connection."""
         with self._readers_lock:
             conn = self._readers.pop() if self._readers else None
-        conn = conn or self._connect()
+        if conn is None:
+            with _storage_errors():  # opening one sets pragmas: a locked file refuses them
+                conn = self._connect()
         try:
             with _storage_errors():
                 conn.execute("BEGIN")

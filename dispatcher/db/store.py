@@ -41,6 +41,7 @@ from dispatcher.models import (
     WorkerStatus,
     dumps,
 )
+from shared.utils import task_fields
 from tasks.base import InvalidCheckpoint
 
 log = logging.getLogger(__name__)
@@ -52,6 +53,21 @@ Held = tuple[int, int]  # (task_id, attempt)
 CheckpointCheck = Callable[[str, dict[str, Any], "dict[str, Any] | None"], None]
 """Called as check(task_type, new_state, previous_state); raises to refuse a checkpoint."""
 OnCommit = Callable[[], None] | None
+
+OLDEST_PENDING = """
+    WITH RECURSIVE levels(priority) AS (
+        SELECT MAX(priority) FROM tasks WHERE status = 'pending'
+        UNION ALL
+        SELECT (SELECT MAX(priority) FROM tasks
+                 WHERE status = 'pending' AND priority < levels.priority)
+          FROM levels WHERE levels.priority IS NOT NULL)
+    SELECT MIN((SELECT created_at FROM tasks WHERE status = 'pending'
+                   AND priority = levels.priority ORDER BY task_id LIMIT 1)) AS created_at
+      FROM levels WHERE levels.priority IS NOT NULL"""
+"""When the oldest pending task was submitted (the same SQL on both backends): the first task
+of each priority in the pending index, a skip scan with one index probe per distinct priority,
+never a scan of the tasks table. Ids grow with submission time, so the first id of a priority
+is its oldest task."""
 
 
 @dataclass(frozen=True)
@@ -310,8 +326,7 @@ class Store(abc.ABC):
             return quiet, []
         with self._write(durable=False) as tx:
             reclaimed = self._free_other_instances(tx, worker_id, instance_id)
-            revoked = [task_id for task_id, attempt in held
-                       if not _holds(tx, task_id, attempt, worker_id)]
+            revoked = _not_held(tx, held, worker_id)
             if unlisted_grace is not None and instance_id is not None:
                 listed = {task_id for task_id, _ in held}
                 lost = [row for row in tx.all("leased_to_instance",
@@ -712,6 +727,23 @@ class Store(abc.ABC):
                     "events_latest", {"task_id": None, "limit": rows})])
         return found
 
+    def gauges(self) -> dict[str, Any]:
+        """What /metrics reads from the database, in one read transaction of indexed reads.
+
+        Tasks per status (the trigger-kept counts), the reclaim counters, every worker's
+        row (with heartbeats not yet written), when the oldest pending task was submitted
+        (None: none pending), and ``now`` (the store's clock). Never scans the tasks table.
+        """
+        with self._read() as tx:
+            counts = {s.value: 0 for s in TaskStatus}
+            for row in tx.all("status_counts"):
+                counts[row["status"]] = int(row["n"])
+            counters = {row["name"]: int(row["value"]) for row in tx.all("counters_all")}
+            workers = [self._beats.merged(dict(row)) for row in tx.all("workers_all")]
+            oldest = tx.one("oldest_pending")
+        return {"now": tx.now, "counts": counts, "counters": counters, "workers": workers,
+                "oldest_pending_at": oldest["created_at"] if oldest is not None else None}
+
     # -- helpers inside transactions ----------------------------------------------------------
 
     def _record(self, tx: Tx, worker_id: str, reports: Sequence[Report]
@@ -746,8 +778,7 @@ class Store(abc.ABC):
             self._notify(tx, Channel.FINISHED)
         if plan.repeats:
             _judge_repeats(tx, worker_id, plan, outcomes)
-        return [Outcome(r.task_id, r.attempt, outcomes[id(r)], plan.status_after(r, outcomes))
-                for r in reports], completed
+        return [plan.outcome(r, outcomes, tx.now) for r in reports], completed
 
     def _store_results(self, tx: Tx, worker_id: str, results: list[Report], moved: set[int],
                        outcomes: dict[int, OutcomeKind]) -> int:
@@ -771,13 +802,14 @@ class Store(abc.ABC):
         reclaimed, events = [], []
         for row in held:
             params = {"task_id": row["task_id"], "attempt": row["attempt"], "now": tx.now,
+                      "cause": cause.value,
                       "error": f"gave up after {row['attempt']} attempts (last: {cause.value})"}
             moved = move(tx, Move.GIVE_UP, params) if counts else []
             given_up = bool(moved)
             moved = moved or move(tx, Move.REQUEUE, params)
             if moved:
                 reclaimed.append(Reclaim(row["task_id"], worker_id, row["attempt"], cause,
-                                         given_up))
+                                         given_up, moved[0]["task_type"]))
                 if cause is not ReclaimCause.RETURNED:  # prefetch bookkeeping, not news
                     events.append(_reclaim_event(reclaimed[-1], moved[0]["progress"]))
         _add_events(tx, events)
@@ -965,8 +997,17 @@ class Beats:
         return row
 
 
-def _holds(tx: Tx, task_id: int, attempt: int, worker_id: str) -> bool:
-    row = tx.one("task_lease", {"task_id": task_id})
+def _not_held(tx: Tx, held: Sequence[Held], worker_id: str) -> list[int]:
+    """The listed task ids that are not (or no longer) this worker's lease: one query for all."""
+    if not held:
+        return []
+    ids = tx.id_list(sorted({task_id for task_id, _ in held}))
+    rows = {row["task_id"]: row for row in tx.all("task_leases", {"ids": ids})}
+    return [task_id for task_id, attempt in held
+            if not _is_lease(rows.get(task_id), attempt, worker_id)]
+
+
+def _is_lease(row: Row | None, attempt: int, worker_id: str) -> bool:
     return (row is not None and row["status"] == TaskStatus.IN_PROGRESS.value
             and row["attempt"] == attempt and row["worker_id"] == worker_id)
 
@@ -1015,9 +1056,11 @@ def _lost_claims(tx: Tx, worker_id: str, instance_id: str | None) -> list[Row]:
     if instance_id is None:
         return []
     rows = tx.all("leased_to_instance", {"worker_id": worker_id, "instance_id": instance_id})
+    for row in rows:
+        log.warning("re-delivering task %s (attempt %s) to worker %s: its claim answer was lost",
+                    row["task_id"], row["attempt"], worker_id,
+                    extra=task_fields(row["task_id"], worker_id, row["attempt"]))
     if rows:
-        log.warning("re-delivering tasks %s to worker %s: their claim answer was lost",
-                    [row["task_id"] for row in rows], worker_id)
         tx.run("counter_add", {"name": "redelivered", "value": len(rows)})
     return rows
 
@@ -1039,9 +1082,17 @@ def _leases(tx: Tx, rows: Sequence[Row], lease_seconds: float) -> list[Lease]:
     leases = [Lease(task_id=row["task_id"], task_type=row["task_type"],
                     params=json.loads(row["params"]), attempt=row["attempt"],
                     lease_expires_at=row["lease_expires_at"], lease_seconds=lease_seconds,
-                    checkpoint=checkpoints.get(row["task_id"]))
+                    checkpoint=checkpoints.get(row["task_id"]),
+                    requeued=_requeued(row))
               for row in rows]
     return sorted(leases, key=lambda lease: lease.task_id)
+
+
+def _requeued(row: Row) -> tuple[float, str] | None:
+    """When and why a claimed task last went back to the queue (None: first claim)."""
+    if "requeued_at" not in row.keys() or row["requeued_at"] is None:
+        return None
+    return row["requeued_at"], row["requeue_cause"] or "unknown"
 
 
 class _Plan:
@@ -1075,6 +1126,19 @@ class _Plan:
         else:
             self.results.append(report)
 
+    def outcome(self, report: Report, outcomes: dict[int, OutcomeKind], now: float) -> Outcome:
+        """The outcome of one report, with its task type and, if it finished the task, the
+        time its attempt ran (from the claim)."""
+        kind = outcomes[id(report)]
+        row = self.rows.get(report.task_id)
+        if row is None:
+            return Outcome(report.task_id, report.attempt, kind, None)
+        ran = None
+        if kind in (OutcomeKind.ACCEPTED, OutcomeKind.REFUSED) and row["claimed_at"] is not None:
+            ran = max(0.0, now - row["claimed_at"])
+        return Outcome(report.task_id, report.attempt, kind,
+                       self.status_after(report, outcomes), row["task_type"], ran)
+
     def status_after(self, report: Report, outcomes: dict[int, OutcomeKind]) -> TaskStatus | None:
         """The task's status once this batch is recorded (as far as this batch knows)."""
         row = self.rows.get(report.task_id)
@@ -1096,7 +1160,8 @@ def _fail(tx: Tx, worker_id: str, report: Report) -> OutcomeKind:
         return OutcomeKind.STALE
     if report.refused is not None:
         log.warning("task %s attempt %s from worker %s: result refused (%s); task failed",
-                    report.task_id, report.attempt, worker_id, report.refused)
+                    report.task_id, report.attempt, worker_id, report.refused,
+                    extra=task_fields(report.task_id, worker_id, report.attempt))
         return OutcomeKind.REFUSED
     return OutcomeKind.ACCEPTED
 

@@ -91,6 +91,8 @@ def test_only_finished_tasks_older_than_the_ttl_are_purged_in_batches(
     assert client.get(f"/task/{old[0]}").status_code == 404
     assert_stats_agree_with_rows(client, purging)
     assert client.get("/stats").json["monitor"]["purged"] == 2
+    metrics = client.get("/metrics").get_data(as_text=True)
+    assert "\ntaskqueue_tasks_purged_total 2.0\n" in metrics  # the monitor's count, as /stats
     report(client, still_running)  # a task that was running all along is untouched
     assert client.get(f"/task/{still_running['task_id']}").json["status"] == "completed"
 
