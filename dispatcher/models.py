@@ -13,7 +13,7 @@ from typing import Any
 class TaskStatus(str, enum.Enum):
     """Where a task is in its life; the values are the spec's strings."""
 
-    PENDING = "pending"  # waiting for a worker (new, or returned to the queue)
+    PENDING = "pending"  # waiting for a worker (new, returned, or until its run_after)
     IN_PROGRESS = "in-progress"  # leased to one worker for one attempt
     COMPLETED = "completed"  # a result is stored in task_results
     FAILED = "failed"  # the task raised, or it ran out of attempts
@@ -33,12 +33,15 @@ TRANSITIONS: dict[TaskStatus, frozenset[TaskStatus]] = {
         {TaskStatus.PENDING, TaskStatus.COMPLETED, TaskStatus.FAILED, TaskStatus.CANCELLED}
     ),
     TaskStatus.COMPLETED: frozenset(),
-    TaskStatus.FAILED: frozenset(),
-    TaskStatus.CANCELLED: frozenset(),
+    TaskStatus.FAILED: frozenset({TaskStatus.PENDING}),
+    TaskStatus.CANCELLED: frozenset({TaskStatus.PENDING}),
 }
 """Allowed moves. Only an in-progress task completes: once a lease is revoked (worker dead,
 lease expired, released), a result for that attempt is stale even before anyone claims again.
-in-progress -> pending is a reclaim; it becomes failed instead when attempts run out."""
+in-progress -> pending is a reclaim, or a retry after an error (with a backoff); it becomes
+failed instead when attempts or retries run out, on a crash loop, or on a timeout. A failed or
+cancelled task goes back to pending only when a user asks (``POST /task/<id>/retry``); a
+completed one never changes again."""
 
 
 class WorkerStatus(str, enum.Enum):
@@ -58,6 +61,22 @@ class ReclaimCause(str, enum.Enum):
     RETURNED = "returned_unstarted"  # a prefetching worker gave back tasks it had not started
     LOST_CLAIM = "lost_claim"  # leased, but the worker's heartbeats never listed it
     WORKER_RESTARTED = "worker_restarted"
+    TIMED_OUT = "timed_out"  # ran past its timeout_seconds: failed, not requeued
+
+    @property
+    def crash(self) -> bool:
+        """True for the causes that mean the attempt's worker died or lost the task: they
+        use up an attempt and count towards the crash-loop breaker."""
+        return self in (ReclaimCause.DEAD_WORKER, ReclaimCause.EXPIRED_LEASE,
+                        ReclaimCause.WORKER_RESTARTED)
+
+
+class AttemptKind(str, enum.Enum):
+    """How one failed attempt of a task ended (its ``attempts`` history)."""
+
+    ERROR = "error"  # the task raised; retried after a backoff while retries are left
+    CRASH = "crash"  # its worker died, restarted or let the lease expire
+    TIMEOUT = "timeout"  # it ran past timeout_seconds
 
 
 def dumps(value: Any) -> str:
@@ -85,6 +104,13 @@ class Task:
     claimed_at: float | None
     finished_at: float | None
     lease_expires_at: float | None
+    max_retries: int = 0
+    retries: int = 0
+    retry_backoff: float = 1.0
+    run_after: float | None = None
+    timeout_seconds: float | None = None
+    crash_streak: int = 0
+    attempts: tuple[dict[str, Any], ...] = ()
 
     @classmethod
     def from_row(cls, row: Any) -> "Task":
@@ -107,6 +133,12 @@ class Task:
             claimed_at=row["claimed_at"],
             finished_at=row["finished_at"],
             lease_expires_at=row["lease_expires_at"],
+            max_retries=row["max_retries"],
+            retries=row["retries"],
+            retry_backoff=row["retry_backoff"],
+            run_after=row["run_after"],
+            timeout_seconds=row["timeout_seconds"],
+            crash_streak=row["crash_streak"],
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -128,6 +160,13 @@ class Task:
             "claimed_at": self.claimed_at,
             "finished_at": self.finished_at,
             "lease_expires_at": self.lease_expires_at,
+            "max_retries": self.max_retries,
+            "retries": self.retries,
+            "retry_backoff": self.retry_backoff,
+            "run_after": self.run_after,
+            "timeout_seconds": self.timeout_seconds,
+            "crash_streak": self.crash_streak,
+            "attempts": list(self.attempts),
         }
 
 
@@ -172,6 +211,7 @@ class Lease:
     lease_expires_at: float
     lease_seconds: float
     checkpoint: Checkpoint | None
+    timeout_seconds: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON form returned by ``POST /get-task``."""
@@ -183,6 +223,7 @@ class Lease:
             "lease_expires_at": self.lease_expires_at,
             "lease_seconds": self.lease_seconds,
             "checkpoint": self.checkpoint.to_dict() if self.checkpoint else None,
+            "timeout_seconds": self.timeout_seconds,
         }
 
 
@@ -195,6 +236,11 @@ class NewTask:
     priority: int
     max_attempts: int
     idempotency_key: str | None = None
+    max_retries: int = 0
+    retry_backoff: float = 1.0
+    timeout_seconds: float | None = None
+    run_at: float | None = None  # not claimable before this time (epoch seconds)
+    delay_seconds: float | None = None  # ... or before this long after the submission
 
 
 @dataclass(frozen=True)
@@ -221,6 +267,7 @@ class Report:
     result_json: str | None
     error: str | None = None
     refused: str | None = None
+    final: bool = False  # an error no retry can fix (the worker says so): not retried
 
 
 class OutcomeKind(str, enum.Enum):

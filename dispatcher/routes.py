@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import time
 from typing import Any
 
 from flask import Blueprint, Response, current_app, jsonify, request
@@ -17,9 +18,12 @@ from dispatcher.models import (
     TaskStatus,
     dumps,
 )
+from dispatcher.scheduler import cron_error
 from dispatcher.schemas import (
+    MAX_DELAY_SECONDS,
     GetTask,
     Heartbeat,
+    NewSchedule,
     Release,
     ResultItem,
     SaveCheckpoint,
@@ -59,22 +63,44 @@ def _check_size(field: str, value: Any, limit: int, setting: str) -> str:
     return text
 
 
-def _new_task(raw: Any, prefix: str, key: str | None) -> NewTask:
-    body = parse(SubmitTask, raw, prefix)
+def _task_options(body: SubmitTask | NewSchedule, prefix: str) -> dict[str, Any]:
+    """The validated params and the lifecycle options (config defaults filled in)."""
     config = _dispatcher().config
     _check_size(f"{prefix}params", body.params, config.max_params_bytes, "MAX_PARAMS_BYTES")
     try:
         params = _dispatcher().registry.validate_task(body.task_type, body.params)
     except InvalidParams as exc:
         raise ApiError(400, "invalid_field", f"{prefix}{exc.field}: {exc.message}") from None
-    max_attempts = body.max_attempts or config.max_attempts
-    return NewTask(body.task_type, params, body.priority, max_attempts, key)
+    return {
+        "task_type": body.task_type, "params": params, "priority": body.priority,
+        "max_attempts": body.max_attempts or config.max_attempts,
+        "max_retries": (config.default_max_retries if body.max_retries is None
+                        else body.max_retries),
+        "retry_backoff": (config.default_retry_backoff if body.retry_backoff is None
+                          else body.retry_backoff),
+        "timeout_seconds": body.timeout_seconds,
+    }
+
+
+def _new_task(raw: Any, prefix: str, key: str | None) -> NewTask:
+    body = parse(SubmitTask, raw, prefix)
+    if body.run_at is not None and body.delay_seconds is not None:
+        raise ApiError(400, "invalid_field",
+                       f"{prefix}run_at: give run_at or delay_seconds, not both")
+    if body.run_at is not None and body.run_at > time.time() + MAX_DELAY_SECONDS:
+        raise ApiError(400, "invalid_field", f"{prefix}run_at: at most {MAX_DELAY_SECONDS} "
+                       "seconds ahead")
+    options = _task_options(body, prefix)
+    return NewTask(options["task_type"], options["params"], options["priority"],
+                   options["max_attempts"], key, options["max_retries"],
+                   options["retry_backoff"], options["timeout_seconds"], body.run_at,
+                   body.delay_seconds)
 
 
 def _report(item: ResultItem) -> Report:
     """A posted result as the store takes it; an oversized one is marked refused."""
     if item.error is not None:
-        return Report(item.task_id, item.attempt, None, item.error)
+        return Report(item.task_id, item.attempt, None, item.error, final=not item.retry)
     text = dumps(item.result)
     limit = _dispatcher().config.max_result_bytes
     if len(text) > limit:
@@ -226,6 +252,38 @@ def task_status(task_id: int) -> tuple[Response, int]:
 def cancel_task(task_id: int) -> tuple[Response, int]:
     """Cancel a task that has not finished."""
     return jsonify(_dispatcher().cancel(task_id).to_dict()), 200
+
+
+@api.post(f"/task/<{TASK_ID}>/retry")
+def retry_task(task_id: int) -> tuple[Response, int]:
+    """Put a failed or cancelled task back in the queue (409 for any other status)."""
+    return jsonify(_dispatcher().retry(task_id).to_dict()), 200
+
+
+@api.post("/schedules")
+def add_schedule() -> tuple[Response, int]:
+    """Submit a task every N seconds or on a cron expression (UTC), from now on."""
+    body = parse(NewSchedule, _body())
+    if (body.every_seconds is None) == (body.cron is None):
+        raise ApiError(400, "invalid_field", "every_seconds: give exactly one of "
+                       "every_seconds or cron")
+    if body.cron is not None and (problem := cron_error(body.cron)) is not None:
+        raise ApiError(400, "invalid_field", f"cron: {problem}")
+    spec = {**_task_options(body, ""), "every_seconds": body.every_seconds, "cron": body.cron}
+    return jsonify(_dispatcher().add_schedule(spec)), 201
+
+
+@api.get("/schedules")
+def list_schedules() -> tuple[Response, int]:
+    """Every schedule with its next run."""
+    return jsonify(schedules=_dispatcher().list_schedules()), 200
+
+
+@api.delete(f"/schedules/<{TASK_ID.replace('task_id', 'schedule_id')}>")
+def delete_schedule(schedule_id: int) -> tuple[Response, int]:
+    """Stop a schedule; the tasks it submitted stay."""
+    _dispatcher().delete_schedule(schedule_id)
+    return jsonify(schedule_id=schedule_id, deleted=True), 200
 
 
 @api.get("/tasks")

@@ -33,10 +33,12 @@ QUERIES: dict[str, str] = {
         UPDATE tasks
            SET status = 'in-progress', attempt = attempt + 1, worker_id = :worker_id,
                worker_instance = :instance_id, lease_expires_at = :lease_expires_at,
-               claimed_at = :now, started_at = COALESCE(started_at, :now)
-         WHERE task_id IN (SELECT task_id FROM tasks WHERE status = 'pending'
+               claimed_at = :now, started_at = COALESCE(started_at, :now),
+               timeout_at = :now + timeout_seconds
+         WHERE task_id IN (SELECT task_id FROM tasks
+                            WHERE status = 'pending' AND run_after IS NULL
                            ORDER BY priority DESC, task_id LIMIT :limit)
-        RETURNING task_id, task_type, params, attempt, lease_expires_at""",
+        RETURNING task_id, task_type, params, attempt, lease_expires_at, timeout_seconds""",
     "move_complete": """
         UPDATE tasks SET status = 'completed', progress = 1.0, lease_expires_at = NULL,
                finished_at = :now
@@ -51,7 +53,11 @@ QUERIES: dict[str, str] = {
            AND worker_id = :worker_id
         RETURNING task_id""",
     "move_requeue": """
-        UPDATE tasks SET status = 'pending', lease_expires_at = NULL
+        UPDATE tasks SET status = 'pending', lease_expires_at = NULL,
+               crash_streak = CASE WHEN :crash = 0 THEN crash_streak
+                   WHEN crash_progress IS NOT NULL AND progress <= crash_progress
+                   THEN crash_streak + 1 ELSE 1 END,
+               crash_progress = CASE WHEN :crash = 0 THEN crash_progress ELSE progress END
          WHERE task_id = :task_id AND status = 'in-progress' AND attempt = :attempt
         RETURNING task_id""",
     "move_give_up": """
@@ -63,15 +69,83 @@ QUERIES: dict[str, str] = {
     "move_cancel": """
         UPDATE tasks SET status = 'cancelled', lease_expires_at = NULL, finished_at = :now
          WHERE task_id = :task_id AND status IN ('pending', 'in-progress') RETURNING task_id""",
+    "move_retry": """
+        UPDATE tasks SET status = 'pending', lease_expires_at = NULL, error = :error,
+               retries = retries + 1, run_after = :run_after
+         WHERE task_id = :task_id AND status = 'in-progress' AND attempt = :attempt
+           AND worker_id = :worker_id AND retries < max_retries AND attempt < max_attempts
+        RETURNING task_id, retries""",
+    "move_quarantine": """
+        UPDATE tasks SET status = 'failed', error = :error, lease_expires_at = NULL,
+               finished_at = :now, crash_streak = crash_streak + 1
+         WHERE task_id = :task_id AND status = 'in-progress' AND attempt = :attempt
+           AND crash_progress IS NOT NULL AND progress <= crash_progress
+           AND crash_streak + 1 >= :limit
+        RETURNING task_id""",
+    "move_time_out": """
+        UPDATE tasks SET status = 'failed', error = :error, lease_expires_at = NULL,
+               finished_at = :now
+         WHERE task_id = :task_id AND status = 'in-progress' AND attempt = :attempt
+        RETURNING task_id""",
+    "move_rerun": """
+        UPDATE tasks SET status = 'pending', error = NULL, finished_at = NULL, run_after = NULL,
+               worker_id = NULL, worker_instance = NULL, lease_expires_at = NULL,
+               retries = 0, crash_streak = 0, crash_progress = NULL,
+               max_attempts = attempt + :max_attempts,
+               progress = COALESCE((SELECT c.progress FROM checkpoints c
+                                     WHERE c.task_id = tasks.task_id), 0)
+         WHERE task_id = :task_id AND status IN ('failed', 'cancelled')
+        RETURNING task_id""",
     # -- tasks --
     "insert_task": """
-        INSERT INTO tasks (task_type, params, priority, max_attempts, idempotency_key, created_at)
-        VALUES (:task_type, :params, :priority, :max_attempts, :idempotency_key, :now)
+        INSERT INTO tasks (task_type, params, priority, max_attempts, idempotency_key, created_at,
+                           max_retries, retry_backoff, timeout_seconds, run_after)
+        VALUES (:task_type, :params, :priority, :max_attempts, :idempotency_key, :now,
+                :max_retries, :retry_backoff, :timeout_seconds, :run_after)
         ON CONFLICT (idempotency_key) DO NOTHING
         RETURNING task_id""",
     "insert_tasks": """
-        INSERT INTO tasks (task_type, params, priority, max_attempts, idempotency_key, created_at)
-        VALUES (:task_type, :params, :priority, :max_attempts, :idempotency_key, :now)""",
+        INSERT INTO tasks (task_type, params, priority, max_attempts, idempotency_key, created_at,
+                           max_retries, retry_backoff, timeout_seconds, run_after)
+        VALUES (:task_type, :params, :priority, :max_attempts, :idempotency_key, :now,
+                :max_retries, :retry_backoff, :timeout_seconds, :run_after)""",
+    "due_promote": """
+        UPDATE tasks SET run_after = NULL
+         WHERE status = 'pending' AND run_after IS NOT NULL AND run_after <= :now
+        RETURNING task_id""",
+    "due_next": """
+        SELECT MIN(run_after) AS at FROM tasks
+         WHERE status = 'pending' AND run_after IS NOT NULL""",
+    "timed_out": """
+        SELECT task_id, attempt, worker_id, timeout_seconds FROM tasks
+         WHERE status = 'in-progress' AND timeout_at IS NOT NULL AND timeout_at < :now""",
+    "attempt_put": """
+        INSERT INTO task_attempts (task_id, attempt, worker_id, kind, error, at)
+        VALUES (:task_id, :attempt, :worker_id, :kind, :error, :now)
+        ON CONFLICT (task_id, attempt) DO NOTHING""",
+    "attempts_of": """
+        SELECT attempt, worker_id, kind, error, at FROM task_attempts
+         WHERE task_id = :task_id ORDER BY attempt""",
+    # -- schedules --
+    "schedule_insert": """
+        INSERT INTO schedules (task_type, params, priority, max_attempts, max_retries,
+                               retry_backoff, timeout_seconds, every_seconds, cron, next_run_at,
+                               created_at)
+        VALUES (:task_type, :params, :priority, :max_attempts, :max_retries, :retry_backoff,
+                :timeout_seconds, :every_seconds, :cron, :next_run_at, :now)
+        RETURNING schedule_id""",
+    "schedule_get": "SELECT * FROM schedules WHERE schedule_id = :schedule_id",
+    "schedule_list": "SELECT * FROM schedules ORDER BY schedule_id",
+    "schedule_delete": """
+        DELETE FROM schedules WHERE schedule_id = :schedule_id RETURNING schedule_id""",
+    "schedules_due": """
+        SELECT * FROM schedules WHERE next_run_at <= :now ORDER BY next_run_at LIMIT 100""",
+    "schedule_advance": """
+        UPDATE schedules SET next_run_at = :next, last_run_at = :due, last_task_id = :task_id,
+               runs = runs + 1
+         WHERE schedule_id = :schedule_id AND next_run_at = :due
+        RETURNING schedule_id""",
+    "schedule_next": "SELECT MIN(next_run_at) AS at FROM schedules",
     "last_insert_id": "SELECT last_insert_rowid() AS id",
     "task_by_key": "SELECT task_id, status FROM tasks WHERE idempotency_key = :key",
     "task_view": """
@@ -84,7 +158,8 @@ QUERIES: dict[str, str] = {
     "task_lease": """
         SELECT status, attempt, worker_id, task_type FROM tasks WHERE task_id = :task_id""",
     "task_leases": """
-        SELECT task_id, status, attempt, worker_id, task_type, error FROM tasks
+        SELECT task_id, status, attempt, worker_id, task_type, error, retries, max_retries,
+               retry_backoff, max_attempts FROM tasks
          WHERE task_id IN (SELECT value FROM json_each(:ids))""",
     "renew_lease": """
         UPDATE tasks SET progress = :progress, lease_expires_at = :lease_expires_at
@@ -100,7 +175,8 @@ QUERIES: dict[str, str] = {
         SELECT task_id, attempt FROM tasks
          WHERE status = 'in-progress' AND worker_id = :worker_id""",
     "leased_to_instance": """
-        SELECT task_id, task_type, params, attempt, lease_expires_at, claimed_at FROM tasks
+        SELECT task_id, task_type, params, attempt, lease_expires_at, claimed_at,
+               timeout_seconds FROM tasks
          WHERE status = 'in-progress' AND worker_id = :worker_id
            AND worker_instance = :instance_id""",
     "held_by_other_instance": """
@@ -140,7 +216,8 @@ QUERIES: dict[str, str] = {
          WHERE w.worker_id = :worker_id""",
     "worker_idle": """
         SELECT w.instance_id, w.status,
-               EXISTS (SELECT 1 FROM tasks WHERE status = 'pending') AS pending,
+               EXISTS (SELECT 1 FROM tasks
+                        WHERE status = 'pending' AND run_after IS NULL) AS pending,
                (SELECT COUNT(*) FROM tasks t WHERE t.status = 'in-progress'
                    AND t.worker_id = w.worker_id
                    AND t.worker_instance = w.instance_id) AS leased
@@ -342,7 +419,7 @@ class SQLiteStore(Store):
             if version > SCHEMA_VERSION:
                 raise StoreError(f"database schema version {version} is newer than this code "
                                  f"({SCHEMA_VERSION}); upgrade the dispatcher")
-            for target in range(version + 1, SCHEMA_VERSION + 1):
+            for target in sorted(v for v in SQLITE_MIGRATIONS if version < v <= SCHEMA_VERSION):
                 tx.run_script(SQLITE_MIGRATIONS[target])
                 log.info("database migrated to schema version %s", target)
             tx.run("schema_version_put", {"version": str(SCHEMA_VERSION)})

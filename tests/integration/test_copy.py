@@ -34,6 +34,10 @@ def a_busy_queue(path: Path) -> SQLiteStore:
     store.release("w1", leases[3].task_id, 1, None, None, cause=ReclaimCause.RELEASED)
     store.cancel(ids[-1])
     store.heartbeat("w2", "i2", [])
+    store.add_schedule({"task_type": "noop", "params": {"p": 1}, "priority": 0,
+                        "max_attempts": 5, "max_retries": 1, "retry_backoff": 1.0,
+                        "timeout_seconds": None, "every_seconds": 60.0, "cron": None},
+                       lambda now: now + 60)
     return store
 
 
@@ -43,9 +47,11 @@ def test_a_sqlite_queue_moves_to_postgresql_whole(tmp_path: Path, target: str) -
     source.close()
     copied = copy_queue(f"sqlite:///{tmp_path / 'tasks.db'}", target)
     assert copied.rows == {"tasks": 8, "task_results": 1, "checkpoints": 1, "workers": 2,
-                           "counters": 1}
+                           "counters": 1, "task_attempts": 1, "schedules": 1}
     store = PostgresStore(target)
     assert {t.task_id: t for t in store.list_tasks(None, 100)} == expected
+    [schedule] = store.list_schedules()
+    assert schedule["params"] == {"p": 1} and schedule["every_seconds"] == 60.0
     stats = store.stats()
     assert {k: v for k, v in stats["counts"].items() if v} == {
         "pending": 4, "in-progress": 1, "completed": 1, "failed": 1, "cancelled": 1}
