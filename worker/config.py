@@ -33,6 +33,8 @@ class WorkerConfig:
     max_result_bytes: int = 1024 * 1024
     max_tasks: int | None = None
     burst: bool = False
+    timeout_grace: float = 2.0
+    """How long a task may run past its timeout_seconds before the worker ends itself."""
 
     @property
     def dispatcher_urls(self) -> tuple[str, ...]:
@@ -86,4 +88,5 @@ def make_worker_config(
         max_result_bytes=config.max_result_bytes,
         max_tasks=max_tasks,
         burst=burst,
+        timeout_grace=config.timeout_grace,
     )
