@@ -154,7 +154,7 @@ def run_command(args: argparse.Namespace) -> int:
             if args.command == "retry":
                 views = [client.retry(task_id) for task_id in args.task_ids]
                 _show(args, {"tasks": views},
-                      [f"task {v['task_id']} is {v['status']} again" for v in views])
+                      [f"task {v['task_id']} is back in the queue" for v in views])
             elif args.command == "schedule":
                 args.count = 1
                 [body] = build_tasks(args)
