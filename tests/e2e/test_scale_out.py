@@ -9,6 +9,7 @@ import threading
 import time
 from pathlib import Path
 
+import psycopg
 import pytest
 import requests
 
@@ -171,3 +172,35 @@ def test_scripts_run_two_dispatchers_on_one_database(
             if proc.poll() is None:
                 proc.send_signal(signal.SIGKILL)
                 proc.wait()
+
+
+def test_a_schedule_fires_once_per_period_with_two_dispatchers(
+    make_cluster: ClusterFactory,
+) -> None:
+    cluster = make_cluster()
+    b = cluster.add_dispatcher()
+    resp = cluster.post("/schedules", {"task_type": "noop", "params": {}, "every_seconds": 1})
+    assert resp.status_code == 201
+    schedule_id = resp.json()["schedule_id"]
+
+    def runs(url: str) -> int:
+        found = requests.get(f"{url}/schedules", timeout=10).json()["schedules"]
+        return found[0]["runs"]
+
+    wait_until(lambda: runs(b) >= 4, 30, message="4 periods")
+    cluster.kill_dispatcher()  # B alone keeps the schedule going
+    before = runs(b)
+    wait_until(lambda: runs(b) >= before + 2, 30, message="2 more periods through B")
+    assert requests.delete(f"{b}/schedules/{schedule_id}", timeout=10).status_code == 200
+    with psycopg.connect(cluster.database_url) as conn:
+        keys = [row[0] for row in conn.execute(
+            "SELECT idempotency_key FROM tasks WHERE idempotency_key LIKE %s",
+            (f"schedule:{schedule_id}:%",))]
+        [(total,)] = conn.execute("SELECT runs FROM schedules").fetchall() or [(None,)]
+    periods = sorted(float(key.rsplit(":", 1)[1]) for key in keys)
+    assert len(keys) == len(set(keys)) >= 6  # one task per period, none twice
+    # Periods a whole number of seconds apart: each fired once, on its own period (a period
+    # is skipped, never doubled, if no timer got to it in time).
+    steps = [later - earlier for earlier, later in zip(periods, periods[1:])]
+    assert all(step >= 1 and abs(step - round(step)) < 1e-6 for step in steps), periods
+    assert total is None  # deleted
