@@ -60,7 +60,7 @@ class HeartbeatMonitor:
             log.warning(
                 "reclaimed task %s from worker %s (attempt %s, cause %s) -> %s",
                 item.task_id, item.worker_id, item.attempt, item.cause.value,
-                "failed (out of attempts)" if item.failed else "pending",
+                "failed" if item.failed else "pending",
             )
         self.stats.sweeps += 1
         self.stats.reclaimed += len(swept.reclaims)

@@ -93,9 +93,14 @@ class DueTimer:
             self._wake.set()
 
     def tick(self) -> float | None:
-        """Release everything due now; the next time something comes due (or None)."""
-        fired = self.store.fire_schedules(_next_run)
-        promoted = self.store.promote_due()
+        """Release everything due now; the next time something comes due (or None).
+
+        Reads first, and writes only when something is due.
+        """
+        task_at, schedule_at, now = self.store.due_times()
+        fired = (self.store.fire_schedules(_next_run)
+                 if schedule_at is not None and schedule_at <= now else [])
+        promoted = self.store.promote_due() if task_at is not None and task_at <= now else 0
         self.fired += len(fired)
         if promoted or fired:
             log.debug("due timer: %d delayed task(s) now claimable, %d scheduled task(s) "

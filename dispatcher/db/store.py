@@ -498,11 +498,16 @@ class Store(abc.ABC):
             self._notify(tx, Channel.TASKS, count)
         return count
 
+    def due_times(self) -> tuple[float | None, float | None, float]:
+        """(earliest ``run_after`` of a delayed task, earliest schedule, now): one read."""
+        with self._read() as tx:
+            task, schedule = tx.one("due_next"), tx.one("schedule_next")
+        return (task["at"] if task is not None else None,
+                schedule["at"] if schedule is not None else None, tx.now)
+
     def next_due(self) -> float | None:
         """The earliest time a delayed task comes due or a schedule fires, or None."""
-        with self._read() as tx:
-            times = [row["at"] for row in (tx.one("due_next"), tx.one("schedule_next"))
-                     if row is not None and row["at"] is not None]
+        times = [at for at in self.due_times()[:2] if at is not None]
         return min(times) if times else None
 
     def fire_schedules(self, next_run: Callable[[Row, float], float]) -> list[int]:
