@@ -99,9 +99,13 @@ class Dispatcher:
     # -- operations -------------------------------------------------------------------------
 
     def submit(self, tasks: Sequence[NewTask]) -> list[tuple[int, bool]]:
-        """Store new tasks durably; idle workers are woken (one per task) before the fsync."""
+        """Store new tasks durably; idle workers are woken (one per task claimable now) before
+        the fsync; delayed tasks wake them when due (the due timer)."""
+        now = self.store.now()
+        ready = sum(1 for t in tasks if t.delay_seconds is None
+                    and (t.run_at is None or t.run_at <= now))
         return self.store.submit(
-            tasks, on_commit=lambda: self.tasks_available.notify(len(tasks))
+            tasks, on_commit=(lambda: self.tasks_available.notify(ready)) if ready else None
         )
 
     def claim(
