@@ -107,10 +107,10 @@ def parse_command(argv: list[str]) -> argparse.Namespace:
     schedule.add_argument("--params", help="task params as a JSON object")
     schedule.add_argument("--priority", type=int, default=0)
     _lifecycle_options(schedule)
-    commands.add_parser("schedules", help="list the schedules")
+    listing = commands.add_parser("schedules", help="list the schedules")
     unschedule = commands.add_parser("unschedule", help="stop a schedule")
     unschedule.add_argument("schedule_id", type=int, metavar="ID")
-    for sub in (retry, schedule, unschedule):
+    for sub in (retry, schedule, listing, unschedule):
         sub.add_argument("--url", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
         sub.add_argument("--json", action="store_true", default=argparse.SUPPRESS,
                          help=argparse.SUPPRESS)

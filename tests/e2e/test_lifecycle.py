@@ -4,6 +4,7 @@ across real kill -9s, and timeouts of cooperative and non-cooperative tasks."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import threading
@@ -141,3 +142,32 @@ def test_a_task_that_ignores_its_timeout_ends_its_worker(make_cluster: ClusterFa
 
 def started_within(view: dict, seconds: float) -> bool:
     return view["finished_at"] - view["claimed_at"] < seconds
+
+
+def test_the_schedule_commands(cluster: LocalCluster) -> None:
+    def cli(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "add_task.py", *args, "--url", cluster.url],
+                              cwd=REPO_ROOT, capture_output=True, text=True, timeout=60)
+
+    made = cli("schedule", "--every", "3600", "--type", "noop", "--params", '{"x": 1}',
+               "--max-retries", "2")
+    assert made.returncode == 0, made.stderr
+    assert made.stdout.startswith("schedule 1: every 3600 s, next run at ")
+    cron = cli("schedule", "--cron", "0 3 * * *", "1000")
+    assert cron.returncode == 0 and "cron '0 3 * * *'" in cron.stdout, cron.stderr
+    listed = cli("schedules", "--json")
+    views = json.loads(listed.stdout)["schedules"]
+    assert [(v["task_type"], v["params"], v["max_retries"]) for v in views] == [
+        ("noop", {"x": 1}, 2), ("primes", {"limit": 1000, "algorithm": "sieve"}, 3)]
+    bad = cli("schedule", "--cron", "every day", "1000")
+    assert bad.returncode == 1 and "(400): cron: " in bad.stderr
+    assert cli("unschedule", "1").stdout.strip() == "schedule 1 deleted"
+    gone = cli("unschedule", "1")
+    assert gone.returncode == 1 and "(404)" in gone.stderr
+    # The spec's form is unchanged, and takes the new options.
+    plain = cli("2", "1000", "sieve", "--delay", "3600", "--max-retries", "0")
+    assert plain.returncode == 0 and plain.stdout.startswith("submitted 2 task(s): ")
+    task_id = int(plain.stdout.split()[-1])
+    view = cluster.task(task_id)
+    assert view["params"] == {"limit": 1000, "algorithm": "sieve"}
+    assert view["max_retries"] == 0 and view["run_after"] >= view["created_at"] + 3600
