@@ -113,7 +113,8 @@ QUERIES: dict[str, str] = {
     "insert_task": """
         INSERT INTO tasks (task_type, params, priority, max_attempts, idempotency_key, created_at,
                            max_retries, retry_backoff, timeout_seconds, run_after)
-        VALUES (%(task_type)s, %(params)s, %(priority)s, %(max_attempts)s, %(idempotency_key)s, %(now)s,
+        VALUES (%(task_type)s, %(params)s, %(priority)s, %(max_attempts)s,
+                %(idempotency_key)s, %(now)s,
                 %(max_retries)s, %(retry_backoff)s, %(timeout_seconds)s, %(run_after)s)
         ON CONFLICT (idempotency_key) DO NOTHING
         RETURNING task_id""",
@@ -138,7 +139,8 @@ QUERIES: dict[str, str] = {
         INSERT INTO schedules (task_type, params, priority, max_attempts, max_retries,
                                retry_backoff, timeout_seconds, every_seconds, cron, next_run_at,
                                created_at)
-        VALUES (%(task_type)s, %(params)s, %(priority)s, %(max_attempts)s, %(max_retries)s, %(retry_backoff)s,
+        VALUES (%(task_type)s, %(params)s, %(priority)s, %(max_attempts)s, %(max_retries)s,
+                %(retry_backoff)s,
                 %(timeout_seconds)s, %(every_seconds)s, %(cron)s, %(next_run_at)s, %(now)s)
         RETURNING schedule_id""",
     "schedule_get": """SELECT * FROM schedules WHERE schedule_id = %(schedule_id)s""",
@@ -149,7 +151,8 @@ QUERIES: dict[str, str] = {
         SELECT * FROM schedules WHERE next_run_at <= %(now)s ORDER BY next_run_at LIMIT 100
            FOR UPDATE SKIP LOCKED""",
     "schedule_advance": """
-        UPDATE schedules SET next_run_at = %(next)s, last_run_at = %(due)s, last_task_id = %(task_id)s,
+        UPDATE schedules SET next_run_at = %(next)s, last_run_at = %(due)s,
+               last_task_id = %(task_id)s,
                runs = runs + 1
          WHERE schedule_id = %(schedule_id)s AND next_run_at = %(due)s
         RETURNING schedule_id""",

@@ -1,4 +1,6 @@
-"""Test-only task types for the task lifecycle (load with ``TASK_MODULES=tests.support.lifecycle_tasks``).
+"""Test-only task types for the task lifecycle.
+
+Load with ``TASK_MODULES=tests.support.lifecycle_tasks``.
 
 ``flaky`` raises its first ``fail_times`` runs (counted in a file, so across workers);
 ``suicide`` saves a checkpoint and then SIGKILLs its own worker process, at the same checkpoint
