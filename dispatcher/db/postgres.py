@@ -118,9 +118,14 @@ QUERIES: dict[str, str] = {
                 %(max_retries)s, %(retry_backoff)s, %(timeout_seconds)s, %(run_after)s)
         ON CONFLICT (idempotency_key) DO NOTHING
         RETURNING task_id""",
+    # Rows another dispatcher's timer is promoting are skipped, not waited for: a waiter
+    # holds the row's tuple lock, which would make a claim's SKIP LOCKED pass the task by.
     "due_promote": """
         UPDATE tasks SET run_after = NULL
-         WHERE status = 'pending' AND run_after IS NOT NULL AND run_after <= %(now)s
+         WHERE task_id IN (SELECT task_id FROM tasks
+                            WHERE status = 'pending' AND run_after IS NOT NULL
+                              AND run_after <= %(now)s
+                              FOR UPDATE SKIP LOCKED)
         RETURNING task_id""",
     "due_next": """
         SELECT MIN(run_after) AS at FROM tasks

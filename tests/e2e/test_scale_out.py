@@ -204,3 +204,22 @@ def test_a_schedule_fires_once_per_period_with_two_dispatchers(
     steps = [later - earlier for earlier, later in zip(periods, periods[1:])]
     assert all(step >= 1 and abs(step - round(step)) < 1e-6 for step in steps), periods
     assert total is None  # deleted
+
+
+def test_a_delayed_task_submitted_through_a_wakes_a_long_poll_on_b_when_due(
+    make_cluster: ClusterFactory,
+) -> None:
+    cluster = make_cluster()
+    b = cluster.add_dispatcher()
+    answer: dict = {}
+    waiter = threading.Thread(target=lambda: answer.update(resp=requests.post(
+        f"{b}/get-task", json={"worker_id": "w1", "instance_id": "i", "wait": 25}, timeout=40)))
+    waiter.start()
+    wait_until(lambda: stats(b)["claims"]["waiting"] == 1, 10, message="B's poll waits")
+    task_id = cluster.submit("noop", {}, delay_seconds=1.5)
+    waiter.join(timeout=40)
+    assert answer["resp"].status_code == 200
+    assert answer["resp"].json()["task"]["task_id"] == task_id
+    view = cluster.task(task_id)
+    due = view["created_at"] + 1.5  # the database's clock, like claimed_at
+    assert due <= view["claimed_at"] < due + 1.0
