@@ -8,7 +8,6 @@ import json
 import subprocess
 import sys
 import threading
-import time
 from pathlib import Path
 
 import requests
@@ -137,11 +136,7 @@ def test_a_task_that_ignores_its_timeout_ends_its_worker(make_cluster: ClusterFa
     assert view["status"] == "failed" and view["error"] == "timed out after 1 s"
     assert worker.wait(timeout=30) == 75
     assert "ignored its timeout of 1.0 s" in cluster.worker_log("w1")
-    assert started_within(view, 60)
-
-
-def started_within(view: dict, seconds: float) -> bool:
-    return view["finished_at"] - view["claimed_at"] < seconds
+    assert view["finished_at"] - view["claimed_at"] < 30  # failed long before its 60 s
 
 
 def test_the_schedule_commands(cluster: LocalCluster) -> None:
