@@ -4,6 +4,7 @@
     python3 add_task.py COUNT LIMIT [ALGORITHM]       COUNT prime tasks up to LIMIT
     python3 add_task.py --type sleep --params '{"seconds": 3}'
     python3 add_task.py 10 1000000 --wait             live progress, then a table of results
+    python3 add_task.py --split 16 1 10000000000 --wait   one job in 16 parts on any workers
     python3 add_task.py 1 1000000 --delay 60 --max-retries 5 --timeout-seconds 30
     python3 add_task.py retry ID [ID ...]             put failed/cancelled tasks back
     python3 add_task.py schedule --every 60 1000000   a primes task every minute
@@ -44,6 +45,7 @@ from shared.client import (  # noqa: E402
     QueueClient,
     RequestRefused,
     Unreachable,
+    WaitTimeout,
 )
 from shared.config import ConfigError, check_dispatcher_urls, load_config  # noqa: E402
 
@@ -67,6 +69,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--type", dest="task_type", default="primes", help="task type (primes)")
     parser.add_argument("--params", help="task params as a JSON object")
     parser.add_argument("--priority", type=int, default=0, help="higher runs first (0)")
+    parser.add_argument("--split", type=int, metavar="N",
+                        help="run each job as a split job of up to N parts (ranges of LIMIT) "
+                             "that different workers run; the parts' results are combined")
     parser.add_argument("--wait", action="store_true", help="show progress, then the results")
     parser.add_argument("--timeout", type=float, default=3600.0, help="--wait limit, s (3600)")
     parser.add_argument("--json", action="store_true", help="print JSON instead of text")
@@ -247,11 +252,64 @@ def print_table(views: dict[int, dict[str, Any]]) -> None:
               f"{view['attempt']:>3}  {outcome}")
 
 
+def run_split(client: QueueClient, args: argparse.Namespace, job: dict[str, Any]) -> int:
+    """Submit COUNT split jobs, optionally wait for them, print; return the exit code."""
+    options = {k: v for k, v in job.items() if k not in ("task_type", "params", "priority")}
+    groups = [client.submit_split(job["task_type"], job["params"], args.split,
+                                  priority=job["priority"], **options)
+              for _ in range(args.count)]
+    if not args.json:
+        for group in groups:
+            ids = group["task_ids"]
+            print(f"submitted group {group['group_id']}: {len(ids)} part task(s) "
+                  f"{' '.join(map(str, ids))}")
+    if not args.wait:
+        if args.json:
+            print(json.dumps({"groups": [{"group_id": g["group_id"], "task_ids": g["task_ids"]}
+                                         for g in groups]}))
+        return 0
+    deadline = time.monotonic() + args.timeout
+    views = []
+    for group in groups:
+        try:
+            views.append(client.wait_group(group["group_id"],
+                                           max(0.0, deadline - time.monotonic())))
+        except WaitTimeout as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return EXIT_TIMEOUT
+    if args.json:
+        print(json.dumps({"groups": views}))
+    else:
+        print_groups(views)
+    return 0 if all(v["status"] == "completed" for v in views) else EXIT_TASK_FAILED
+
+
+def print_groups(views: list[dict[str, Any]]) -> None:
+    """One row per split job: id, status, parts, workers that ran them, combined result."""
+    print(f"{'group':>6}  {'status':<10} {'parts':>5}  {'workers':<24} result")
+    for view in views:
+        workers = sorted({str(p["worker_id"]) for p in view["tasks"] if p["worker_id"]})
+        outcome = summarize(view["result"]) if view["status"] == "completed" else view["error"]
+        print(f"{view['group_id']:>6}  {view['status']:<10} {view['parts']['total']:>5}  "
+              f"{','.join(workers)[:24]:<24} {outcome}")
+
+
 def run(args: argparse.Namespace) -> int:
     """Submit, optionally wait, print; return the exit code."""
     urls = check_dispatcher_urls(args.url, "--url") if args.url else load_config().dispatcher_urls
     tasks = build_tasks(args)
+    if args.split is not None and args.split < 1:
+        raise CliError(f"--split must be at least 1, got {args.split}")
     with QueueClient(urls) as client:
+        if args.split is not None:
+            try:
+                return run_split(client, args, tasks[0])
+            except Unreachable:
+                raise CliError(f"cannot reach the dispatcher ({', '.join(urls)}); is it running?"
+                               ) from None
+            except RequestRefused as exc:
+                raise CliError(f"dispatcher refused the request ({exc.status}): {exc.message}"
+                               ) from None
         try:
             ids = submit(client, tasks)
             if not args.json:

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Stop exactly the processes that start_dispatcher.sh and start_worker.sh started (by their
 # PID files): SIGTERM, then SIGKILL after a grace period. Removes stale PID files.
-#   ./cleanup.sh            stop workers first, then the dispatcher
+#   ./cleanup.sh            stop workers and worker supervisors first (a supervisor stops its
+#                           workers warm), then any supervised worker left behind, then the dispatcher
 #   ./cleanup.sh --purge    also delete the SQLite database and the worker result caches
 #   GRACE_SECONDS=N         how long to wait after SIGTERM (default 15)
 set -euo pipefail
@@ -52,6 +53,10 @@ stop_pidfile() {
 found=0
 shopt -s nullglob
 for pidfile in "$RUN"/worker-*.pid; do found=1; stop_pidfile "$pidfile" & done
+wait
+# Supervised workers record their PIDs in children/; their supervisor has stopped them above
+# and removed the files, so these are only ones whose supervisor was killed.
+for pidfile in "$RUN"/children/worker-*.pid; do found=1; stop_pidfile "$pidfile" & done
 wait
 for pidfile in "$RUN"/dispatcher*.pid; do found=1; stop_pidfile "$pidfile" & done
 wait

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# One command on a fresh clone: set up .venv, start a dispatcher and two workers on the
+# One command on a fresh clone: set up .venv, start a dispatcher and two workers (one worker
+# supervisor running worker-1 and worker-2, as ./start_worker.sh worker --processes 2) on the
 # SQLite default, submit a batch of prime tasks (both algorithms), show live progress and the
 # results, print /stats, then stop exactly the processes this script started.
 set -euo pipefail
@@ -12,15 +13,17 @@ mkdir -p "$LOGS"
 URL="$("$PYTHON" -c 'from shared.config import load_config; print(load_config().dispatcher_url)')"
 
 dispatcher_pid=""
-worker_pids=()
+supervisor_pid=""
 stop_started() {
-    for pid in "${worker_pids[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
-    for pid in "${worker_pids[@]}"; do wait "$pid" 2>/dev/null || true; done
+    if [ -n "$supervisor_pid" ]; then  # it stops its workers warm, then exits
+        kill -TERM "$supervisor_pid" 2>/dev/null || true
+        wait "$supervisor_pid" 2>/dev/null || true
+    fi
     if [ -n "$dispatcher_pid" ]; then
         kill -TERM "$dispatcher_pid" 2>/dev/null || true
         wait "$dispatcher_pid" 2>/dev/null || true
     fi
-    for pidfile in "$RUN"/dispatcher-*.pid "$RUN"/worker-worker-1.pid "$RUN"/worker-worker-2.pid; do
+    for pidfile in "$RUN"/dispatcher-*.pid "$RUN"/worker-worker.pid; do
         pid_is_ours "$pidfile" || rm -f "$pidfile"
     done
     echo "stopped the dispatcher and workers this script started (logs in $LOGS)"
@@ -46,11 +49,9 @@ wait_until(up, 30, 0.1, 'dispatcher health')
     exit 1
 fi
 
-for id in worker-1 worker-2; do
-    echo "== starting $id (log: $LOGS/$id.log)"
-    ./start_worker.sh "$id" > "$LOGS/$id.log" 2>&1 &
-    worker_pids+=($!)
-done
+echo "== starting a worker supervisor with workers worker-1 and worker-2 (log: $LOGS/workers.log)"
+./start_worker.sh worker --processes 2 > "$LOGS/workers.log" 2>&1 &
+supervisor_pid=$!
 
 echo "== submitting 6 sieve tasks up to 10^9, then 4 trial-division tasks up to 10^7"
 "$PYTHON" add_task.py 6 1000000000 sieve --wait --timeout 600
@@ -64,5 +65,6 @@ print(json.dumps({k: stats[k] for k in ("tasks", "throughput", "reclaims")}, ind
 for w in stats["workers"]["details"]:
     print(f"worker {w['worker_id']}: {w['status']}, {w['tasks_completed']} tasks completed")
 PY
-echo "== done. Run it yourself: ./start_dispatcher.sh, ./start_worker.sh worker-1,"
+echo "== done. Run it yourself: ./start_dispatcher.sh, ./start_worker.sh worker-1 (or one"
+echo "   command per host: ./start_worker.sh host-a --processes auto),"
 echo "   python3 add_task.py 5 100000, curl $URL/stats, ./cleanup.sh"

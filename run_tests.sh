@@ -7,8 +7,9 @@ set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")"
 source scripts/common.sh
 ensure_venv dev
-# Test tools from Debian: libfaketime runs a dispatcher with a skewed clock.
-ensure_debian_packages faketime
+# Test tools from Debian: libfaketime runs a dispatcher with a skewed clock; chromium is the
+# browser the dashboard tests drive (through Playwright, never a downloaded browser build).
+ensure_debian_packages faketime chromium
 start=$(date +%s)
 status=0
 if [ $# -eq 0 ]; then

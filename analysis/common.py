@@ -136,16 +136,27 @@ def alive_workers(cluster: LocalCluster) -> set[str]:
 
 
 @contextmanager
-def running_cluster(workers: Sequence[str], env: Mapping[str, str]) -> Iterator[LocalCluster]:
-    """A fresh dispatcher (temp database, free port) and these workers; all stopped on exit."""
+def running_cluster(workers: Sequence[str], env: Mapping[str, str],
+                    processes: int = 1) -> Iterator[LocalCluster]:
+    """A fresh dispatcher (temp database, free port) and these workers; all stopped on exit.
+
+    With ``processes`` > 1 each id names a host: a worker supervisor running that many workers
+    ``id-1`` ... ``id-P`` (as ``./start_worker.sh ID --processes P`` does).
+    """
     with tempfile.TemporaryDirectory(prefix="taskqueue-analysis-") as workdir:
         cluster = LocalCluster(Path(workdir), dict(env))
         try:
             cluster.start_dispatcher()
+            expected = set(workers)
             for worker_id in workers:
-                cluster.start_worker(worker_id)
-            wait_until(lambda: alive_workers(cluster) >= set(workers), STARTUP_TIMEOUT_SECONDS,
-                       interval=0.05, message=f"{len(workers)} workers alive")
+                if processes > 1:
+                    cluster.start_supervisor(worker_id, processes)
+                    expected.discard(worker_id)
+                    expected.update(f"{worker_id}-{i}" for i in range(1, processes + 1))
+                else:
+                    cluster.start_worker(worker_id)
+            wait_until(lambda: alive_workers(cluster) >= expected, STARTUP_TIMEOUT_SECONDS,
+                       interval=0.05, message=f"{len(expected)} workers alive")
             yield cluster
         finally:
             cluster.close()
@@ -256,9 +267,15 @@ class CpuMeter:
 
 
 def cluster_pids(cluster: LocalCluster) -> list[int]:
-    """PIDs of the cluster's dispatcher and workers."""
+    """PIDs of the cluster's dispatcher and workers (with the workers of any supervisor)."""
     procs = [*cluster.workers.values(), *([cluster.dispatcher] if cluster.dispatcher else [])]
-    return [p.pid for p in procs if p.poll() is None]
+    pids = [p.pid for p in procs if p.poll() is None]
+    for pid in list(pids):
+        try:
+            pids += [child.pid for child in psutil.Process(pid).children(recursive=True)]
+        except psutil.NoSuchProcess:
+            pass
+    return pids
 
 
 def _cpu_seconds(proc: psutil.Process) -> float:

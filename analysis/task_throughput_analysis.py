@@ -8,6 +8,10 @@ everything started is stopped again. Writes a JSON document and prints a summary
     python analysis/task_throughput_analysis.py                       # 1,2,4,8 workers x 3 repeats
     python analysis/task_throughput_analysis.py --worker-counts 1,2 --num-tasks 8 --repeats 1
     python analysis/task_throughput_analysis.py --quick --output /tmp/throughput.json
+    python analysis/task_throughput_analysis.py --worker-counts 2,4 --processes 2   # via supervisors
+
+With --processes P each worker count W is started as W/P worker supervisors of P processes each
+(``./start_worker.sh ID --processes P``), as one command per host would; W must be a multiple of P.
 """
 
 from __future__ import annotations
@@ -51,16 +55,22 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="seconds to wait for one run's tasks (default 1800)")
     parser.add_argument("--quick", action="store_true",
                         help="small smoke run: 1,2 workers, 4 tasks of 2e6, 1 repeat")
+    parser.add_argument("--processes", type=parse_count, default=1, metavar="P",
+                        help="start the workers as supervisors of P processes each (default 1: "
+                             "plain workers); every worker count must be a multiple of P")
     args = parser.parse_args(argv)
     for key, default in DEFAULTS.items():
         setattr(args, key, pick(getattr(args, key), args.quick, QUICK[key], default))
+    if args.processes < 1 or any(w % args.processes for w in args.worker_counts):
+        parser.error(f"every worker count must be a multiple of --processes {args.processes}")
     return args
 
 
 def run_once(workers: int, workload: list[dict[str, Any]], timeout: float,
-             label: str) -> dict[str, Any]:
+             label: str, processes: int = 1) -> dict[str, Any]:
     """One measured run: start, submit, wait for every task, stop; return the timings."""
-    with running_cluster(worker_ids(workers), env={}) as cluster:
+    hosts = worker_ids(workers // processes) if processes > 1 else worker_ids(workers)
+    with running_cluster(hosts, env={}, processes=processes) as cluster:
         meter = CpuMeter(cluster_pids(cluster))
         started = time.monotonic()
         task_ids = cluster.client.submit_many(workload)
@@ -79,7 +89,8 @@ def run_all(args: argparse.Namespace) -> list[dict[str, Any]]:
     for repeat in range(args.repeats):
         for workers in args.worker_counts:
             label = f"[{len(runs) + 1}/{total}] {workers} worker(s), repeat {repeat + 1}"
-            run = {"repeat": repeat, **run_once(workers, workload, args.timeout, label)}
+            run = {"repeat": repeat,
+                   **run_once(workers, workload, args.timeout, label, args.processes)}
             runs.append(run)
             print(f"{label}: {run['wall_seconds']:.2f} s, "
                   f"{run['tasks_per_second']:.3f} tasks/s, "
@@ -160,7 +171,8 @@ def main(argv: list[str] | None = None) -> int:
         "machine": machine,
         "config": {"worker_counts": args.worker_counts, "num_tasks": args.num_tasks,
                    "task_size": args.task_size, "algorithm": args.algorithm,
-                   "repeats": args.repeats, "quick": args.quick},
+                   "repeats": args.repeats, "quick": args.quick,
+                   "processes_per_supervisor": args.processes},
         "runs": runs,
         "summary": summary,
     }

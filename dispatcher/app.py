@@ -11,6 +11,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 from flask import Flask
 
+from dispatcher.dashboard import dashboard
 from dispatcher.db import StoreError, open_store
 from dispatcher.routes import api, register_error_handlers
 from dispatcher.runtime import on_gevent
@@ -44,6 +45,7 @@ def create_app(
     dispatcher = Dispatcher(open_store(config, clock), config, registry)
     app.extensions["taskqueue"] = dispatcher
     app.register_blueprint(api)
+    app.register_blueprint(dashboard)
     register_error_handlers(app)
     if start_monitor:
         dispatcher.start_monitor()

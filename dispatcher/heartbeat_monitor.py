@@ -1,4 +1,4 @@
-"""The heartbeat monitor: declares silent workers dead and expires stalled leases.
+"""The heartbeat monitor: declares silent workers dead, expires stalled leases, purges old tasks.
 
 Every dispatcher runs one. A sweep is one transaction of the store, taken by at most one
 dispatcher at a time (the others skip that round), and judged by the store's one clock, so any
@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -16,6 +17,17 @@ from dispatcher.db import StorageUnavailable, Store
 from dispatcher.models import Reclaim
 
 log = logging.getLogger(__name__)
+
+PURGE_BATCH = 500
+"""Finished tasks deleted per transaction: a few milliseconds of the write lock at most."""
+PURGE_PASS_SECONDS = 0.2
+"""A purge pass stops after this long; a backlog continues PURGE_BACKLOG_SECONDS later."""
+PURGE_BACKLOG_SECONDS = 1.0
+"""The pause between two passes over a backlog, so a big one is deleted in the background."""
+PURGE_PAUSE_SECONDS = 0.005
+"""The pause between two batches, so claims and results take the write lock in between."""
+PURGE_EVERY_SECONDS = 5.0
+"""How often a monitor looks for expired tasks when the last pass left none behind."""
 
 
 @dataclass
@@ -26,6 +38,7 @@ class MonitorStats:
     skipped: int = 0  # another dispatcher was sweeping
     reclaimed: int = 0
     errors: int = 0
+    purged: int = 0  # finished tasks deleted after RESULT_TTL
 
 
 @dataclass
@@ -43,7 +56,13 @@ class HeartbeatMonitor:
     lease_seconds: float
     interval: float
     on_reclaim: Callable[[list[Reclaim]], None] = lambda reclaimed: None
+    events_kept: int = 1000
+    """The events timeline is trimmed to this many newest rows at each sweep (EVENTS_KEPT)."""
     stats: MonitorStats = field(default_factory=MonitorStats)
+    result_ttl: float = 0.0
+    """Finished tasks are purged this many seconds after they finished; <= 0 keeps them."""
+    purge_batch: int = PURGE_BATCH
+    _next_purge: float = field(default=0.0, init=False, repr=False)
 
     @property
     def gap_seconds(self) -> float:
@@ -52,7 +71,8 @@ class HeartbeatMonitor:
 
     def sweep(self) -> list[Reclaim]:
         """One pass: reap dead workers (after any grace), then expired leases; what it changed."""
-        swept = self.store.sweep(self.heartbeat_timeout, self.lease_seconds, self.gap_seconds)
+        swept = self.store.sweep(self.heartbeat_timeout, self.lease_seconds, self.gap_seconds,
+                                 self.events_kept)
         if not swept.ran:
             self.stats.skipped += 1
             return []
@@ -68,11 +88,43 @@ class HeartbeatMonitor:
             self.on_reclaim(swept.reclaims)
         return swept.reclaims
 
+    def purge(self) -> int:
+        """Delete finished tasks older than ``result_ttl``, batch by batch; how many.
+
+        Each batch is one short write transaction; between batches the lock is free for
+        claims and results. A pass ends when a batch comes back short (the next one is due
+        PURGE_EVERY_SECONDS later) or after PURGE_PASS_SECONDS (a backlog: the next pass comes
+        PURGE_BACKLOG_SECONDS later).
+        """
+        if self.result_ttl <= 0:
+            return 0
+        deadline, purged = time.monotonic() + PURGE_PASS_SECONDS, 0
+        while True:
+            batch = self.store.purge_finished(self.result_ttl, self.purge_batch)
+            purged += batch
+            if batch < self.purge_batch:
+                self._next_purge = time.monotonic() + PURGE_EVERY_SECONDS
+                break
+            if time.monotonic() >= deadline:
+                self._next_purge = time.monotonic() + PURGE_BACKLOG_SECONDS
+                break
+            time.sleep(PURGE_PAUSE_SECONDS)
+        if purged:
+            log.info("purged %s finished tasks older than RESULT_TTL (%s s)", purged,
+                     self.result_ttl)
+        self.stats.purged += purged
+        return purged
+
+    def _step(self) -> None:
+        self.sweep()
+        if time.monotonic() >= self._next_purge:
+            self.purge()
+
     def run(self, stop: threading.Event) -> None:
-        """Sweep every ``interval`` seconds until ``stop`` is set."""
+        """Sweep every ``interval`` seconds (and purge when due) until ``stop`` is set."""
         while not stop.wait(self.interval):
             try:
-                self.sweep()
+                self._step()
             except StorageUnavailable as exc:
                 self.stats.errors += 1
                 log.warning("sweep skipped, storage unavailable: %s", exc)

@@ -79,6 +79,42 @@ class AttemptKind(str, enum.Enum):
     TIMEOUT = "timeout"  # it ran past timeout_seconds
 
 
+class EventKind(str, enum.Enum):
+    """What a timeline event (``events`` table, ``GET /events``) records.
+
+    A reclaim's kind is its :class:`ReclaimCause` value, whichever causes there are (except
+    ``returned_unstarted``: a prefetching worker handing back tasks it never started is
+    bookkeeping, counted in /stats only); the others are the moments around a reclaim that a
+    person watching wants to see. The members name the kinds known today; an event's ``kind``
+    is kept as text, so a cause added later is recorded and shown as it is.
+    """
+
+    DEAD_WORKER = ReclaimCause.DEAD_WORKER.value  # task reclaimed: its worker was declared dead
+    EXPIRED_LEASE = ReclaimCause.EXPIRED_LEASE.value  # task reclaimed: no progress in the lease
+    RELEASED = ReclaimCause.RELEASED.value  # a stopping worker gave its task back
+    LOST_CLAIM = ReclaimCause.LOST_CLAIM.value  # leased, but the worker never listed it
+    WORKER_RESTARTED = ReclaimCause.WORKER_RESTARTED.value  # a new instance of its worker came
+    WORKER_DEAD = "worker_dead"  # a worker was silent for HEARTBEAT_TIMEOUT
+    RESUMED = "resumed"  # a task claimed again after an earlier attempt (from its checkpoint)
+    CANCELLED = "cancelled"  # a user cancelled an unfinished task
+    TIMED_OUT = ReclaimCause.TIMED_OUT.value  # an attempt ran past its timeout_seconds: failed
+    RETRY = "retry"  # the task raised; queued again after a backoff (a retry is left)
+    CRASH_LOOP = "crash_loop"  # it lost CRASH_LOOP_LIMIT workers in a row at one checkpoint
+    RETRIED = "retried"  # a user put a failed or cancelled task back (POST /task/<id>/retry)
+
+
+RECLAIM_WORDS: dict[ReclaimCause, str] = {
+    ReclaimCause.DEAD_WORKER: "its worker was declared dead",
+    ReclaimCause.EXPIRED_LEASE: "no checkpoint within LEASE_DURATION (lease expired)",
+    ReclaimCause.RELEASED: "its worker released it on shutdown",
+    ReclaimCause.RETURNED: "its worker returned it unstarted",
+    ReclaimCause.LOST_CLAIM: "the claim's answer never reached the worker",
+    ReclaimCause.WORKER_RESTARTED: "its worker restarted under the same id",
+    ReclaimCause.TIMED_OUT: "it ran past its timeout_seconds",
+}
+"""Each reclaim cause in words, for the timeline (``events.detail``)."""
+
+
 def dumps(value: Any) -> str:
     """Canonical JSON used for everything stored, so equal values compare equal as text."""
     return json.dumps(value, sort_keys=True, separators=(",", ":"))
@@ -111,6 +147,7 @@ class Task:
     timeout_seconds: float | None = None
     crash_streak: int = 0
     attempts: tuple[dict[str, Any], ...] = ()
+    group_id: int | None = None
 
     @classmethod
     def from_row(cls, row: Any) -> "Task":
@@ -139,6 +176,7 @@ class Task:
             run_after=row["run_after"],
             timeout_seconds=row["timeout_seconds"],
             crash_streak=row["crash_streak"],
+            group_id=row["group_id"],
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -167,6 +205,7 @@ class Task:
             "timeout_seconds": self.timeout_seconds,
             "crash_streak": self.crash_streak,
             "attempts": list(self.attempts),
+            "group_id": self.group_id,
         }
 
 
@@ -241,6 +280,8 @@ class NewTask:
     timeout_seconds: float | None = None
     run_at: float | None = None  # not claimable before this time (epoch seconds)
     delay_seconds: float | None = None  # ... or before this long after the submission
+    group_id: int | None = None
+    """The split job this task is a part of (set by the store when it inserts the group)."""
 
 
 @dataclass(frozen=True)
@@ -288,3 +329,130 @@ class Outcome:
     attempt: int
     outcome: OutcomeKind
     status: TaskStatus | None
+
+
+@dataclass(frozen=True)
+class Event:
+    """One row of the ``events`` timeline."""
+
+    event_id: int
+    at: float
+    kind: str  # an EventKind value, or a reclaim cause added since
+    task_id: int | None
+    worker_id: str | None
+    attempt: int | None
+    status: str | None  # the task's status after the event (a worker's, for worker_dead)
+    progress: float | None  # the task's progress (its checkpoint) at the event
+    detail: str | None  # the cause in words
+
+    @classmethod
+    def from_row(cls, row: Any) -> "Event":
+        """Build from an ``events`` row."""
+        return cls(row["event_id"], row["at"], row["kind"], row["task_id"],
+                   row["worker_id"], row["attempt"], row["status"], row["progress"],
+                   row["detail"])
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON form served by ``GET /events``."""
+        return {"event_id": self.event_id, "at": self.at, "kind": self.kind,
+                "task_id": self.task_id, "worker_id": self.worker_id, "attempt": self.attempt,
+                "status": self.status, "progress": self.progress, "detail": self.detail}
+
+
+@dataclass(frozen=True)
+class TaskQuery:
+    """What ``GET /tasks`` asks for: filters, a keyset position and a page size.
+
+    Pages run from the newest task to the oldest; ``before_id`` (from the cursor) is exclusive.
+    """
+
+    statuses: tuple[TaskStatus, ...] = ()  # empty: any status
+    task_type: str | None = None
+    created_after: float | None = None  # inclusive
+    created_before: float | None = None  # exclusive
+    before_id: int | None = None
+    limit: int = 100
+
+
+@dataclass(frozen=True)
+class TaskPage:
+    """One page of the task list; ``next_id`` is where the next page starts (None: no more)."""
+
+    tasks: list[Task]
+    next_id: int | None
+
+
+class GroupStatus(str, enum.Enum):
+    """A split job's status, derived from its parts' statuses."""
+
+    PENDING = "pending"  # no part has started
+    RUNNING = "running"  # some part started or finished, none failed or was cancelled
+    COMPLETED = "completed"  # every part completed: the combined result is there
+    FAILED = "failed"  # a part failed (its error is the group's)
+    CANCELLED = "cancelled"  # a part was cancelled (and none failed)
+
+
+@dataclass(frozen=True)
+class GroupPart:
+    """One part of a split job as the group view shows it."""
+
+    task_id: int
+    status: TaskStatus
+    params: dict[str, Any]
+    progress: float
+    worker_id: str | None
+    result: Any
+    error: str | None
+
+    @classmethod
+    def from_row(cls, row: Any) -> "GroupPart":
+        """Build from a ``group_parts`` row."""
+        result = row["result"]
+        return cls(row["task_id"], TaskStatus(row["status"]), json.loads(row["params"]),
+                   row["progress"], row["worker_id"],
+                   json.loads(result) if result is not None else None, row["error"])
+
+
+@dataclass(frozen=True)
+class Group:
+    """A split job: the task it stands for and its parts, in range order."""
+
+    group_id: int
+    task_type: str
+    params: dict[str, Any]
+    created_at: float
+    parts: list[GroupPart]
+
+    @classmethod
+    def from_rows(cls, row: Any, parts: list[Any]) -> "Group":
+        """Build from a ``task_groups`` row and its ``group_parts`` rows."""
+        return cls(row["group_id"], row["task_type"], json.loads(row["params"]),
+                   row["created_at"], [GroupPart.from_row(part) for part in parts])
+
+    @property
+    def status(self) -> GroupStatus:
+        """Failed if a part failed, cancelled if one was, completed if all are, else by start."""
+        statuses = {part.status for part in self.parts}
+        if TaskStatus.FAILED in statuses:
+            return GroupStatus.FAILED
+        if TaskStatus.CANCELLED in statuses:
+            return GroupStatus.CANCELLED
+        if statuses == {TaskStatus.COMPLETED}:
+            return GroupStatus.COMPLETED
+        return GroupStatus.PENDING if statuses == {TaskStatus.PENDING} else GroupStatus.RUNNING
+
+    @property
+    def error(self) -> str | None:
+        """The error of the first failed part, naming it."""
+        for part in self.parts:
+            if part.status is TaskStatus.FAILED:
+                return f"part task {part.task_id} failed: {part.error}"
+        return None
+
+    @property
+    def progress(self) -> float:
+        """The mean progress of the parts (a completed part counts 1)."""
+        if not self.parts:
+            return 0.0
+        done = [1.0 if p.status is TaskStatus.COMPLETED else p.progress for p in self.parts]
+        return sum(done) / len(done)

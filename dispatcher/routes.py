@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import base64
+import binascii
+import dataclasses
+import math
 import re
 import time
 from typing import Any
@@ -15,6 +19,7 @@ from dispatcher.models import (
     OutcomeKind,
     ReclaimCause,
     Report,
+    TaskQuery,
     TaskStatus,
     dumps,
 )
@@ -43,7 +48,12 @@ MAX_LIST_LIMIT = 1000
 MAX_TASK_ID = 2**62
 """Larger ids in a URL cannot exist (the store's ids are 64-bit); they answer 404."""
 TASK_ID = f"int(min=1, max={MAX_TASK_ID}):task_id"
+GROUP_ID = f"int(min=1, max={MAX_TASK_ID}):group_id"
+_TASK_TYPE = re.compile(r"[A-Za-z][A-Za-z0-9_.-]{0,63}")
+_CURSOR = re.compile(r"[A-Za-z0-9_-]{1,40}={0,2}")
 _DIGITS = re.compile(r"[0-9]{1,9}")  # ASCII only: str.isdigit() also accepts '²'
+_DIGITS_ANY = re.compile(r"[0-9]{1,19}")
+_NUMBER = re.compile(r"-?[0-9]+(\.[0-9]*)?([eE][-+]?[0-9]+)?")
 
 
 def _dispatcher() -> Dispatcher:
@@ -84,6 +94,13 @@ def _task_options(body: SubmitTask | NewSchedule, prefix: str) -> dict[str, Any]
 
 def _new_task(raw: Any, prefix: str, key: str | None) -> NewTask:
     body = parse(SubmitTask, raw, prefix)
+    if body.split is not None:
+        raise ApiError(400, "invalid_field",
+                       f"{prefix}split: a split job is submitted on its own, not in a batch")
+    return _validated_task(body, prefix, key)
+
+
+def _validated_task(body: SubmitTask, prefix: str, key: str | None) -> NewTask:
     if body.run_at is not None and body.delay_seconds is not None:
         raise ApiError(400, "invalid_field",
                        f"{prefix}run_at: give run_at or delay_seconds, not both")
@@ -124,6 +141,8 @@ def submit_task() -> tuple[Response, int]:
     key = _idempotency_key()
     if "tasks" in body:
         return _submit_batch(body, key)
+    if body.get("split") is not None:
+        return _submit_group(parse(SubmitTask, body), key)
     [(task_id, created)] = _dispatcher().submit([_new_task(body, "", key)])
     if created:
         return jsonify(task_id=task_id, status=TaskStatus.PENDING.value), 201
@@ -143,6 +162,40 @@ def _submit_batch(body: dict[str, Any], key: str | None) -> tuple[Response, int]
     created = _dispatcher().submit(new)
     status = 201 if any(flag for _, flag in created) else 200
     return jsonify(task_ids=[task_id for task_id, _ in created], status="pending"), status
+
+
+def _submit_group(body: SubmitTask, key: str | None) -> tuple[Response, int]:
+    """A split job: the task validated whole, then cut into parts by its task type."""
+    job = _validated_task(body, "", None)
+    task_type = _dispatcher().registry.get(job.task_type)
+    try:
+        pieces = task_type.split_params(job.params, body.split or 1)
+    except InvalidParams as exc:
+        raise ApiError(400, "invalid_field", f"{exc.field}: {exc.message}") from None
+    except Exception as exc:  # the task type's own code: its failure is not a server error
+        current_app.logger.exception("split of a %s job failed", job.task_type)
+        raise ApiError(400, "invalid_field", f"split: the task type {job.task_type!r} could "
+                       f"not split these params ({type(exc).__name__}: {exc})") from None
+    # Each part keeps the job's options: retries, backoff, timeout per attempt, run_at/delay.
+    parts = [dataclasses.replace(job, params=piece) for piece in pieces]
+    group_id, ids, created = _dispatcher().submit_group(job.task_type, job.params, parts, key)
+    answer = {"group_id": group_id, "task_ids": ids, "status": TaskStatus.PENDING.value}
+    if created:
+        return jsonify(answer), 201
+    return jsonify({**answer, "status": _dispatcher().get_group(group_id)["status"],
+                    "duplicate": True}), 200
+
+
+@api.get(f"/group/<{GROUP_ID}>")
+def group_status(group_id: int) -> tuple[Response, int]:
+    """A split job: status, progress, parts by status, and the combined result when done."""
+    return jsonify(_dispatcher().get_group(group_id)), 200
+
+
+@api.post(f"/group/<{GROUP_ID}>/cancel")
+def cancel_group(group_id: int) -> tuple[Response, int]:
+    """Cancel every unfinished part of a split job."""
+    return jsonify(_dispatcher().cancel_group(group_id)), 200
 
 
 @api.post("/get-task")
@@ -288,18 +341,85 @@ def delete_schedule(schedule_id: int) -> tuple[Response, int]:
 
 @api.get("/tasks")
 def list_tasks() -> tuple[Response, int]:
-    """The newest tasks, ?status=...&limit=N."""
-    raw_status = request.args.get("status")
+    """A page of tasks, newest first: ?status=a,b&task_type=&created_after=&created_before=
+    &limit=&cursor= ; the answer's ``next_cursor`` asks for the next page."""
+    query = TaskQuery(statuses=_statuses_arg(), task_type=_task_type_arg(),
+                      created_after=_time_arg("created_after"),
+                      created_before=_time_arg("created_before"),
+                      before_id=_cursor_arg(), limit=_limit_arg())
+    page = _dispatcher().list_tasks(query)
+    cursor = None if page.next_id is None else encode_cursor(page.next_id)
+    return jsonify(tasks=[t.to_dict() for t in page.tasks], next_cursor=cursor), 200
+
+
+def _statuses_arg() -> tuple[TaskStatus, ...]:
+    """``status``: one or several, repeated or comma-separated."""
+    found: list[TaskStatus] = []
+    for raw in request.args.getlist("status"):
+        for name in filter(None, (part.strip() for part in raw.split(","))):
+            try:
+                status = TaskStatus(name)
+            except ValueError:
+                known = ", ".join(s.value for s in TaskStatus)
+                raise ApiError(400, "invalid_field",
+                               f"status: {name[:40]!r} is not one of {known}") from None
+            if status not in found:
+                found.append(status)
+    return tuple(found)
+
+
+def _task_type_arg() -> str | None:
+    raw = request.args.get("task_type")
+    if raw is None:
+        return None
+    if not _TASK_TYPE.fullmatch(raw):
+        raise ApiError(400, "invalid_field", f"task_type: must match {_TASK_TYPE.pattern}")
+    return raw
+
+
+def _time_arg(name: str) -> float | None:
+    raw = request.args.get(name)
+    if raw is None:
+        return None
     try:
-        status = TaskStatus(raw_status) if raw_status else None
+        value = float(raw)
     except ValueError:
-        known = ", ".join(s.value for s in TaskStatus)
-        raise ApiError(400, "invalid_field", f"status: must be one of {known}") from None
+        value = math.nan
+    if not math.isfinite(value) or not _NUMBER.fullmatch(raw.strip()):
+        raise ApiError(400, "invalid_field",
+                       f"{name}: must be Unix epoch seconds, got {raw[:40]!r}")
+    return value
+
+
+def _limit_arg() -> int:
     raw_limit = request.args.get("limit", "100")
     if not _DIGITS.fullmatch(raw_limit) or not 1 <= int(raw_limit) <= MAX_LIST_LIMIT:
         raise ApiError(400, "invalid_field", f"limit: must be 1-{MAX_LIST_LIMIT}")
-    tasks = _dispatcher().list_tasks(status, int(raw_limit))
-    return jsonify(tasks=[t.to_dict() for t in tasks]), 200
+    return int(raw_limit)
+
+
+def encode_cursor(before_id: int) -> str:
+    """The opaque ``next_cursor``: where the next page starts (exclusive), as text."""
+    return base64.urlsafe_b64encode(f"t{before_id}".encode()).decode().rstrip("=")
+
+
+def _cursor_arg() -> int | None:
+    raw = request.args.get("cursor")
+    if raw is None or raw == "":
+        return None
+    try:
+        if not _CURSOR.fullmatch(raw):
+            raise ValueError
+        text = base64.urlsafe_b64decode(raw + "=" * (-len(raw) % 4)).decode("ascii")
+        if text[:1] != "t" or not _DIGITS_ANY.fullmatch(text[1:]):
+            raise ValueError
+        before_id = int(text[1:])
+        if not 1 <= before_id <= MAX_TASK_ID + 1:
+            raise ValueError
+    except (ValueError, binascii.Error, UnicodeDecodeError):
+        raise ApiError(400, "invalid_field",
+                       "cursor: not a cursor this server gave (use next_cursor as is)") from None
+    return before_id
 
 
 @api.get("/stats")

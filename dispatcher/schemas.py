@@ -9,6 +9,8 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_vali
 Name = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9._:@-]{0,127}$")]
 TaskId = Annotated[int, Field(ge=1, le=2**62)]
 Attempt = Annotated[int, Field(ge=1, le=2**31)]
+MAX_SPLIT = 1000
+"""Most parts one split job may have."""
 
 
 class _Body(BaseModel):
@@ -37,6 +39,8 @@ class SubmitTask(_TaskOptions):
 
     run_at: Annotated[float, Field(ge=0)] | None = None
     delay_seconds: Seconds | None = None
+    split: Annotated[int, Field(ge=1, le=MAX_SPLIT)] | None = None
+    """Run the job as a group of at most this many parts on different workers (a split job)."""
 
 
 class NewSchedule(_TaskOptions):

@@ -13,9 +13,14 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from dispatcher.db import Store
+from dispatcher.db import StorageUnavailable, Store
+from dispatcher.feed import DashboardFeed
 from dispatcher.heartbeat_monitor import HeartbeatMonitor
 from dispatcher.models import (
+    Checkpoint,
+    Event,
+    Group,
+    GroupStatus,
     Lease,
     NewTask,
     Outcome,
@@ -24,6 +29,8 @@ from dispatcher.models import (
     ReclaimCause,
     Report,
     Task,
+    TaskPage,
+    TaskQuery,
     TaskStatus,
     WorkerStatus,
 )
@@ -60,6 +67,8 @@ class Dispatcher:
             lease_seconds=config.lease_duration,
             interval=interval,
             on_reclaim=self._after_reclaim,
+            events_kept=config.events_kept,
+            result_ttl=config.result_ttl,
         )
         self._stop = threading.Event()
         self._monitor_thread: threading.Thread | None = None
@@ -75,6 +84,7 @@ class Dispatcher:
         self.claims_served = 0  # claim requests that returned tasks, since start
         self.tasks_leased = 0
         self.claims_waiting = 0  # long polls waiting for work right now
+        self.feed = DashboardFeed(store, config)
 
     # -- lifecycle --------------------------------------------------------------------------
 
@@ -223,14 +233,71 @@ class Dispatcher:
                 return task
             self.tasks_finished.wait(seen, min(remaining, RECHECK_SECONDS))
 
-    def list_tasks(self, status: TaskStatus | None, limit: int) -> list[Task]:
-        """The newest tasks, optionally filtered by status."""
-        return self.store.list_tasks(status, limit)
+    def list_tasks(self, query: TaskQuery) -> TaskPage:
+        """A page of tasks, newest first, filtered."""
+        return self.store.list_tasks(query)
+
+    def submit_group(self, task_type: str, params: dict[str, Any], parts: Sequence[NewTask],
+                     key: str | None = None) -> tuple[int, list[int], bool]:
+        """Store a split job and its parts durably; (group_id, part ids, created)."""
+        return self.store.submit_group(
+            task_type, params, parts, key,
+            on_commit=lambda: self.tasks_available.notify(len(parts)))
+
+    def get_group(self, group_id: int) -> dict[str, Any]:
+        """The view of a split job: progress, parts, and the combined result once all are done."""
+        return self._group_view(self.store.get_group(group_id))
+
+    def cancel_group(self, group_id: int) -> dict[str, Any]:
+        """Cancel a split job's unfinished parts; its view."""
+        group = self.store.cancel_group(group_id)
+        self.tasks_finished.notify()
+        return self._group_view(group)
+
+    def _group_view(self, group: Group) -> dict[str, Any]:
+        status, error, result = group.status, group.error, None
+        if status is GroupStatus.COMPLETED:
+            result, error = self._combine(group)
+        by_status = {s.value: 0 for s in TaskStatus}
+        for part in group.parts:
+            by_status[part.status.value] += 1
+        return {
+            "group_id": group.group_id, "task_type": group.task_type, "params": group.params,
+            "status": status.value, "progress": round(group.progress, 6),
+            "parts": {"total": len(group.parts), **by_status},
+            "tasks": [{"task_id": p.task_id, "status": p.status.value, "params": p.params,
+                       "progress": p.progress, "worker_id": p.worker_id, "error": p.error}
+                      for p in group.parts],
+            "result": result, "error": error, "created_at": group.created_at,
+        }
+
+    def _combine(self, group: Group) -> tuple[Any, str | None]:
+        """The task type's combine over the parts' results; or None and why it could not."""
+        if group.task_type not in self.registry:
+            return None, f"task type {group.task_type!r} is not loaded here: cannot combine"
+        try:
+            return self.registry.get(group.task_type).combine(  # type: ignore[misc]
+                [part.result for part in group.parts]), None
+        except Exception as exc:  # operator code: report, never a 500
+            log.exception("combining the parts of group %s failed", group.group_id)
+            return None, f"combine failed: {type(exc).__name__}: {exc}"
 
     def stats(self) -> dict[str, Any]:
         """The /stats document."""
         raw = self.store.stats(THROUGHPUT_WINDOW_SECONDS)
         return _format_stats(raw, self)
+
+    def dashboard_state(self) -> dict[str, Any]:
+        """The dashboard's document (``GET /dashboard/state``)."""
+        return self.feed.state()
+
+    def events(self, after: int | None, limit: int, task_id: int | None) -> list[Event]:
+        """Timeline events after id ``after`` (or the newest), optionally of one task."""
+        return self.store.events(after, limit, task_id)
+
+    def latest_checkpoint(self, task_id: int) -> Checkpoint | None:
+        """The task's latest checkpoint, or None; NotFound when there is no such task."""
+        return self.store.latest_checkpoint(task_id)
 
     def health(self) -> dict[str, Any]:
         """Raise StorageUnavailable unless the database answers."""
@@ -258,10 +325,31 @@ class Dispatcher:
             if outcome.outcome is OutcomeKind.STALE:
                 log.warning("stale result for task %s from worker %s refused", outcome.task_id,
                             worker_id)
+        self._stop_failed_groups([o.task_id for o in outcomes if o.status is TaskStatus.FAILED
+                                  and o.outcome in (OutcomeKind.ACCEPTED, OutcomeKind.REFUSED)])
+
+    def _stop_failed_groups(self, failed: list[int]) -> None:
+        """A part failed: its split job has failed, so its unfinished parts are cancelled.
+
+        Their work could no longer make a result. Done after the failure is committed, in
+        transactions of its own (best effort: if it does not happen, the parts run on and the
+        job is failed all the same).
+        """
+        if not failed:
+            return
+        try:
+            for group_id in self.store.groups_of(failed):
+                group = self.store.cancel_group(group_id)
+                log.warning("split job %s failed (%s); its unfinished parts are cancelled",
+                            group_id, group.error)
+                self.tasks_finished.notify()
+        except StorageUnavailable as exc:
+            log.warning("cancelling the parts of a failed split job skipped: %s", exc)
 
     def _after_reclaim(self, reclaimed: list[Reclaim]) -> None:
         if not reclaimed:
             return
+        self._stop_failed_groups([r.task_id for r in reclaimed if r.failed])
         if any(not r.failed for r in reclaimed):
             self.tasks_available.notify()
         if any(r.failed for r in reclaimed):
@@ -321,6 +409,7 @@ def _format_stats(raw: dict[str, Any], dispatcher: Dispatcher) -> dict[str, Any]
         "monitor": {
             "sweeps": monitor.stats.sweeps,
             "errors": monitor.stats.errors,
+            "purged": monitor.stats.purged,
             "in_grace_period": resumed_at is None or now < resumed_at + timeout,
             "last_sweep_seconds_ago": _age(now, raw["cluster"].get("last_sweep_at")),
         },

@@ -46,11 +46,12 @@ run_dir() {
     "$PYTHON" -c 'from shared.config import load_config; print(load_config().run_path)'
 }
 
-# pid_is_ours PIDFILE: true when the PID in the file is alive and still runs our module.
+# pid_is_ours PIDFILE: true when the PID in the file is alive and still runs our module
+# (the dispatcher, a worker, or a worker supervisor).
 pid_is_ours() {
     local pid
     pid=$(cat "$1" 2>/dev/null) || return 1
     [[ "$pid" =~ ^[0-9]+$ ]] || return 1
     [ -r "/proc/$pid/cmdline" ] || return 1
-    tr '\0' ' ' < "/proc/$pid/cmdline" | grep -Eq -- '-m (dispatcher|worker)( |$)'
+    tr '\0' ' ' < "/proc/$pid/cmdline" | grep -Eq -- '-m (dispatcher|worker|worker\.supervisor)( |$)'
 }

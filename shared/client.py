@@ -36,6 +36,8 @@ from shared.utils import split_urls
 log = logging.getLogger(__name__)
 
 FINISHED = ("completed", "failed", "cancelled")
+GROUP_FINISHED = FINISHED
+"""A split job is finished when all its parts completed, or one failed or was cancelled."""
 SUBMIT_BATCH = 1000
 """Tasks per POST /submit-task when submitting many (the dispatcher takes up to MAX_BATCH_SIZE)."""
 LONG_POLL_SECONDS = 10.0
@@ -431,6 +433,54 @@ class QueueClient:
         headers = {IDEMPOTENCY_HEADER: idempotency_key or new_idempotency_key()}
         return int(self._ok("POST", "/submit-task", body, headers=headers,
                             repeatable=True)["task_id"])
+
+    def submit_split(
+        self,
+        task_type: str,
+        params: Mapping[str, Any] | None,
+        parts: int,
+        *,
+        priority: int = 0,
+        max_attempts: int | None = None,
+        idempotency_key: str | None = None,
+        **options: Any,
+    ) -> dict[str, Any]:
+        """Submit a split job of at most ``parts`` parts; ``{"group_id", "task_ids", ...}``.
+
+        ``options`` are the fields every part takes (max_retries, retry_backoff,
+        timeout_seconds, run_at, delay_seconds); None values are left out.
+        """
+        body = {**_task_body(task_type, params, priority, max_attempts), "split": parts}
+        body.update({k: v for k, v in options.items() if v is not None})
+        headers = {IDEMPOTENCY_HEADER: idempotency_key or new_idempotency_key()}
+        return dict(self._ok("POST", "/submit-task", body, headers=headers, repeatable=True))
+
+    def group(self, group_id: int) -> dict[str, Any]:
+        """GET /group/<id>: a split job's status, progress, parts and combined result."""
+        return dict(self._ok("GET", f"/group/{int(group_id)}", repeatable=True))
+
+    def wait_group(self, group_id: int, timeout: float | None = None) -> dict[str, Any]:
+        """Long-poll a split job's parts until it is finished; its view. Raise WaitTimeout."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            view = self.group(group_id)
+            if view["status"] in GROUP_FINISHED:
+                return view
+            part = next(p for p in view["tasks"] if p["status"] not in FINISHED)
+            left = LONG_POLL_SECONDS if deadline is None else deadline - time.monotonic()
+            if left <= 0:
+                raise WaitTimeout(f"group {group_id} still {view['status']} after {timeout}s")
+            self.task(part["task_id"], wait=min(left, LONG_POLL_SECONDS))
+
+    def cancel_group(self, group_id: int) -> dict[str, Any]:
+        """Cancel a split job's unfinished parts; its view."""
+        return dict(self._ok("POST", f"/group/{int(group_id)}/cancel"))
+
+    def task_page(self, **query: Any) -> dict[str, Any]:
+        """GET /tasks with filters (status, task_type, created_after, created_before, limit,
+        cursor); ``{"tasks": [...], "next_cursor": ...}``."""
+        args = {k: v for k, v in query.items() if v is not None}
+        return dict(self._ok("GET", "/tasks?" + urlencode(args), repeatable=True))
 
     def submit_many(self, tasks: Iterable[Mapping[str, Any]], batch_size: int = SUBMIT_BATCH,
                     *, idempotency_key: str | None = None) -> list[int]:

@@ -108,6 +108,29 @@ class LocalCluster:
         self.workers[worker_id] = proc
         return proc
 
+    def start_supervisor(
+        self, worker_id: str, processes: int | str, *args: str,
+        env: Mapping[str, str] | None = None,
+    ) -> subprocess.Popen[bytes]:
+        """Start a worker supervisor running ``processes`` workers ``worker_id-1``... .
+
+        It is kept with the workers under ``worker_id`` (so :meth:`close` stops it, and its
+        children with it); its log and its children's are :meth:`worker_log` of ``worker_id``.
+        """
+        proc = self._spawn(f"worker-{worker_id}",
+                           ["-m", "worker.supervisor", worker_id, "--processes", str(processes),
+                            *args], env)
+        self.workers[worker_id] = proc
+        return proc
+
+    def child_pid(self, name: str) -> int | None:
+        """The PID of a supervised worker (by its worker id) from its PID file, if it runs."""
+        path = Path(self.env["RUN_DIR"]) / "children" / f"worker-{name}.pid"
+        try:
+            return int(path.read_text())
+        except (OSError, ValueError):
+            return None
+
     def signal_worker(self, worker_id: str, sig: int) -> None:
         """Send a signal to one worker we started."""
         self.workers[worker_id].send_signal(sig)

@@ -19,6 +19,7 @@ from shared.utils import split_urls
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+MAX_WORKER_PROCESSES = 1024
 _MODULE_PATH = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*")
 
 
@@ -61,10 +62,16 @@ class Config:
     poll_wait: float = 1.0
     backoff_max: float = 5.0
     prefetch_max: int = 128
+    events_kept: int = 1000
+    """How many of the newest timeline events (reclaims, dead workers...) the database keeps."""
     run_dir: str = "run"
     log_level: str = "INFO"
+    result_ttl: float = 7 * 24 * 3600.0
+    """Seconds a finished task (result, checkpoint, idempotency key) is kept; <= 0: forever."""
     task_modules: str = ""
     """Comma-separated import paths of the operator's task modules (besides the built-ins)."""
+    worker_processes: str = "1"
+    """Worker processes ``start_worker.sh`` runs under one supervisor: a count or ``auto``."""
 
     @property
     def sqlite_path(self) -> Path | None:
@@ -92,6 +99,11 @@ class Config:
         return split_urls(self.dispatcher_url)
 
     @property
+    def worker_process_count(self) -> int:
+        """How many worker processes ``WORKER_PROCESSES`` asks for (``auto``: usable CPU cores)."""
+        return resolve_process_count(self.worker_processes)
+
+    @property
     def run_path(self) -> Path:
         """Directory for PID files, worker caches and logs."""
         return resolve_path(self.run_dir)
@@ -109,6 +121,19 @@ def resolve_path(raw: str) -> Path:
     return path if path.is_absolute() else REPO_ROOT / path
 
 
+def resolve_process_count(raw: str, key: str = "WORKER_PROCESSES") -> int:
+    """A worker process count: a number 1-1024, or ``auto`` for the CPU cores this process may use."""
+    text = raw.strip().lower()
+    if text == "auto":
+        try:
+            return max(1, len(os.sched_getaffinity(0)))
+        except AttributeError:  # not Linux
+            return max(1, os.cpu_count() or 1)
+    if not text.isdigit() or not 1 <= int(text) <= MAX_WORKER_PROCESSES:
+        raise ConfigError(f"{key} must be 1-{MAX_WORKER_PROCESSES} or auto, got {raw!r}")
+    return int(text)
+
+
 def _positive(value: float) -> bool:
     return value > 0
 
@@ -120,6 +145,7 @@ _RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "lease_duration": (_positive, "must be > 0"),
     "checkpoint_interval": (_positive, "must be > 0"),
     "monitor_interval": (_positive, "must be > 0"),
+    "result_ttl": (lambda v: v == v and abs(v) != float("inf"), "must be a finite number"),
     "max_attempts": (lambda v: 1 <= v <= 1000, "must be 1-1000"),
     "default_max_retries": (lambda v: 0 <= v <= 1000, "must be 0-1000"),
     "default_retry_backoff": (lambda v: 0 <= v <= 3600, "must be 0-3600"),
@@ -138,10 +164,15 @@ _RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "poll_wait": (lambda v: 0 <= v <= 30, "must be 0-30"),
     "backoff_max": (_positive, "must be > 0"),
     "prefetch_max": (lambda v: 1 <= v <= 1000, "must be 1-1000"),
+    "events_kept": (lambda v: 10 <= v <= 1_000_000, "must be 10-1000000"),
     "log_level": (lambda v: v in LOG_LEVELS, "must be one of " + ", ".join(LOG_LEVELS)),
     "database_url": (
         lambda v: v.startswith(("sqlite:///", "postgresql://", "postgres://")),
         "must start with sqlite:/// or postgresql://",
+    ),
+    "worker_processes": (
+        lambda v: v.lower() == "auto" or (v.isdigit() and 1 <= int(v) <= MAX_WORKER_PROCESSES),
+        f"must be 1-{MAX_WORKER_PROCESSES} or auto",
     ),
     "task_modules": (
         lambda v: all(_MODULE_PATH.fullmatch(n.strip()) for n in v.split(",") if n.strip()),

@@ -10,8 +10,10 @@ from __future__ import annotations
 
 from tasks.base import (
     CheckpointFn,
+    CombineFn,
     InvalidCheckpoint,
     InvalidParams,
+    SplitFn,
     Stopwatch,
     TaskInterrupted,
     TaskType,
@@ -23,9 +25,11 @@ from tasks.registry import BUILTIN_MODULES, Registry, TaskModuleError, load_regi
 __all__ = [
     "BUILTIN_MODULES",
     "CheckpointFn",
+    "CombineFn",
     "InvalidCheckpoint",
     "InvalidParams",
     "Registry",
+    "SplitFn",
     "Stopwatch",
     "TaskInterrupted",
     "TaskModuleError",

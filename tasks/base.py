@@ -28,6 +28,10 @@ class CheckpointFn(Protocol):
 
 
 TaskRun = Callable[[Any, "dict[str, Any] | None", CheckpointFn], dict[str, Any]]
+SplitFn = Callable[[Any, int], "list[dict[str, Any]]"]
+"""``split(params, parts)``: the params of at most ``parts`` tasks that together do the job."""
+CombineFn = Callable[["list[dict[str, Any]]"], dict[str, Any]]
+"""``combine(results)``: the parts' results, in the order ``split`` gave them, as one result."""
 
 
 class TaskInterrupted(Exception):
@@ -61,6 +65,26 @@ class TaskType:
     """State fields that measure work done: a checkpoint where one goes down is corrupt."""
     module: str = ""
     """The module that defines it, named when two modules define one name."""
+    split: SplitFn | None = None
+    """How a job of this type is cut into parts (split jobs); None: it cannot be split."""
+    combine: CombineFn | None = None
+    """How the parts' results make the job's result; set exactly when ``split`` is."""
+
+    @property
+    def splittable(self) -> bool:
+        """True when jobs of this type can run as a group of parts."""
+        return self.split is not None and self.combine is not None
+
+    def split_params(self, params: dict[str, Any], parts: int) -> list[dict[str, Any]]:
+        """The validated, normalised params of each part (at least one, at most ``parts``)."""
+        if self.split is None:
+            raise InvalidParams("split", f"task type {self.name!r} cannot be split "
+                                         "(it defines no split/combine)")
+        pieces = self.split(self.validate(params), parts)
+        if not 1 <= len(pieces) <= parts:
+            raise ValueError(f"task {self.name!r}: split gave {len(pieces)} parts, "
+                             f"asked for at most {parts}")
+        return [self.validate(piece).model_dump(mode="json") for piece in pieces]
 
     def __call__(
         self, params: Any, resume: dict[str, Any] | None, checkpoint: CheckpointFn
@@ -97,16 +121,24 @@ def task(
     state: type[BaseModel] | None = None,
     never_decrease: tuple[str, ...] = (),
     description: str | None = None,
+    split: SplitFn | None = None,
+    combine: CombineFn | None = None,
 ) -> Callable[[TaskRun], TaskType]:
     """Declare a task type: ``@task("name", params=Model)`` on ``def run(params, resume, ckpt)``.
 
     The decorated name becomes the :class:`TaskType` (still callable like the function). The
     description defaults to the first line of the function's docstring. A mistake in the
     declaration raises here, at import, so a process never starts with a half-valid task.
+    ``split`` and ``combine`` (both or neither) let a job run as a group of parts on several
+    workers: ``split(params, n)`` gives the parts' params, ``combine(results)`` the job's
+    result from the parts' results.
     """
 
     def declare(run: TaskRun) -> TaskType:
         _check_declaration(name, params, state, never_decrease, run)
+        if (split is None) != (combine is None) or not all(
+                f is None or callable(f) for f in (split, combine)):
+            raise TypeError(f"task {name!r}: give split and combine together, as functions")
         return TaskType(
             name=name,
             params_model=params,
@@ -115,6 +147,8 @@ def task(
             state_model=state,
             never_decrease=tuple(never_decrease),
             module=getattr(run, "__module__", "") or "",
+            split=split,
+            combine=combine,
         )
 
     return declare

@@ -120,8 +120,40 @@ class PrimeProgress(BaseModel):
             self.primes.extend(block.values)
 
 
+def split_range(params: PrimeParams, parts: int) -> list[dict[str, Any]]:
+    """[start, limit] in at most ``parts`` consecutive ranges of equal width (give or take one).
+
+    Equal widths balance the sieve well (its cost per number hardly grows with the number);
+    a range narrower than ``parts`` numbers gets one part per number.
+    """
+    width = params.limit - params.start + 1
+    count = max(1, min(parts, width))
+    bounds = [params.start + width * i // count for i in range(count + 1)]
+    return [{"algorithm": params.algorithm, "start": low, "limit": high - 1}
+            for low, high in zip(bounds, bounds[1:])]
+
+
+def combine_ranges(results: list[dict[str, Any]]) -> dict[str, Any]:
+    """The result of the whole range from its parts' results, in range order."""
+    first, last = results[0], results[-1]
+    combined: dict[str, Any] = {
+        "algorithm": first["algorithm"],
+        "start": first["start"],
+        "limit": last["limit"],
+        "prime_count": sum(r["prime_count"] for r in results),
+        "largest_prime": next((r["largest_prime"] for r in reversed(results)
+                               if r["largest_prime"] is not None), None),
+        "sum_of_primes": sum(r["sum_of_primes"] for r in results),
+        "elapsed_seconds": sum(r["elapsed_seconds"] for r in results),
+    }
+    if last["limit"] - first["start"] <= PRIMES_LIST_CAP and all("primes" in r for r in results):
+        combined["primes"] = [p for r in results for p in r["primes"]]
+    return combined
+
+
 @task("primes", params=PrimeParams, state=PrimeProgress,
-      never_decrease=("last_checked", "prime_count", "sum_of_primes"))
+      never_decrease=("last_checked", "prime_count", "sum_of_primes"),
+      split=split_range, combine=combine_ranges)
 def primes(
     params: PrimeParams, resume: dict[str, Any] | None, checkpoint: CheckpointFn
 ) -> dict[str, Any]:

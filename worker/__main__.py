@@ -9,7 +9,7 @@ from shared.config import LOG_LEVELS, ConfigError, load_config
 from shared.utils import configure_logging
 from tasks.registry import TaskModuleError, load_registry
 from worker.cache_manager import ResultCache
-from worker.config import make_worker_config
+from worker.config import CONFIG_ERROR_EXIT, make_worker_config
 from worker.worker import Shutdown, Worker, install_signal_handlers
 
 # Short GIL slices so the heartbeat thread gets the GIL back quickly from a CPU-bound task
@@ -40,7 +40,7 @@ def main(argv: list[str] | None = None) -> int:
         registry = load_registry(config.task_module_names)
     except (ConfigError, TaskModuleError) as exc:
         print(f"configuration error: {exc}", file=sys.stderr)
-        return 2
+        return CONFIG_ERROR_EXIT
     configure_logging(config.log_level)
     sys.setswitchinterval(SWITCH_INTERVAL_SECONDS)
     shutdown = Shutdown()

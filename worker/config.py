@@ -10,6 +10,13 @@ from pathlib import Path
 from shared.config import Config, ConfigError, check_dispatcher_urls
 from shared.utils import split_urls
 
+CONFIG_ERROR_EXIT = 2
+"""Exit code of a worker that cannot start (bad configuration, flags or task modules), before it
+ever contacts a dispatcher; the supervisor stops on it instead of restarting (argparse uses it too)."""
+TASK_OVERRAN_EXIT = 75
+"""Exit code of a worker that ended itself because its task ignored its timeout (the watchdog):
+a crash as far as the supervisor is concerned, so the process is started again."""
+
 # The dispatcher's (and start_worker.sh's) rule; also safe as the cache's file name.
 _WORKER_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:@-]{0,127}")
 

@@ -27,7 +27,7 @@ from worker.client import (
     Unreachable,
     worker_failover,
 )
-from worker.config import WorkerConfig
+from worker.config import TASK_OVERRAN_EXIT, WorkerConfig
 from worker.heartbeat import Heartbeat, HeldTasks
 from worker.tasks import (
     MAX_ERROR_CHARS,
@@ -285,7 +285,7 @@ def refusal_error(reply: Reply) -> str:
     return f"result refused by the dispatcher (HTTP {reply.status} {detail})"[:MAX_ERROR_CHARS]
 
 
-EXIT_TASK_OVERRAN = 75
+EXIT_TASK_OVERRAN = TASK_OVERRAN_EXIT
 """The worker's exit code when it ended itself because a task ignored its timeout."""
 
 

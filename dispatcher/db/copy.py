@@ -2,12 +2,13 @@
 
     python -m dispatcher.db.copy sqlite:///data/tasks.db postgresql://tq@db-host:5432/taskqueue
 
-Copies every table that holds the queue's history (tasks, results, checkpoints, workers,
-counters, failed attempts, schedules) from one consistent snapshot of the SQLite file into an empty PostgreSQL database,
-in one transaction (all or nothing), then checks that the row counts, the tasks per status and
-the counters agree on both sides, and prints them. Task ids are kept, and new ids continue
-after the largest. Stop the dispatcher first: a snapshot taken while it runs is consistent,
-but what it does afterwards stays behind in SQLite.
+Copies every table that holds the queue's history (split jobs, tasks, results, checkpoints,
+workers, counters, failed attempts, schedules, the events timeline) from one consistent snapshot
+of the SQLite file into an empty PostgreSQL database, in one transaction (all or nothing), then
+checks that the row counts, the tasks per status and the counters agree on both sides, and prints
+them. Task, group, schedule and event ids are kept, and new ids continue after the largest. Stop
+the dispatcher first: a snapshot taken while it runs is consistent, but what it does afterwards
+stays behind in SQLite.
 """
 
 from __future__ import annotations
@@ -25,11 +26,12 @@ from dispatcher.db.sqlite import SQLiteStore
 from shared.config import Config, ConfigError
 
 TABLES: dict[str, tuple[str, ...]] = {
+    "task_groups": ("group_id", "task_type", "params", "parts", "idempotency_key", "created_at"),
     "tasks": ("task_id", "task_type", "params", "status", "priority", "attempt", "max_attempts",
               "worker_id", "worker_instance", "lease_expires_at", "progress", "error",
               "idempotency_key", "created_at", "started_at", "claimed_at", "finished_at",
               "run_after", "max_retries", "retries", "retry_backoff", "timeout_seconds",
-              "timeout_at", "crash_streak", "crash_progress"),
+              "timeout_at", "crash_streak", "crash_progress", "group_id"),
     "task_results": ("task_id", "attempt", "worker_id", "result", "created_at"),
     "checkpoints": ("task_id", "attempt", "worker_id", "state", "progress", "saved_at"),
     "workers": ("worker_id", "instance_id", "status", "last_heartbeat", "registered_at",
@@ -39,6 +41,8 @@ TABLES: dict[str, tuple[str, ...]] = {
     "schedules": ("schedule_id", "task_type", "params", "priority", "max_attempts",
                   "max_retries", "retry_backoff", "timeout_seconds", "every_seconds", "cron",
                   "next_run_at", "last_run_at", "last_task_id", "runs", "created_at"),
+    "events": ("event_id", "at", "kind", "task_id", "worker_id", "attempt", "status", "progress",
+               "detail"),
 }
 """What is copied, in an order that respects the foreign keys. Column names are fixed here,
 never taken from input, so the statements built from them are constant."""
@@ -57,6 +61,10 @@ RECOUNT_SQL = """
                   GREATEST((SELECT MAX(task_id) FROM tasks), 1));
     SELECT setval(pg_get_serial_sequence('schedules', 'schedule_id'),
                   GREATEST((SELECT MAX(schedule_id) FROM schedules), 1));
+    SELECT setval(pg_get_serial_sequence('events', 'event_id'),
+                  GREATEST((SELECT MAX(event_id) FROM events), 1));
+    SELECT setval(pg_get_serial_sequence('task_groups', 'group_id'),
+                  GREATEST((SELECT MAX(group_id) FROM task_groups), 1));
 """
 
 

@@ -26,7 +26,12 @@ from psycopg.rows import dict_row
 from psycopg_pool import ConnectionPool, PoolTimeout
 
 from dispatcher.db.errors import StorageUnavailable, StoreError
-from dispatcher.db.schema import POSTGRES_MIGRATIONS, POSTGRES_SCHEMA, SCHEMA_VERSION
+from dispatcher.db.schema import (
+    POSTGRES_MIGRATIONS,
+    POSTGRES_SCHEMA,
+    SCHEMA_VERSION,
+    migrations_between,
+)
 from dispatcher.db.store import Channel, Clock, Dialect, OnCommit, Store, Tx
 
 log = logging.getLogger(__name__)
@@ -71,13 +76,13 @@ QUERIES: dict[str, str] = {
                crash_progress = CASE WHEN %(crash)s::int = 0 THEN crash_progress
                    ELSE progress END
          WHERE task_id = %(task_id)s AND status = 'in-progress' AND attempt = %(attempt)s
-        RETURNING task_id""",
+        RETURNING task_id, progress""",
     "move_give_up": """
         UPDATE tasks SET status = 'failed', error = %(error)s, lease_expires_at = NULL,
                finished_at = %(now)s
          WHERE task_id = %(task_id)s AND status = 'in-progress' AND attempt = %(attempt)s
            AND attempt >= max_attempts
-        RETURNING task_id""",
+        RETURNING task_id, progress""",
     "move_cancel": """
         UPDATE tasks SET status = 'cancelled', lease_expires_at = NULL, finished_at = %(now)s
          WHERE task_id = %(task_id)s AND status IN ('pending', 'in-progress')
@@ -88,19 +93,19 @@ QUERIES: dict[str, str] = {
                retries = retries + 1, run_after = %(run_after)s
          WHERE task_id = %(task_id)s AND status = 'in-progress' AND attempt = %(attempt)s
            AND worker_id = %(worker_id)s AND retries < max_retries AND attempt < max_attempts
-        RETURNING task_id, retries""",
+        RETURNING task_id, retries, progress""",
     "move_quarantine": """
         UPDATE tasks SET status = 'failed', error = %(error)s, lease_expires_at = NULL,
                finished_at = %(now)s, crash_streak = crash_streak + 1
          WHERE task_id = %(task_id)s AND status = 'in-progress' AND attempt = %(attempt)s
            AND crash_progress IS NOT NULL AND progress <= crash_progress
            AND crash_streak + 1 >= %(limit)s::int
-        RETURNING task_id""",
+        RETURNING task_id, progress""",
     "move_time_out": """
         UPDATE tasks SET status = 'failed', error = %(error)s, lease_expires_at = NULL,
                finished_at = %(now)s
          WHERE task_id = %(task_id)s AND status = 'in-progress' AND attempt = %(attempt)s
-        RETURNING task_id""",
+        RETURNING task_id, progress""",
     "move_rerun": """
         UPDATE tasks SET status = 'pending', error = NULL, finished_at = NULL, run_after = NULL,
                worker_id = NULL, worker_instance = NULL, lease_expires_at = NULL,
@@ -109,13 +114,14 @@ QUERIES: dict[str, str] = {
                progress = COALESCE((SELECT c.progress FROM checkpoints c
                                      WHERE c.task_id = tasks.task_id), 0)
          WHERE task_id = %(task_id)s AND status IN ('failed', 'cancelled')
-        RETURNING task_id""",
+        RETURNING task_id, progress""",
     "insert_task": """
         INSERT INTO tasks (task_type, params, priority, max_attempts, idempotency_key, created_at,
-                           max_retries, retry_backoff, timeout_seconds, run_after)
+                           max_retries, retry_backoff, timeout_seconds, run_after, group_id)
         VALUES (%(task_type)s, %(params)s, %(priority)s, %(max_attempts)s,
                 %(idempotency_key)s, %(now)s,
-                %(max_retries)s, %(retry_backoff)s, %(timeout_seconds)s, %(run_after)s)
+                %(max_retries)s, %(retry_backoff)s, %(timeout_seconds)s, %(run_after)s,
+                %(group_id)s)
         ON CONFLICT (idempotency_key) DO NOTHING
         RETURNING task_id""",
     # Rows another dispatcher's timer is promoting are skipped, not waited for: a waiter
@@ -164,20 +170,76 @@ QUERIES: dict[str, str] = {
     "schedule_next": """SELECT MIN(next_run_at) AS at FROM schedules""",
     "insert_tasks": """
         INSERT INTO tasks (task_type, params, priority, max_attempts, created_at, max_retries,
-                           retry_backoff, timeout_seconds, run_after)
+                           retry_backoff, timeout_seconds, run_after, group_id)
         SELECT * FROM unnest(%(task_types)s::text[], %(params)s::text[], %(priorities)s::int[],
                              %(max_attempts)s::int[], %(nows)s::float8[],
                              %(max_retries)s::int[], %(retry_backoffs)s::float8[],
-                             %(timeouts)s::float8[], %(run_afters)s::float8[])
+                             %(timeouts)s::float8[], %(run_afters)s::float8[],
+                             %(group_ids)s::bigint[])
         RETURNING task_id""",
     "task_by_key": "SELECT task_id, status FROM tasks WHERE idempotency_key = %(key)s",
     "task_view": """
         SELECT t.*, r.result FROM tasks t LEFT JOIN task_results r USING (task_id)
          WHERE t.task_id = %(task_id)s""",
-    "task_list": """
+    # The task list: one query per index; ids bound the walk, times only filter within it.
+    "task_page": """
         SELECT t.*, r.result FROM tasks t LEFT JOIN task_results r USING (task_id)
-         WHERE (%(status)s::text IS NULL OR t.status = %(status)s)
+         WHERE t.task_id < %(before_id)s AND t.task_id >= %(min_id)s
+           AND t.created_at >= %(after)s AND t.created_at < %(before)s
          ORDER BY t.task_id DESC LIMIT %(limit)s""",
+    "task_page_status": """
+        SELECT t.*, r.result FROM tasks t LEFT JOIN task_results r USING (task_id)
+         WHERE t.status = %(status)s AND t.task_id < %(before_id)s AND t.task_id >= %(min_id)s
+           AND t.created_at >= %(after)s AND t.created_at < %(before)s
+         ORDER BY t.task_id DESC LIMIT %(limit)s""",
+    "task_page_type_status": """
+        SELECT t.*, r.result FROM tasks t LEFT JOIN task_results r USING (task_id)
+         WHERE t.task_type = %(task_type)s AND t.status = %(status)s
+           AND t.task_id < %(before_id)s AND t.task_id >= %(min_id)s
+           AND t.created_at >= %(after)s AND t.created_at < %(before)s
+         ORDER BY t.task_id DESC LIMIT %(limit)s""",
+    "first_id_created_from": """
+        SELECT task_id FROM tasks WHERE created_at >= %(at)s
+         ORDER BY created_at, task_id LIMIT 1""",
+    "last_id_created_before": """
+        SELECT task_id FROM tasks WHERE created_at < %(at)s
+         ORDER BY created_at DESC, task_id DESC LIMIT 1""",
+    # -- groups (split jobs) --
+    "group_insert": """
+        INSERT INTO task_groups (task_type, params, parts, idempotency_key, created_at)
+        VALUES (%(task_type)s, %(params)s, %(parts)s, %(idempotency_key)s, %(now)s)
+        ON CONFLICT (idempotency_key) DO NOTHING
+        RETURNING group_id""",
+    "group_by_key": "SELECT group_id FROM task_groups WHERE idempotency_key = %(key)s",
+    "group_get": "SELECT * FROM task_groups WHERE group_id = %(group_id)s",
+    "group_parts": """
+        SELECT t.task_id, t.status, t.params, t.progress, t.worker_id, t.error, r.result
+          FROM tasks t LEFT JOIN task_results r USING (task_id)
+         WHERE t.group_id = %(group_id)s ORDER BY t.task_id""",
+    "groups_of": """
+        SELECT DISTINCT group_id FROM tasks
+         WHERE task_id = ANY(%(ids)s) AND group_id IS NOT NULL ORDER BY group_id""",
+    "group_unfinished": """
+        SELECT task_id FROM tasks
+         WHERE group_id = %(group_id)s AND status IN ('pending', 'in-progress')
+         ORDER BY task_id""",
+    # -- retention: finished tasks older than RESULT_TTL, a group's parts only all together;
+    # rows another dispatcher's purge holds are skipped, never waited for --
+    "purge_candidates": """
+        SELECT task_id, group_id FROM tasks t
+         WHERE finished_at < %(before)s AND status IN ('completed', 'failed', 'cancelled')
+           AND NOT EXISTS (  -- (a task of no group has no siblings: NULL = NULL is not true)
+                SELECT 1 FROM tasks p WHERE p.group_id = t.group_id
+                   AND (p.status IN ('pending', 'in-progress') OR p.finished_at >= %(before)s))
+         ORDER BY finished_at LIMIT %(limit)s
+           FOR UPDATE OF t SKIP LOCKED""",
+    "purge_results": "DELETE FROM task_results WHERE task_id = ANY(%(ids)s)",
+    "purge_checkpoints": "DELETE FROM checkpoints WHERE task_id = ANY(%(ids)s)",
+    "purge_attempts": "DELETE FROM task_attempts WHERE task_id = ANY(%(ids)s)",
+    "purge_tasks": "DELETE FROM tasks WHERE task_id = ANY(%(ids)s)",
+    "purge_groups": """
+        DELETE FROM task_groups g WHERE g.group_id = ANY(%(ids)s)
+           AND NOT EXISTS (SELECT 1 FROM tasks t WHERE t.group_id = g.group_id)""",
     "task_lease": """
         SELECT status, attempt, worker_id, task_type FROM tasks WHERE task_id = %(task_id)s""",
     "task_leases": """
@@ -262,7 +324,7 @@ QUERIES: dict[str, str] = {
         UPDATE workers SET last_heartbeat = GREATEST(last_heartbeat, %(at)s)
          WHERE worker_id = %(worker_id)s AND status = 'alive'""",
     "workers_silent": """
-        SELECT worker_id FROM workers
+        SELECT worker_id, last_heartbeat FROM workers
          WHERE status = 'alive' AND last_heartbeat < %(silent_since)s ORDER BY worker_id""",
     "workers_all": "SELECT * FROM workers ORDER BY worker_id",
     # -- counters and cluster state --
@@ -283,6 +345,47 @@ QUERIES: dict[str, str] = {
     "cluster_put": """
         INSERT INTO cluster (name, value) VALUES (%(name)s, %(value)s)
         ON CONFLICT (name) DO UPDATE SET value = excluded.value""",
+    # -- the events timeline and the dashboard (each read bounded by an index and a LIMIT) --
+    "event_add": """
+        INSERT INTO events (at, kind, task_id, worker_id, attempt, status, progress, detail)
+        VALUES (%(now)s, %(kind)s, %(task_id)s, %(worker_id)s, %(attempt)s, %(status)s,
+                %(progress)s, %(detail)s)""",
+    "events_after": """
+        SELECT * FROM events
+         WHERE event_id > %(after)s AND (%(task_id)s::bigint IS NULL OR task_id = %(task_id)s)
+         ORDER BY event_id LIMIT %(limit)s""",
+    "events_latest": """
+        SELECT * FROM (SELECT * FROM events
+                        WHERE (%(task_id)s::bigint IS NULL OR task_id = %(task_id)s)
+                        ORDER BY event_id DESC LIMIT %(limit)s) latest ORDER BY event_id""",
+    "events_trim": """
+        DELETE FROM events WHERE event_id <= (SELECT event_id FROM events
+                                               ORDER BY event_id DESC LIMIT 1 OFFSET %(keep)s)""",
+    "dash_running": """
+        SELECT t.task_id, t.task_type, t.worker_id, t.attempt, t.max_attempts, t.progress,
+               t.claimed_at, t.lease_expires_at, c.saved_at AS checkpoint_at
+          FROM tasks t LEFT JOIN checkpoints c USING (task_id)
+         WHERE t.status = 'in-progress' ORDER BY t.task_id LIMIT %(limit)s""",
+    "dash_held_counts": """
+        SELECT worker_id, COUNT(*) AS n FROM tasks
+         WHERE status = 'in-progress' GROUP BY worker_id""",
+    "dash_pending": """
+        SELECT task_id, task_type, priority, attempt, progress, created_at FROM tasks
+         WHERE status = 'pending' AND run_after IS NULL
+         ORDER BY priority DESC, task_id LIMIT %(limit)s""",
+    "dash_delayed": """
+        SELECT COUNT(*) AS n FROM (SELECT 1 FROM tasks
+                                    WHERE status = 'pending' AND run_after IS NOT NULL
+                                    LIMIT %(limit)s) delayed""",
+    "dash_recent": """
+        SELECT task_id, task_type, status, worker_id, attempt, progress, finished_at, error
+          FROM tasks WHERE finished_at IS NOT NULL ORDER BY finished_at DESC LIMIT %(limit)s""",
+    "dash_buckets": """
+        SELECT floor(finished_at / %(bucket)s)::bigint AS bucket, status, COUNT(*) AS n
+          FROM tasks WHERE finished_at >= %(since)s GROUP BY 1, 2""",
+    "dash_workers": """
+        SELECT * FROM workers ORDER BY status = 'alive' DESC, worker_id LIMIT %(limit)s""",
+    "dash_worker_counts": "SELECT status, COUNT(*) AS n FROM workers GROUP BY status",
     "schema_version_get": "SELECT value FROM schema_info WHERE key = 'version'",
     "schema_version_put": """
         INSERT INTO schema_info (key, value) VALUES ('version', %(version)s)
@@ -404,7 +507,8 @@ class PostgresStore(Store):
             "max_retries": [r["max_retries"] for r in rows],
             "retry_backoffs": [r["retry_backoff"] for r in rows],
             "timeouts": [r["timeout_seconds"] for r in rows],
-            "run_afters": [r["run_after"] for r in rows]})
+            "run_afters": [r["run_after"] for r in rows],
+            "group_ids": [r["group_id"] for r in rows]})
         # Identity values are drawn in insertion order, so sorted ids follow the input order.
         return sorted(row["task_id"] for row in found)
 
@@ -439,8 +543,8 @@ class PostgresStore(Store):
             if version == 0:
                 tx.run_script(POSTGRES_SCHEMA)
                 version = 1
-            for target in sorted(v for v in POSTGRES_MIGRATIONS if version < v <= SCHEMA_VERSION):
-                tx.run_script(POSTGRES_MIGRATIONS[target])
+            for target, script in migrations_between(POSTGRES_MIGRATIONS, version):
+                tx.run_script(script)
                 log.info("database migrated to schema version %s", target)
             tx.run("schema_version_put", {"version": str(SCHEMA_VERSION)})
             # A new database has no planner statistics until something analyses it.

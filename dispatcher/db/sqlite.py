@@ -21,12 +21,20 @@ from pathlib import Path
 from typing import Any
 
 from dispatcher.db.errors import StorageUnavailable, StoreError
-from dispatcher.db.schema import SCHEMA_VERSION, SQLITE_MIGRATIONS, SQLITE_SCHEMA
+from dispatcher.db.schema import (
+    SCHEMA_VERSION,
+    SQLITE_MIGRATIONS,
+    SQLITE_SCHEMA,
+    migrations_between,
+)
 from dispatcher.db.store import Clock, Dialect, OnCommit, Store, Tx
 from dispatcher.runtime import offload
 
 log = logging.getLogger(__name__)
 
+# The partial indexes of the task lifecycle are named (INDEXED BY) where SQLite's planner, with
+# no statistics, would rather take tasks_status_id_idx (status, task_id) and walk every pending
+# (or running) task: the claim, the due timer and the dashboard's pending list stay O(log n).
 QUERIES: dict[str, str] = {
     # -- moves (dispatcher/db/moves.py): the only statements that change a task's status --
     "move_claim": """
@@ -35,7 +43,7 @@ QUERIES: dict[str, str] = {
                worker_instance = :instance_id, lease_expires_at = :lease_expires_at,
                claimed_at = :now, started_at = COALESCE(started_at, :now),
                timeout_at = :now + timeout_seconds
-         WHERE task_id IN (SELECT task_id FROM tasks
+         WHERE task_id IN (SELECT task_id FROM tasks INDEXED BY tasks_ready_idx
                             WHERE status = 'pending' AND run_after IS NULL
                            ORDER BY priority DESC, task_id LIMIT :limit)
         RETURNING task_id, task_type, params, attempt, lease_expires_at, timeout_seconds""",
@@ -59,13 +67,13 @@ QUERIES: dict[str, str] = {
                    THEN crash_streak + 1 ELSE 1 END,
                crash_progress = CASE WHEN :crash = 0 THEN crash_progress ELSE progress END
          WHERE task_id = :task_id AND status = 'in-progress' AND attempt = :attempt
-        RETURNING task_id""",
+        RETURNING task_id, progress""",
     "move_give_up": """
         UPDATE tasks SET status = 'failed', error = :error, lease_expires_at = NULL,
                finished_at = :now
          WHERE task_id = :task_id AND status = 'in-progress' AND attempt = :attempt
            AND attempt >= max_attempts
-        RETURNING task_id""",
+        RETURNING task_id, progress""",
     "move_cancel": """
         UPDATE tasks SET status = 'cancelled', lease_expires_at = NULL, finished_at = :now
          WHERE task_id = :task_id AND status IN ('pending', 'in-progress') RETURNING task_id""",
@@ -74,19 +82,19 @@ QUERIES: dict[str, str] = {
                retries = retries + 1, run_after = :run_after
          WHERE task_id = :task_id AND status = 'in-progress' AND attempt = :attempt
            AND worker_id = :worker_id AND retries < max_retries AND attempt < max_attempts
-        RETURNING task_id, retries""",
+        RETURNING task_id, retries, progress""",
     "move_quarantine": """
         UPDATE tasks SET status = 'failed', error = :error, lease_expires_at = NULL,
                finished_at = :now, crash_streak = crash_streak + 1
          WHERE task_id = :task_id AND status = 'in-progress' AND attempt = :attempt
            AND crash_progress IS NOT NULL AND progress <= crash_progress
            AND crash_streak + 1 >= :limit
-        RETURNING task_id""",
+        RETURNING task_id, progress""",
     "move_time_out": """
         UPDATE tasks SET status = 'failed', error = :error, lease_expires_at = NULL,
                finished_at = :now
          WHERE task_id = :task_id AND status = 'in-progress' AND attempt = :attempt
-        RETURNING task_id""",
+        RETURNING task_id, progress""",
     "move_rerun": """
         UPDATE tasks SET status = 'pending', error = NULL, finished_at = NULL, run_after = NULL,
                worker_id = NULL, worker_instance = NULL, lease_expires_at = NULL,
@@ -95,29 +103,30 @@ QUERIES: dict[str, str] = {
                progress = COALESCE((SELECT c.progress FROM checkpoints c
                                      WHERE c.task_id = tasks.task_id), 0)
          WHERE task_id = :task_id AND status IN ('failed', 'cancelled')
-        RETURNING task_id""",
+        RETURNING task_id, progress""",
     # -- tasks --
     "insert_task": """
         INSERT INTO tasks (task_type, params, priority, max_attempts, idempotency_key, created_at,
-                           max_retries, retry_backoff, timeout_seconds, run_after)
+                           max_retries, retry_backoff, timeout_seconds, run_after, group_id)
         VALUES (:task_type, :params, :priority, :max_attempts, :idempotency_key, :now,
-                :max_retries, :retry_backoff, :timeout_seconds, :run_after)
+                :max_retries, :retry_backoff, :timeout_seconds, :run_after, :group_id)
         ON CONFLICT (idempotency_key) DO NOTHING
         RETURNING task_id""",
     "insert_tasks": """
         INSERT INTO tasks (task_type, params, priority, max_attempts, idempotency_key, created_at,
-                           max_retries, retry_backoff, timeout_seconds, run_after)
+                           max_retries, retry_backoff, timeout_seconds, run_after, group_id)
         VALUES (:task_type, :params, :priority, :max_attempts, :idempotency_key, :now,
-                :max_retries, :retry_backoff, :timeout_seconds, :run_after)""",
+                :max_retries, :retry_backoff, :timeout_seconds, :run_after, :group_id)""",
     "due_promote": """
-        UPDATE tasks SET run_after = NULL
+        UPDATE tasks INDEXED BY tasks_due_idx SET run_after = NULL
          WHERE status = 'pending' AND run_after IS NOT NULL AND run_after <= :now
         RETURNING task_id""",
     "due_next": """
-        SELECT MIN(run_after) AS at FROM tasks
+        SELECT MIN(run_after) AS at FROM tasks INDEXED BY tasks_due_idx
          WHERE status = 'pending' AND run_after IS NOT NULL""",
     "timed_out": """
-        SELECT task_id, attempt, worker_id, timeout_seconds FROM tasks
+        SELECT task_id, attempt, worker_id, timeout_seconds
+          FROM tasks INDEXED BY tasks_timeout_idx
          WHERE status = 'in-progress' AND timeout_at IS NOT NULL AND timeout_at < :now""",
     "attempt_put": """
         INSERT INTO task_attempts (task_id, attempt, worker_id, kind, error, at)
@@ -151,10 +160,68 @@ QUERIES: dict[str, str] = {
     "task_view": """
         SELECT t.*, r.result FROM tasks t LEFT JOIN task_results r USING (task_id)
          WHERE t.task_id = :task_id""",
-    "task_list": """
+    # The task list: one query per index; ids bound the walk, times only filter within it.
+    "task_page": """
         SELECT t.*, r.result FROM tasks t LEFT JOIN task_results r USING (task_id)
-         WHERE (:status IS NULL OR t.status = :status)
+         WHERE t.task_id < :before_id AND t.task_id >= :min_id
+           AND t.created_at >= :after AND t.created_at < :before
          ORDER BY t.task_id DESC LIMIT :limit""",
+    "task_page_status": """
+        SELECT t.*, r.result FROM tasks t LEFT JOIN task_results r USING (task_id)
+         WHERE t.status = :status AND t.task_id < :before_id AND t.task_id >= :min_id
+           AND t.created_at >= :after AND t.created_at < :before
+         ORDER BY t.task_id DESC LIMIT :limit""",
+    "task_page_type_status": """
+        SELECT t.*, r.result FROM tasks t LEFT JOIN task_results r USING (task_id)
+         WHERE t.task_type = :task_type AND t.status = :status
+           AND t.task_id < :before_id AND t.task_id >= :min_id
+           AND t.created_at >= :after AND t.created_at < :before
+         ORDER BY t.task_id DESC LIMIT :limit""",
+    "first_id_created_from": """
+        SELECT task_id FROM tasks WHERE created_at >= :at
+         ORDER BY created_at, task_id LIMIT 1""",
+    "last_id_created_before": """
+        SELECT task_id FROM tasks WHERE created_at < :at
+         ORDER BY created_at DESC, task_id DESC LIMIT 1""",
+    # -- groups (split jobs) --
+    "group_insert": """
+        INSERT INTO task_groups (task_type, params, parts, idempotency_key, created_at)
+        VALUES (:task_type, :params, :parts, :idempotency_key, :now)
+        ON CONFLICT (idempotency_key) DO NOTHING
+        RETURNING group_id""",
+    "group_by_key": "SELECT group_id FROM task_groups WHERE idempotency_key = :key",
+    "group_get": "SELECT * FROM task_groups WHERE group_id = :group_id",
+    "group_parts": """
+        SELECT t.task_id, t.status, t.params, t.progress, t.worker_id, t.error, r.result
+          FROM tasks t LEFT JOIN task_results r USING (task_id)
+         WHERE t.group_id = :group_id ORDER BY t.task_id""",
+    "groups_of": """
+        SELECT DISTINCT group_id FROM tasks
+         WHERE task_id IN (SELECT value FROM json_each(:ids)) AND group_id IS NOT NULL
+         ORDER BY group_id""",
+    "group_unfinished": """
+        SELECT task_id FROM tasks
+         WHERE group_id = :group_id AND status IN ('pending', 'in-progress')""",
+    # -- retention: finished tasks older than RESULT_TTL, a group's parts only all together;
+    # oldest first along tasks_finished_idx ('+status' keeps the planner off the status index,
+    # which would sort every finished task) --
+    "purge_candidates": """
+        SELECT task_id, group_id FROM tasks t
+         WHERE finished_at < :before AND +status IN ('completed', 'failed', 'cancelled')
+           AND NOT EXISTS (  -- (a task of no group has no siblings: NULL = NULL is not true)
+                SELECT 1 FROM tasks p WHERE p.group_id = t.group_id
+                   AND (p.status IN ('pending', 'in-progress') OR p.finished_at >= :before))
+         ORDER BY finished_at LIMIT :limit""",
+    "purge_results": """
+        DELETE FROM task_results WHERE task_id IN (SELECT value FROM json_each(:ids))""",
+    "purge_checkpoints": """
+        DELETE FROM checkpoints WHERE task_id IN (SELECT value FROM json_each(:ids))""",
+    "purge_attempts": """
+        DELETE FROM task_attempts WHERE task_id IN (SELECT value FROM json_each(:ids))""",
+    "purge_tasks": "DELETE FROM tasks WHERE task_id IN (SELECT value FROM json_each(:ids))",
+    "purge_groups": """
+        DELETE FROM task_groups WHERE group_id IN (SELECT value FROM json_each(:ids))
+           AND NOT EXISTS (SELECT 1 FROM tasks WHERE tasks.group_id = task_groups.group_id)""",
     "task_lease": """
         SELECT status, attempt, worker_id, task_type FROM tasks WHERE task_id = :task_id""",
     "task_leases": """
@@ -216,10 +283,10 @@ QUERIES: dict[str, str] = {
          WHERE w.worker_id = :worker_id""",
     "worker_idle": """
         SELECT w.instance_id, w.status,
-               EXISTS (SELECT 1 FROM tasks
+               EXISTS (SELECT 1 FROM tasks INDEXED BY tasks_ready_idx
                         WHERE status = 'pending' AND run_after IS NULL) AS pending,
-               (SELECT COUNT(*) FROM tasks t WHERE t.status = 'in-progress'
-                   AND t.worker_id = w.worker_id
+               (SELECT COUNT(*) FROM tasks t INDEXED BY tasks_held_idx
+                 WHERE t.status = 'in-progress' AND t.worker_id = w.worker_id
                    AND t.worker_instance = w.instance_id) AS leased
           FROM workers w WHERE w.worker_id = :worker_id""",
     "worker_upsert": """
@@ -239,7 +306,8 @@ QUERIES: dict[str, str] = {
         UPDATE workers SET last_heartbeat = MAX(last_heartbeat, :at)
          WHERE worker_id = :worker_id AND status = 'alive'""",
     "workers_silent": """
-        SELECT worker_id FROM workers WHERE status = 'alive' AND last_heartbeat < :silent_since""",
+        SELECT worker_id, last_heartbeat FROM workers
+         WHERE status = 'alive' AND last_heartbeat < :silent_since""",
     "workers_all": "SELECT * FROM workers ORDER BY worker_id",
     # -- counters and cluster state --
     "status_counts": "SELECT status, n FROM status_counts",
@@ -251,6 +319,46 @@ QUERIES: dict[str, str] = {
     "cluster_put": """
         INSERT INTO cluster (name, value) VALUES (:name, :value)
         ON CONFLICT (name) DO UPDATE SET value = excluded.value""",
+    # -- the events timeline and the dashboard (each read bounded by an index and a LIMIT) --
+    "event_add": """
+        INSERT INTO events (at, kind, task_id, worker_id, attempt, status, progress, detail)
+        VALUES (:now, :kind, :task_id, :worker_id, :attempt, :status, :progress, :detail)""",
+    "events_after": """
+        SELECT * FROM events
+         WHERE event_id > :after AND (:task_id IS NULL OR task_id = :task_id)
+         ORDER BY event_id LIMIT :limit""",
+    "events_latest": """
+        SELECT * FROM (SELECT * FROM events WHERE (:task_id IS NULL OR task_id = :task_id)
+                        ORDER BY event_id DESC LIMIT :limit) ORDER BY event_id""",
+    "events_trim": """
+        DELETE FROM events WHERE event_id <= (SELECT event_id FROM events
+                                               ORDER BY event_id DESC LIMIT 1 OFFSET :keep)""",
+    "dash_running": """
+        SELECT t.task_id, t.task_type, t.worker_id, t.attempt, t.max_attempts, t.progress,
+               t.claimed_at, t.lease_expires_at, c.saved_at AS checkpoint_at
+          FROM tasks t INDEXED BY tasks_held_idx LEFT JOIN checkpoints c USING (task_id)
+         WHERE t.status = 'in-progress' ORDER BY t.task_id LIMIT :limit""",
+    "dash_held_counts": """
+        SELECT worker_id, COUNT(*) AS n FROM tasks INDEXED BY tasks_held_idx
+         WHERE status = 'in-progress' GROUP BY worker_id""",
+    "dash_pending": """
+        SELECT task_id, task_type, priority, attempt, progress, created_at
+          FROM tasks INDEXED BY tasks_ready_idx
+         WHERE status = 'pending' AND run_after IS NULL
+         ORDER BY priority DESC, task_id LIMIT :limit""",
+    "dash_delayed": """
+        SELECT COUNT(*) AS n FROM (SELECT 1 FROM tasks INDEXED BY tasks_due_idx
+                                    WHERE status = 'pending' AND run_after IS NOT NULL
+                                    LIMIT :limit) delayed""",
+    "dash_recent": """
+        SELECT task_id, task_type, status, worker_id, attempt, progress, finished_at, error
+          FROM tasks WHERE finished_at IS NOT NULL ORDER BY finished_at DESC LIMIT :limit""",
+    "dash_buckets": """
+        SELECT CAST(finished_at / :bucket AS INTEGER) AS bucket, status, COUNT(*) AS n
+          FROM tasks WHERE finished_at >= :since GROUP BY 1, 2""",
+    "dash_workers": """
+        SELECT * FROM workers ORDER BY status = 'alive' DESC, worker_id LIMIT :limit""",
+    "dash_worker_counts": "SELECT status, COUNT(*) AS n FROM workers GROUP BY status",
     "schema_version_get": "SELECT value FROM schema_info WHERE key = 'version'",
     "schema_version_put": """
         INSERT INTO schema_info (key, value) VALUES ('version', :version)
@@ -419,8 +527,8 @@ class SQLiteStore(Store):
             if version > SCHEMA_VERSION:
                 raise StoreError(f"database schema version {version} is newer than this code "
                                  f"({SCHEMA_VERSION}); upgrade the dispatcher")
-            for target in sorted(v for v in SQLITE_MIGRATIONS if version < v <= SCHEMA_VERSION):
-                tx.run_script(SQLITE_MIGRATIONS[target])
+            for target, script in migrations_between(SQLITE_MIGRATIONS, version):
+                tx.run_script(script)
                 log.info("database migrated to schema version %s", target)
             tx.run("schema_version_put", {"version": str(SCHEMA_VERSION)})
 

@@ -25,7 +25,11 @@ from dispatcher.db.moves import Move, move, move_after_read
 from dispatcher.models import (
     FINISHED,
     AttemptKind,
+    RECLAIM_WORDS,
     Checkpoint,
+    Event,
+    EventKind,
+    Group,
     Lease,
     NewTask,
     Outcome,
@@ -34,6 +38,8 @@ from dispatcher.models import (
     ReclaimCause,
     Report,
     Task,
+    TaskPage,
+    TaskQuery,
     TaskStatus,
     WorkerStatus,
     dumps,
@@ -99,10 +105,13 @@ class Tx:
         """Run two named queries in order and read both (pipelined: one round trip for both)."""
         if not self._dialect.pipelined:
             return self.all(first, first_params), self.all(second, second_params)
-        other = self.cursor.connection.cursor()
-        self.cursor.execute(self._dialect.queries[first], first_params)
+        # Two fresh cursors: the transaction's own cursor may still be waiting for the results
+        # of statements sent before (BEGIN...), and under a full send buffer psycopg can hand
+        # it one of those instead of the first query's rows.
+        one, other = self.cursor.connection.cursor(), self.cursor.connection.cursor()
+        one.execute(self._dialect.queries[first], first_params)
         other.execute(self._dialect.queries[second], second_params)
-        return list(self.cursor.fetchall()), list(other.fetchall())
+        return list(one.fetchall()), list(other.fetchall())
 
     def many(self, name: str, rows: Sequence[Mapping[str, Any]]) -> None:
         """Execute a named statement once per parameter set."""
@@ -257,6 +266,27 @@ class Store(abc.ABC):
 
     def _notify_due(self, tx: Tx, at: float) -> None:
         """Send the DUE hint (PostgreSQL); nothing with one dispatcher."""
+    def submit_group(self, task_type: str, params: dict[str, Any], parts: Sequence[NewTask],
+                     key: str | None = None, on_commit: OnCommit = None
+                     ) -> tuple[int, list[int], bool]:
+        """Insert a split job and its part tasks in one durable transaction.
+
+        Returns (group_id, part task ids, created). A group whose idempotency key is stored
+        already is not inserted again: its existing id and parts come back, created=False.
+        """
+        with self._write(on_commit=on_commit) as tx:
+            row = tx.one("group_insert", {"task_type": task_type, "params": dumps(params),
+                                          "parts": len(parts), "idempotency_key": key,
+                                          "now": tx.now})
+            if row is None:
+                group_id = tx.one("group_by_key", {"key": key})["group_id"]
+                ids = [part["task_id"] for part in tx.all("group_parts", {"group_id": group_id})]
+                return group_id, ids, False
+            group_id = row["group_id"]
+            rows = [{**_task_row(part, tx.now), "group_id": group_id} for part in parts]
+            ids = self._insert_tasks(tx, rows)
+            self._notify(tx, Channel.TASKS, len(ids))
+        return group_id, ids, True
 
     # -- workers ------------------------------------------------------------------------------
 
@@ -373,6 +403,7 @@ class Store(abc.ABC):
             claimed_rows = move(tx, Move.CLAIM, _claim_params(
                 tx, worker_id, instance_id, limit - len(lost), lease_seconds))
             leases = _leases(tx, lost + claimed_rows, lease_seconds)
+            _note_resumed(tx, worker_id, leases, {row["task_id"] for row in claimed_rows})
             if look.known:
                 self._beats.seen(worker_id, tx.now)
             else:
@@ -392,6 +423,7 @@ class Store(abc.ABC):
                 if not look.known or look.leased:
                     raise _NotAtOnce
                 leases = _leases(tx, claimed_rows, lease_seconds)
+                _note_resumed(tx, worker_id, leases, {row["task_id"] for row in claimed_rows})
         except _NotAtOnce:
             return None
         self._beats.seen(worker_id, tx.now)
@@ -463,6 +495,11 @@ class Store(abc.ABC):
                 raise StaleLease(f"task {task_id} is already {row['status']}",
                                  code="already_finished")
             move(tx, Move.CANCEL, {"task_id": task_id, "now": tx.now})
+            _add_events(tx, [_event(
+                EventKind.CANCELLED.value, task_id, row["worker_id"], row["attempt"],
+                TaskStatus.CANCELLED.value, None,
+                f"cancelled by a user while {row['status']}"
+                + (f" on {row['worker_id']}" if row["status"] == "in-progress" else ""))])
             tx.run("checkpoint_drop", {"task_id": task_id})
             self._notify(tx, Channel.FINISHED)
         return self.get_task(task_id)
@@ -478,10 +515,15 @@ class Store(abc.ABC):
             row = tx.one("task_lease", {"task_id": task_id})
             if row is None:
                 raise NotFound(f"task {task_id} does not exist")
-            if not move(tx, Move.RERUN, {"task_id": task_id, "max_attempts": max_attempts}):
+            moved = move(tx, Move.RERUN, {"task_id": task_id, "max_attempts": max_attempts})
+            if not moved:
                 raise StaleLease(f"task {task_id} is {row['status']}: only a failed or "
                                  "cancelled task can be retried", code="not_retryable")
             tx.run("counter_add", {"name": "manual_retries", "value": 1})
+            _add_events(tx, [_event(
+                EventKind.RETRIED.value, task_id, None, row["attempt"], TaskStatus.PENDING.value,
+                moved[0]["progress"], f"put back in the queue by a user after it was "
+                f"{row['status']}, with {max_attempts} more attempts")])
             self._notify(tx, Channel.TASKS)
         return self.get_task(task_id)
 
@@ -566,10 +608,48 @@ class Store(abc.ABC):
         with self._write() as tx:
             if tx.one("schedule_delete", {"schedule_id": schedule_id}) is None:
                 raise NotFound(f"schedule {schedule_id} does not exist")
+    def cancel_group(self, group_id: int) -> Group:
+        """Cancel every unfinished part of a split job (none left: nothing changes)."""
+        with self._write() as tx:
+            if tx.one("group_get", {"group_id": group_id}) is None:
+                raise NotFound(f"group {group_id} does not exist")
+            unfinished = tx.all("group_unfinished", {"group_id": group_id})
+            for row in unfinished:
+                move(tx, Move.CANCEL, {"task_id": row["task_id"], "now": tx.now})
+            if unfinished:
+                tx.run("checkpoints_drop",
+                       {"ids": tx.id_list([row["task_id"] for row in unfinished])})
+                self._notify(tx, Channel.FINISHED)
+        return self.get_group(group_id)
+
+    # -- retention ----------------------------------------------------------------------------
+
+    def purge_finished(self, ttl_seconds: float, batch: int) -> int:
+        """Delete up to ``batch`` tasks finished more than ``ttl_seconds`` ago; how many.
+
+        One short transaction: the tasks with their results, checkpoints, failed-attempt
+        history and idempotency keys, oldest first. A part of a split job goes only with all
+        its group's parts, once every one of them finished before the cut-off; the group row
+        goes with its last part.
+        Unfinished tasks are never touched, so claims never wait on a purge.
+        """
+        with self._write(durable=False) as tx:
+            rows = tx.all("purge_candidates", {"before": tx.now - ttl_seconds, "limit": batch})
+            if rows:
+                ids = tx.id_list([row["task_id"] for row in rows])
+                tx.run("purge_results", {"ids": ids})
+                tx.run("purge_checkpoints", {"ids": ids})
+                tx.run("purge_attempts", {"ids": ids})  # its history (no foreign key)
+                tx.run("purge_tasks", {"ids": ids})
+                groups = sorted({row["group_id"] for row in rows if row["group_id"] is not None})
+                if groups:
+                    tx.run("purge_groups", {"ids": tx.id_list(groups)})
+        return len(rows)
 
     # -- the heartbeat monitor's sweep --------------------------------------------------------
 
-    def sweep(self, heartbeat_timeout: float, lease_seconds: float, gap_seconds: float) -> Swept:
+    def sweep(self, heartbeat_timeout: float, lease_seconds: float, gap_seconds: float,
+              events_kept: int = 1000) -> Swept:
         """One monitor pass over the whole cluster, at most one dispatcher at a time.
 
         If nobody swept for more than ``gap_seconds`` (every dispatcher was down or cut off
@@ -578,6 +658,7 @@ class Store(abc.ABC):
         resumption. Then workers silent for ``heartbeat_timeout`` are dead (their tasks
         requeued) and expired leases are requeued. First, whatever the lock says, the
         heartbeats this dispatcher answered from reads since the last sweep are written.
+        Last, the events timeline is trimmed to its newest ``events_kept`` rows.
         """
         self._flush_beats()
         with self._write(durable=False) as tx:
@@ -592,6 +673,7 @@ class Store(abc.ABC):
                                                ReclaimCause.EXPIRED_LEASE)
             reclaimed += self._time_out(tx)
             self._compact(tx)
+            tx.run("events_trim", {"keep": events_kept})
         return Swept(True, reclaimed, resumed_at)
 
     def _flush_beats(self) -> None:
@@ -619,15 +701,23 @@ class Store(abc.ABC):
         Its worker learns it from its next heartbeat or checkpoint (the lease is gone) and
         stops the task there; a task that never checkpoints is killed by its worker.
         """
-        ended = []
+        ended: list[Reclaim] = []
+        events: list[dict[str, Any]] = []
         for row in tx.all("timed_out", {"now": tx.now}):
             error = f"timed out after {row['timeout_seconds']:g} s"
-            if move(tx, Move.TIME_OUT, {"task_id": row["task_id"], "attempt": row["attempt"],
-                                        "error": error, "now": tx.now}):
+            moved = move(tx, Move.TIME_OUT, {"task_id": row["task_id"],
+                                             "attempt": row["attempt"], "error": error,
+                                             "now": tx.now})
+            if moved:
                 _note_attempt(tx, row["task_id"], row["attempt"], row["worker_id"],
                               AttemptKind.TIMEOUT, error)
                 ended.append(Reclaim(row["task_id"], row["worker_id"], row["attempt"],
                                      ReclaimCause.TIMED_OUT, True))
+                events.append(_event(
+                    EventKind.TIMED_OUT.value, row["task_id"], row["worker_id"], row["attempt"],
+                    TaskStatus.FAILED.value, moved[0]["progress"],
+                    f"{error} (timeout_seconds); failed, not retried"))
+        _add_events(tx, events)
         if ended:
             tx.run("counter_add", {"name": ReclaimCause.TIMED_OUT.value, "value": len(ended)})
             self._notify(tx, Channel.FINISHED)
@@ -637,6 +727,9 @@ class Store(abc.ABC):
         reclaimed: list[Reclaim] = []
         for row in tx.all("workers_silent", {"silent_since": silent_since}):
             worker_id = row["worker_id"]
+            _add_events(tx, [_event(
+                EventKind.WORKER_DEAD.value, None, worker_id, None, WorkerStatus.DEAD.value, None,
+                f"no heartbeat for {tx.now - row['last_heartbeat']:.1f} s")])
             held = tx.all("held_by_worker", {"worker_id": worker_id})
             reclaimed += self._requeue_all(tx, held, worker_id, ReclaimCause.DEAD_WORKER)
             tx.run("worker_mark", {"status": WorkerStatus.DEAD.value, "worker_id": worker_id})
@@ -655,12 +748,39 @@ class Store(abc.ABC):
                           "error": h["error"], "at": h["at"]} for h in history)
         return dataclasses.replace(Task.from_row(row), attempts=attempts)
 
-    def list_tasks(self, status: TaskStatus | None, limit: int) -> list[Task]:
-        """The newest tasks, optionally of one status."""
+    def list_tasks(self, query: TaskQuery) -> TaskPage:
+        """One page of tasks, newest first, filtered; every query walks one index.
+
+        Each status asked for is one index walk (``(status, task_id)``, or
+        ``(task_type, status, task_id)`` with a type), merged here; a time range becomes a
+        range of ids first (ids are handed out in creation order), so a page never scans the
+        tasks outside it.
+        """
         with self._read() as tx:
-            rows = tx.all("task_list", {"status": status.value if status else None,
-                                        "limit": limit})
-        return [Task.from_row(row) for row in rows]
+            params = _page_params(tx, query)
+            if params is None:
+                return TaskPage([], None)
+            rows = [row for name, extra in _page_queries(query)
+                    for row in tx.all(name, {**params, **extra})]
+        rows.sort(key=lambda row: row["task_id"], reverse=True)
+        tasks = [Task.from_row(row) for row in rows[:query.limit]]
+        more = len(rows) > query.limit
+        return TaskPage(tasks, tasks[-1].task_id if more and tasks else None)
+
+    def groups_of(self, task_ids: Sequence[int]) -> list[int]:
+        """The split jobs these tasks are parts of."""
+        with self._read() as tx:
+            rows = tx.all("groups_of", {"ids": tx.id_list(sorted(set(task_ids)))})
+        return [row["group_id"] for row in rows]
+
+    def get_group(self, group_id: int) -> Group:
+        """A split job with its parts; raise NotFound."""
+        with self._read() as tx:
+            row = tx.one("group_get", {"group_id": group_id})
+            parts = tx.all("group_parts", {"group_id": group_id}) if row is not None else []
+        if row is None:
+            raise NotFound(f"group {group_id} does not exist")
+        return Group.from_rows(row, parts)
 
     def stats(self, window_seconds: float = 60.0) -> dict[str, Any]:
         """Counts per status, workers, throughput over the window, counters; and ``now``."""
@@ -675,6 +795,53 @@ class Store(abc.ABC):
             cluster = {row["name"]: row["value"] for row in tx.all("cluster_get")}
         return {"now": tx.now, "counts": counts, "completed_last_window": int(finished["n"]),
                 "workers": workers, "held": held, "counters": counters, "cluster": cluster}
+
+    def events(self, after: int | None, limit: int, task_id: int | None = None) -> list[Event]:
+        """Timeline events in order: those after id ``after``, or else the newest ``limit``."""
+        params = {"after": after, "limit": limit, "task_id": task_id}
+        with self._read() as tx:
+            rows = tx.all("events_latest" if after is None else "events_after", params)
+        return [Event.from_row(row) for row in rows]
+
+    def latest_checkpoint(self, task_id: int) -> Checkpoint | None:
+        """The task's latest accepted checkpoint (None when it has none); NotFound if no task."""
+        with self._read() as tx:
+            if tx.one("task_lease", {"task_id": task_id}) is None:
+                raise NotFound(f"task {task_id} does not exist")
+            row = tx.one("checkpoint_get", {"task_id": task_id})
+        return Checkpoint.from_row(row) if row is not None else None
+
+    def dashboard(self, since: float, bucket_seconds: float, rows: int, worker_rows: int
+                  ) -> dict[str, Any]:
+        """What the dashboard shows, from bounded reads: none scans the whole task table.
+
+        Counts per status (kept by triggers), workers (at most ``worker_rows``, live ones
+        first) with their lease counts, the in-progress, next pending and last finished tasks
+        (at most ``rows`` each, by index; the pending ones are those claimable now), the
+        delayed tasks (pending until their ``run_after``; counted up to ``DELAYED_COUNTED``),
+        tasks finished since ``since`` per bucket of ``bucket_seconds`` (by the finished-time
+        index), counters and the newest events.
+        """
+        limit = {"limit": rows}
+        with self._read() as tx:
+            counts = {s.value: 0 for s in TaskStatus}
+            for row in tx.all("status_counts"):
+                counts[row["status"]] = int(row["n"])
+            found: dict[str, Any] = {name: [dict(row) for row in tx.all(name, limit)] for name in
+                                     ("dash_running", "dash_pending", "dash_recent")}
+            workers = [self._beats.merged(dict(row))
+                       for row in tx.all("dash_workers", {"limit": worker_rows})]
+            found.update(
+                now=tx.now, counts=counts, workers=workers,
+                worker_counts={r["status"]: int(r["n"]) for r in tx.all("dash_worker_counts")},
+                held={r["worker_id"]: int(r["n"]) for r in tx.all("dash_held_counts")},
+                buckets=[dict(row) for row in tx.all(
+                    "dash_buckets", {"since": since, "bucket": bucket_seconds})],
+                counters={row["name"]: int(row["value"]) for row in tx.all("counters_all")},
+                delayed=int(tx.one("dash_delayed", {"limit": DELAYED_COUNTED})["n"]),
+                events=[Event.from_row(row) for row in tx.all(
+                    "events_latest", {"task_id": None, "limit": rows})])
+        return found
 
     # -- helpers inside transactions ----------------------------------------------------------
 
@@ -739,7 +906,7 @@ class Store(abc.ABC):
         ``counts`` says whether the attempt counts as used: if so, a task that has used its
         last attempt is failed instead (given up), with the cause in its error.
         """
-        reclaimed, loops = [], 0
+        reclaimed, events, loops = [], [], 0
         crash = counts and cause.crash
         limit = self.crash_loop_limit
         for row in held:
@@ -747,17 +914,25 @@ class Store(abc.ABC):
                       "error": f"gave up after {row['attempt']} attempts (last: {cause.value})",
                       "crash": 1 if crash else 0}
             # A crash loop: K workers killed in a row without the checkpoint advancing.
-            looped = crash and bool(move(tx, Move.QUARANTINE, {
+            looped = move(tx, Move.QUARANTINE, {
                 **params, "limit": limit,
-                "error": f"crash loop: killed {limit} workers at the same checkpoint"}))
-            given_up = looped or (counts and bool(move(tx, Move.GIVE_UP, params)))
-            if given_up or move(tx, Move.REQUEUE, params):
+                "error": f"crash loop: killed {limit} workers at the same checkpoint"}
+            ) if crash else []
+            moved = looped or (move(tx, Move.GIVE_UP, params) if counts else [])
+            given_up = bool(moved)
+            moved = moved or move(tx, Move.REQUEUE, params)
+            if moved:
                 reclaimed.append(Reclaim(row["task_id"], worker_id, row["attempt"], cause,
                                          given_up))
-                loops += looped
+                loops += bool(looped)
                 if crash:
                     _note_attempt(tx, row["task_id"], row["attempt"], worker_id,
                                   AttemptKind.CRASH, f"crash: {cause.value}")
+                if looped:
+                    events.append(_crash_loop_event(reclaimed[-1], moved[0]["progress"], limit))
+                elif cause is not ReclaimCause.RETURNED:  # prefetch bookkeeping, not news
+                    events.append(_reclaim_event(reclaimed[-1], moved[0]["progress"]))
+        _add_events(tx, events)
         if loops:
             tx.run("counter_add", {"name": "crash_loops", "value": loops})
         if reclaimed:
@@ -773,6 +948,49 @@ class Store(abc.ABC):
 # -- helpers used inside transactions (backend-independent) --------------------------------------
 
 
+def _event(kind: str, task_id: int | None, worker_id: str | None, attempt: int | None,
+           status: str | None, progress: float | None, detail: str) -> dict[str, Any]:
+    """The parameters of one ``event_add`` row (its time is the transaction's)."""
+    return {"kind": kind, "task_id": task_id, "worker_id": worker_id, "attempt": attempt,
+            "status": status, "progress": progress, "detail": detail}
+
+
+def _add_events(tx: Tx, events: list[dict[str, Any]]) -> None:
+    """Record timeline events in the transaction of what they record."""
+    tx.many("event_add", [{**event, "now": tx.now} for event in events])
+
+
+def _reclaim_event(reclaim: Reclaim, progress: float) -> dict[str, Any]:
+    after = (f"failed: out of attempts after attempt {reclaim.attempt}" if reclaim.failed
+             else "back to the queue")
+    status = TaskStatus.FAILED if reclaim.failed else TaskStatus.PENDING
+    words = RECLAIM_WORDS.get(reclaim.cause, reclaim.cause.value.replace("_", " "))
+    return _event(reclaim.cause.value, reclaim.task_id, reclaim.worker_id, reclaim.attempt,
+                  status.value, progress, f"{words}; {after}")
+
+
+def _crash_loop_event(reclaim: Reclaim, progress: float, limit: int) -> dict[str, Any]:
+    words = RECLAIM_WORDS.get(reclaim.cause, reclaim.cause.value.replace("_", " "))
+    return _event(EventKind.CRASH_LOOP.value, reclaim.task_id, reclaim.worker_id,
+                  reclaim.attempt, TaskStatus.FAILED.value, progress,
+                  f"{words}; failed as a crash loop: {limit} workers in a row lost it "
+                  "without its checkpoint advancing")
+
+
+def _note_resumed(tx: Tx, worker_id: str, leases: Sequence[Lease], claimed: set[int]) -> None:
+    """A timeline event for each newly claimed task that an earlier attempt had started."""
+    events = []
+    for lease in leases:
+        if lease.task_id not in claimed or lease.attempt <= 1:
+            continue
+        cp = lease.checkpoint
+        detail = (f"attempt {lease.attempt} resumes from its checkpoint at {cp.progress:.0%}"
+                  if cp is not None else f"attempt {lease.attempt} starts over (no checkpoint)")
+        events.append(_event(EventKind.RESUMED.value, lease.task_id, worker_id, lease.attempt,
+                             TaskStatus.IN_PROGRESS.value, cp.progress if cp else 0.0, detail))
+    _add_events(tx, events)
+
+
 def _task_row(task: NewTask, now: float) -> dict[str, Any]:
     run_after = task.run_at
     if task.delay_seconds is not None:
@@ -783,7 +1001,8 @@ def _task_row(task: NewTask, now: float) -> dict[str, Any]:
             "priority": task.priority, "max_attempts": task.max_attempts,
             "idempotency_key": task.idempotency_key, "now": now,
             "max_retries": task.max_retries, "retry_backoff": task.retry_backoff,
-            "timeout_seconds": task.timeout_seconds, "run_after": run_after}
+            "timeout_seconds": task.timeout_seconds, "run_after": run_after,
+            "group_id": task.group_id}
 
 
 def retry_delay(backoff: float, retries: int, cap: float,
@@ -804,14 +1023,26 @@ def _retry(tx: Tx, worker_id: str, report: Report, row: Row, cap: float) -> bool
     if row["retries"] >= row["max_retries"] or row["attempt"] >= row["max_attempts"]:
         return False
     run_after = tx.now + retry_delay(row["retry_backoff"], row["retries"], cap)
-    if not move(tx, Move.RETRY, {"task_id": report.task_id, "attempt": report.attempt,
-                                 "worker_id": worker_id, "error": report.error,
-                                 "run_after": run_after}):
+    moved = move(tx, Move.RETRY, {"task_id": report.task_id, "attempt": report.attempt,
+                                  "worker_id": worker_id, "error": report.error,
+                                  "run_after": run_after})
+    if not moved:
         return False
     _note_attempt(tx, report.task_id, report.attempt, worker_id, AttemptKind.ERROR,
                   report.error or "")
+    _add_events(tx, [_event(
+        EventKind.RETRY.value, report.task_id, worker_id, report.attempt,
+        TaskStatus.PENDING.value, moved[0]["progress"],
+        f"raised: {_clip(report.error or '')}; retry {moved[0]['retries']} of "
+        f"{row['max_retries']} in {run_after - tx.now:.1f} s")])
     tx.delay_until(run_after)
     return True
+
+
+def _clip(text: str, most: int = 200) -> str:
+    """The first line of ``text``, at most ``most`` characters (for an event's detail)."""
+    line = text.strip().splitlines()[0] if text.strip() else ""
+    return line if len(line) <= most else line[:most - 1] + "…"
 
 
 def _note_attempt(tx: Tx, task_id: int, attempt: int, worker_id: str | None,
@@ -825,6 +1056,41 @@ def _schedule_view(row: Row) -> dict[str, Any]:
     view = {key: row[key] for key in row.keys()}
     view["params"] = json.loads(view["params"])
     return view
+
+
+DELAYED_COUNTED = 10_000
+"""The dashboard counts delayed tasks up to this many (a bounded read of tasks_due_idx)."""
+NO_ID_ABOVE = 2**63 - 1
+FAR_PAST, FAR_FUTURE = -1e300, 1e300
+
+
+def _page_params(tx: Tx, query: TaskQuery) -> dict[str, Any] | None:
+    """The bounds of a page's walk; None when the time range holds no task at all."""
+    before_id, min_id = query.before_id or NO_ID_ABOVE, 0
+    if query.created_before is not None:
+        row = tx.one("last_id_created_before", {"at": query.created_before})
+        if row is None:
+            return None
+        before_id = min(before_id, row["task_id"] + 1)
+    if query.created_after is not None:
+        row = tx.one("first_id_created_from", {"at": query.created_after})
+        if row is None:
+            return None
+        min_id = row["task_id"]
+    return {"before_id": before_id, "min_id": min_id, "limit": query.limit + 1,
+            "after": FAR_PAST if query.created_after is None else query.created_after,
+            "before": FAR_FUTURE if query.created_before is None else query.created_before}
+
+
+def _page_queries(query: TaskQuery) -> list[tuple[str, dict[str, Any]]]:
+    """The named queries of a page, one per index walk, with their own parameters."""
+    statuses = query.statuses
+    if query.task_type is not None:
+        return [("task_page_type_status", {"task_type": query.task_type, "status": s.value})
+                for s in statuses or tuple(TaskStatus)]
+    if statuses:
+        return [("task_page_status", {"status": s.value}) for s in statuses]
+    return [("task_page", {})]
 
 
 def _insert_keyed(tx: Tx, row: dict[str, Any]) -> tuple[int, bool]:

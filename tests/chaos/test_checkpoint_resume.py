@@ -1,4 +1,4 @@
-"""Issue 3.5: kills at random points of checkpointing tasks; corrupt checkpoints refused."""
+"""Kills at random points of checkpointing tasks; corrupt checkpoints refused."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Issue 3.4: the dispatcher SIGKILLed at random moments while clients submit continuously."""
+"""The dispatcher SIGKILLed at random moments while clients submit continuously."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Issue 3.1: a worker kill storm over a few hundred prime tasks of mixed sizes."""
+"""A worker kill storm over a few hundred prime tasks of mixed sizes."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Issue 3.8: liveness under load: CPU-heavy tasks while extra load saturates both cores."""
+"""Liveness under load: CPU-heavy tasks while extra load saturates both cores."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Issue 3.6: a worker cut off from the dispatcher by a black-holing TCP proxy."""
+"""A worker cut off from the dispatcher by a black-holing TCP proxy."""
 
 from __future__ import annotations
 

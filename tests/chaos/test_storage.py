@@ -1,4 +1,4 @@
-"""Issue 3.7: storage faults (a lock held by another process, a full disk) answer 503, never 500."""
+"""Storage faults (a lock held by another process, a full disk) answer 503, never 500."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Issue 3.2 and 3.3: a paused worker (zombie) and a hung task lose their lease and get 409."""
+"""A paused worker (zombie) and a hung task lose their lease and get 409."""
 
 from __future__ import annotations
 

@@ -75,6 +75,22 @@ def test_throughput_quick_run_and_plots(tmp_path: Path) -> None:
     assert (plots / "throughput_speedup.png").exists()
 
 
+def test_throughput_run_through_worker_supervisors(tmp_path: Path) -> None:
+    output = tmp_path / "throughput.json"
+    run_module("analysis.task_throughput_analysis", "--worker-counts", "2", "--processes", "2",
+               "--num-tasks", "2", "--task-size", "100000", "--repeats", "1",
+               "--output", str(output))
+    document = json.loads(output.read_text())
+    assert document["config"]["processes_per_supervisor"] == 2
+    (run,) = document["runs"]
+    assert run["workers"] == 2
+    assert_run_timings(run, 2)
+    refused = subprocess.run([sys.executable, "-m", "analysis.task_throughput_analysis",
+                              "--worker-counts", "3", "--processes", "2"], cwd=REPO_ROOT,
+                             capture_output=True, text=True, timeout=60)
+    assert refused.returncode == 2 and "multiple of --processes 2" in refused.stderr
+
+
 def test_recovery_quick_run_and_plots(tmp_path: Path) -> None:
     results = tmp_path / "results"
     run_module("analysis.recovery_time_analysis", "--quick", "--output-dir", str(results))
@@ -105,3 +121,14 @@ def test_recovery_quick_run_and_plots(tmp_path: Path) -> None:
                "--output-dir", str(plots))
     assert_plots(sorted(plots.glob("*.png")))
     assert (plots / "recovery_reassignment_times.png").exists()
+
+
+def test_split_speedup_quick_run_checks_its_answers(tmp_path: Path) -> None:
+    out = tmp_path / "split.json"
+    printed = run_module("analysis.split_speedup", "--limit", "1e8", "--parts", "4",
+                         "--output", str(out))
+    doc = json.loads(out.read_text())
+    assert doc["kind"] == "split_speedup" and doc["known_prime_count"] == 5_761_455
+    assert doc["answers_agree"] is True and doc["correct"] is True
+    assert [(r["mode"], r["parts"]) for r in doc["runs"]] == [("unsplit", 1), ("split", 4)]
+    assert doc["speedup"] > 0 and "| unsplit |" in printed.replace("  ", " ")

@@ -1,6 +1,7 @@
 """The task lifecycle with real processes on both stores: retries of a failing task, the retry
 command, a delayed task waking a long poll, the crash-loop breaker and a task that progresses
-across real kill -9s, and timeouts of cooperative and non-cooperative tasks."""
+across real kill -9s, and timeouts of cooperative and non-cooperative tasks (a supervised
+worker that ends itself on an overrun is started again)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import sys
 import threading
 from pathlib import Path
 
+import pytest
 import requests
 
 from shared.cluster import LocalCluster, wait_until
@@ -137,6 +139,27 @@ def test_a_task_that_ignores_its_timeout_ends_its_worker(make_cluster: ClusterFa
     assert worker.wait(timeout=30) == 75
     assert "ignored its timeout of 1.0 s" in cluster.worker_log("w1")
     assert view["finished_at"] - view["claimed_at"] < 30  # failed long before its 60 s
+
+
+@pytest.mark.parametrize("cluster_backend", ["sqlite"])  # the worker side: any store will do
+def test_a_supervised_worker_ended_by_an_overrun_is_started_again(
+    make_cluster: ClusterFactory,
+) -> None:
+    cluster = make_cluster(**FAST, TIMEOUT_GRACE="1")
+    sup = cluster.start_supervisor("host", 1)
+    task_id = cluster.submit("spin", {"seconds": 60, "cooperative": False}, timeout_seconds=1)
+    wait_until(lambda: cluster.task(task_id)["status"] != "pending", 60,
+               message="the supervised worker claimed the task")
+    pid = cluster.child_pid("host-1")
+    view = cluster.wait_finished(task_id, 30)
+    assert view["status"] == "failed" and view["error"] == "timed out after 1 s"
+    # Exit code 75 is a crash to the supervisor (not a configuration error): it restarts.
+    wait_until(lambda: cluster.child_pid("host-1") not in (None, pid), 30,
+               message="the worker that ended itself was started again")
+    after = cluster.wait_finished(cluster.submit("noop", {}), 30)
+    assert after["status"] == "completed" and after["worker_id"] == "host-1"
+    assert "exit code 75 (its task ignored its timeout" in cluster.worker_log("host")
+    assert sup.poll() is None
 
 
 def test_the_schedule_commands(cluster: LocalCluster) -> None:

@@ -10,7 +10,7 @@ import pytest
 from dispatcher.db.copy import CopyError, copy_queue, main
 from dispatcher.db.postgres import PostgresStore
 from dispatcher.db.sqlite import SQLiteStore
-from dispatcher.models import NewTask, ReclaimCause, Report, TaskStatus
+from dispatcher.models import NewTask, ReclaimCause, Report, TaskQuery, TaskStatus
 from tests.conftest import FakeClock
 from tests.support import postgres
 
@@ -23,7 +23,8 @@ def target() -> Iterator[str]:
 
 
 def a_busy_queue(path: Path) -> SQLiteStore:
-    """A SQLite queue with tasks in every status, a result, a checkpoint, workers, counters."""
+    """A SQLite queue with tasks in every status, a result, a checkpoint, workers, counters,
+    events, a failed attempt, a schedule and a split job."""
     store = SQLiteStore(path, clock=FakeClock())
     ids = [task_id for task_id, _ in store.submit([NewTask("noop", {"i": i}, i % 3, 5)
                                                    for i in range(8)])]
@@ -38,27 +39,36 @@ def a_busy_queue(path: Path) -> SQLiteStore:
                         "max_attempts": 5, "max_retries": 1, "retry_backoff": 1.0,
                         "timeout_seconds": None, "every_seconds": 60.0, "cron": None},
                        lambda now: now + 60)
+    store.submit_group("noop", {}, [NewTask("noop", {"part": i}, 0, 5) for i in range(2)])
     return store
 
 
 def test_a_sqlite_queue_moves_to_postgresql_whole(tmp_path: Path, target: str) -> None:
     source = a_busy_queue(tmp_path / "tasks.db")
-    expected = {t.task_id: t for t in source.list_tasks(None, 100)}
+    expected = {t.task_id: t for t in source.list_tasks(TaskQuery()).tasks}
     source.close()
     copied = copy_queue(f"sqlite:///{tmp_path / 'tasks.db'}", target)
-    assert copied.rows == {"tasks": 8, "task_results": 1, "checkpoints": 1, "workers": 2,
-                           "counters": 1, "task_attempts": 1, "schedules": 1}
+    assert copied.rows == {"task_groups": 1, "tasks": 10, "task_results": 1, "checkpoints": 1,
+                           "workers": 2, "counters": 1, "task_attempts": 1, "schedules": 1,
+                           "events": 2}
     store = PostgresStore(target)
-    assert {t.task_id: t for t in store.list_tasks(None, 100)} == expected
+    assert {t.task_id: t for t in store.list_tasks(TaskQuery()).tasks} == expected
     [schedule] = store.list_schedules()
     assert schedule["params"] == {"p": 1} and schedule["every_seconds"] == 60.0
     stats = store.stats()
     assert {k: v for k, v in stats["counts"].items() if v} == {
-        "pending": 4, "in-progress": 1, "completed": 1, "failed": 1, "cancelled": 1}
+        "pending": 6, "in-progress": 1, "completed": 1, "failed": 1, "cancelled": 1}
     assert stats["counters"] == {ReclaimCause.RELEASED.value: 1}
+    events = store.events(None, 10)
+    assert [e.kind for e in events] == ["released_on_shutdown", "cancelled"]
     [(new_id, _)] = store.submit([NewTask("noop", {}, 0, 5)])
     assert new_id == max(expected) + 1  # ids continue after the copied ones
-    [running] = store.list_tasks(TaskStatus.IN_PROGRESS, 10)
+    store.cancel(new_id)
+    assert store.events(events[-1].event_id, 10)[0].event_id == events[-1].event_id + 1
+    assert [p.params for p in store.get_group(1).parts] == [{"part": 0}, {"part": 1}]
+    group_id, _, _ = store.submit_group("noop", {}, [NewTask("noop", {}, 0, 5)])
+    assert group_id == 2
+    [running] = store.list_tasks(TaskQuery(statuses=(TaskStatus.IN_PROGRESS,))).tasks
     leases = store.claim("w1", "i1", 1, 100).leases  # w1/i1 still holds it: handed back as it is
     assert [(lease.task_id, lease.checkpoint.state) for lease in leases] == [
         (running.task_id, {"n": 3})]

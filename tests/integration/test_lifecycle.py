@@ -51,6 +51,13 @@ def view(client: FlaskClient, task_id: int) -> dict[str, Any]:
     return client.get(f"/task/{task_id}").json
 
 
+def events_of(client: FlaskClient, task_id: int) -> list[dict[str, Any]]:
+    """The task's timeline events, oldest first."""
+    resp = client.get(f"/events?task_id={task_id}")
+    assert resp.status_code == 200, resp.json
+    return resp.json["events"]
+
+
 def test_backoff_doubles_with_jitter_and_stays_capped() -> None:
     assert retry_delay(2.0, 0, 3600, rand=lambda: 0.0) == 1.0
     assert retry_delay(2.0, 0, 3600, rand=lambda: 1.0) == 2.0
@@ -89,6 +96,10 @@ def test_an_error_is_retried_after_a_backoff_then_fails_with_its_history(
     stats = client.get("/stats").json
     assert stats["failures"]["retries"] == 2
     assert sum(stats["reclaims"].values()) == 0  # retries are not counted as reclaims
+    retries = [e for e in events_of(client, task_id) if e["kind"] == "retry"]
+    assert [(e["attempt"], e["worker_id"], e["status"]) for e in retries] == [
+        (1, "w0", "pending"), (2, "w1", "pending")]
+    assert retries[0]["detail"].startswith("raised: boom 0; retry 1 of 2 in ")
 
 
 def test_the_configured_default_retries_and_a_final_error(
@@ -134,6 +145,9 @@ def test_retry_endpoint_puts_failed_and_cancelled_tasks_back(
     assert client.post(f"/task/{cancelled}/retry").json["status"] == "pending"
     assert client.post("/task/999999/retry").status_code == 404
     assert client.get("/stats").json["failures"]["manual_retries"] == 2
+    assert [e["kind"] for e in events_of(client, cancelled)] == ["cancelled", "retried"]
+    assert [e["status"] for e in events_of(client, failed) if e["kind"] == "retried"] == [
+        "pending"]
 
 
 @pytest.mark.parametrize(("body", "field"), [
@@ -170,6 +184,22 @@ def test_schedule_fields_are_validated(
     resp = client.post("/schedules", json={**NOOP, **body})
     assert resp.status_code == 400
     assert resp.json["error"]["message"].startswith(f"{field}:"), resp.json
+
+
+def test_the_dashboard_lists_claimable_tasks_and_counts_the_delayed(
+    client: FlaskClient, dispatcher: Dispatcher, clock: FakeClock,
+) -> None:
+    later = submit(client, delay_seconds=30)
+    now = submit(client)
+    state = client.get("/dashboard/state").json
+    assert [t["task_id"] for t in state["pending"]] == [now]
+    assert state["headline"]["pending"] == 2 and state["headline"]["delayed"] == 1
+    clock.advance(30)
+    dispatcher.timer.tick()
+    dispatcher.feed.forget()
+    state = client.get("/dashboard/state").json
+    assert [t["task_id"] for t in state["pending"]] == [later, now]  # by priority, then id
+    assert state["headline"]["delayed"] == 0
 
 
 def test_a_delayed_task_is_claimable_only_once_due(
@@ -211,6 +241,10 @@ def test_crash_loop_breaker_fails_a_task_that_kills_workers_at_one_checkpoint(
         ("crash", "crash: dead_worker")] * 3
     stats = client.get("/stats").json
     assert stats["failures"]["crash_loops"] == 1 and stats["reclaims"]["dead_worker"] == 3
+    reclaims = [e for e in events_of(client, task_id) if e["kind"] != "resumed"]
+    assert [(e["kind"], e["status"]) for e in reclaims] == [
+        ("dead_worker", "pending"), ("dead_worker", "pending"), ("crash_loop", "failed")]
+    assert reclaims[-1]["progress"] == 0.25 and reclaims[-1]["worker_id"] == "w2"
 
 
 def test_a_task_that_progresses_between_crashes_keeps_going(
@@ -248,6 +282,8 @@ def test_an_attempt_past_its_timeout_fails_and_its_lease_is_gone(
     body = {"worker_id": "w1", "task_id": task_id, "attempt": 1, "state": {}, "progress": 0.5}
     assert client.post("/checkpoint", json=body).status_code == 409  # the cooperative stop
     assert client.get("/stats").json["failures"]["timed_out"] == 1
+    [event] = events_of(client, task_id)
+    assert (event["kind"], event["status"], event["worker_id"]) == ("timed_out", "failed", "w1")
 
 
 def test_a_schedule_fires_once_per_period(
@@ -288,8 +324,12 @@ def test_a_cron_schedule_fires_on_its_minutes(
     assert first % 300 == 0 and clock.now < first <= clock.now + 300
 
 
-def test_the_claim_stays_on_its_index(dispatcher: Dispatcher, database_url: str) -> None:
-    sql = dispatcher.store.DIALECT.queries["move_claim"]
+@pytest.mark.parametrize("query", ["move_claim", "dash_pending"])
+def test_the_claim_stays_on_its_index(
+    dispatcher: Dispatcher, database_url: str, query: str,
+) -> None:
+    """The claim, and the dashboard's next pending tasks, walk tasks_ready_idx."""
+    sql = dispatcher.store.DIALECT.queries[query]
     params = {"worker_id": "w", "instance_id": "i", "now": 1.0, "lease_expires_at": 2.0,
               "limit": 10}
     if database_url.startswith("sqlite"):

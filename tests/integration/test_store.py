@@ -13,7 +13,7 @@ from dispatcher.db import Store, open_store
 from dispatcher.db.schema import SCHEMA_VERSION, SQLITE_SCHEMA
 from dispatcher.db.sqlite import SQLiteStore
 from dispatcher.db.errors import StorageUnavailable
-from dispatcher.models import NewTask, ReclaimCause, Report, TaskStatus
+from dispatcher.models import NewTask, ReclaimCause, Report, TaskQuery, TaskStatus
 from shared.config import Config
 from tests.conftest import FakeClock
 
@@ -30,7 +30,7 @@ def store(database_url: str, clock: FakeClock) -> Iterator[Store]:
 def true_counts(store: Store) -> dict[str, int]:
     counts: dict[str, int] = {}
     for status in TaskStatus:
-        n = len(store.list_tasks(status, 1000))
+        n = len(store.list_tasks(TaskQuery(statuses=(status,), limit=1000)).tasks)
         if n:
             counts[status.value] = n
     return counts

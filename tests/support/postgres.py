@@ -16,9 +16,8 @@ import pytest
 
 ADMIN_URL = os.environ.get("TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 REQUIRED = os.environ.get("TASKQUEUE_REQUIRE_POSTGRES") == "1"
-TABLES = ("task_results", "checkpoints", "tasks", "workers", "counters", "cluster",
-          "task_attempts", "schedules",
-          "status_counts", "status_deltas")
+TABLES = ("task_results", "checkpoints", "tasks", "task_groups", "workers", "counters",
+          "cluster", "task_attempts", "schedules", "status_counts", "status_deltas", "events")
 
 
 def unavailable(reason: str) -> None:

@@ -43,6 +43,8 @@ def test_repository_dotenv_documents_every_key() -> None:
         ({"HEARTBEAT_INTERVAL": "3", "HEARTBEAT_TIMEOUT": "2"}, "HEARTBEAT_TIMEOUT"),
         ({"LOG_LEVEL": "loud"}, "LOG_LEVEL"),
         ({"DATABASE_URL": "mysql://x"}, "DATABASE_URL"),
+        ({"WORKER_PROCESSES": "0"}, "WORKER_PROCESSES"),
+        ({"WORKER_PROCESSES": "many"}, "WORKER_PROCESSES"),
     ],
 )
 def test_bad_values_name_the_key(tmp_path: Path, env: dict[str, str], key: str) -> None:
@@ -82,3 +84,13 @@ def test_a_bad_dispatcher_url_entry_is_named(tmp_path: Path, raw: str, entry: st
     with pytest.raises(ConfigError) as bad:
         load_config(env={"DISPATCHER_URL": raw}, dotenv_path=tmp_path / "none")
     assert str(bad.value).startswith("DISPATCHER_URL ") and entry in str(bad.value)
+
+
+def test_result_ttl_defaults_to_a_week_and_zero_or_less_keeps_forever(tmp_path: Path) -> None:
+    none = tmp_path / "none"
+    assert load_config(env={}, dotenv_path=none).result_ttl == 604800
+    assert load_config(env={"RESULT_TTL": "0"}, dotenv_path=none).result_ttl == 0
+    assert load_config(env={"RESULT_TTL": "-1"}, dotenv_path=none).result_ttl == -1
+    for bad in ("week", "nan", "inf"):
+        with pytest.raises(ConfigError, match="RESULT_TTL"):
+            load_config(env={"RESULT_TTL": bad}, dotenv_path=none)

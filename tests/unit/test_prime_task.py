@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 
 from tasks import prime_math
 from tasks.base import InvalidParams, TaskInterrupted, noop_checkpoint
-from tasks.prime_task import PRIMES_LIST_CAP, primes
+from tasks.prime_task import PRIMES_LIST_CAP, PrimeParams, primes, split_range
 
 ALGORITHMS = ("sieve", "trial_division")
 
@@ -483,3 +483,16 @@ def test_kernel_is_compiled_once_then_loaded(tmp_path: Path) -> None:
     built = library.stat().st_mtime_ns
     assert prime_math.load_kernel(tmp_path, compiler) is not None
     assert list(tmp_path.iterdir()) == [library] and library.stat().st_mtime_ns == built
+
+
+@pytest.mark.parametrize(("start", "limit", "parts"), [
+    (0, 0, 1), (0, 0, 5), (0, 1, 5), (0, 10, 3), (5, 5, 2), (3, 1000, 16), (0, 10**12, 1000),
+])
+def test_split_ranges_cover_the_range_in_balanced_pieces(start: int, limit: int,
+                                                          parts: int) -> None:
+    pieces = split_range(PrimeParams(limit=limit, start=start), parts)
+    assert len(pieces) == min(parts, limit - start + 1)
+    assert pieces[0]["start"] == start and pieces[-1]["limit"] == limit
+    assert all(a["limit"] + 1 == b["start"] for a, b in zip(pieces, pieces[1:]))
+    widths = [p["limit"] - p["start"] + 1 for p in pieces]
+    assert max(widths) - min(widths) <= 1

@@ -198,3 +198,31 @@ def test_unknown_module_says_where_to_look(name: str) -> None:
         load_registry([name])
     assert str(caught.value) == (f"TASK_MODULES: no module named {name!r} (is it installed on "
                                  "this host, or on PYTHONPATH?)")
+
+
+def test_split_and_combine_come_together() -> None:
+    with pytest.raises(TypeError, match="split and combine together"):
+        task("half", params=Params, split=lambda p, n: [{}])(double)
+    with pytest.raises(TypeError, match="split and combine together"):
+        task("half", params=Params, combine=lambda results: {})(double)
+    plain = task("plain", params=Params)(double)
+    assert not plain.splittable
+    with pytest.raises(InvalidParams, match="cannot be split") as refused:
+        plain.split_params({"n": 2}, 3)
+    assert refused.value.field == "split"
+
+
+def test_a_user_task_type_splits_and_combines() -> None:
+    splits = task("sum_n", params=Params,
+                  split=lambda p, n: [{"n": 1}] * min(n, p.n),
+                  combine=lambda results: {"sum": sum(r["sum"] for r in results)})(
+        lambda params, resume, checkpoint: {"sum": params.n})
+    assert splits.splittable
+    parts = splits.split_params({"n": 5}, 3)
+    assert parts == [{"n": 1}] * 3
+    results = [splits(splits.validate(p), None, noop_checkpoint) for p in parts]
+    assert splits.combine([*results]) == {"sum": 3}
+    too_many = task("bad_split", params=Params, split=lambda p, n: [{}] * (n + 1),
+                    combine=lambda results: {})(double)
+    with pytest.raises(ValueError, match="gave 4 parts"):
+        too_many.split_params({}, 3)
