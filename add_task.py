@@ -4,6 +4,7 @@
     python3 add_task.py COUNT LIMIT [ALGORITHM]       COUNT prime tasks up to LIMIT
     python3 add_task.py --type sleep --params '{"seconds": 3}'
     python3 add_task.py 10 1000000 --wait             live progress, then a table of results
+    python3 add_task.py status [--watch [SECONDS]]    the queue, workers and reclaims as a table
     python3 add_task.py --split 16 1 10000000000 --wait   one job in 16 parts on any workers
     python3 add_task.py 1 1000000 --delay 60 --max-retries 5 --timeout-seconds 30
     python3 add_task.py retry ID [ID ...]             put failed/cancelled tasks back
@@ -61,7 +62,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description="Submit tasks to the task queue dispatcher.",
         epilog="examples: add_task.py 5 100000 | add_task.py 1 10000000 trial_division --wait"
-               " | add_task.py --type monte_carlo_pi --params '{\"samples\": 1000000}'",
+               " | add_task.py --type monte_carlo_pi --params '{\"samples\": 1000000}'"
+               " | add_task.py status --watch",
     )
     parser.add_argument("count", nargs="?", type=int, default=1, help="number of tasks (1)")
     parser.add_argument("limit", nargs="?", type=int, help="primes up to LIMIT")
@@ -154,7 +156,7 @@ def build_tasks(args: argparse.Namespace) -> list[dict[str, Any]]:
 def run_command(args: argparse.Namespace) -> int:
     """Run a subcommand (retry, schedule, schedules, unschedule); return the exit code."""
     urls = check_dispatcher_urls(args.url, "--url") if args.url else load_config().dispatcher_urls
-    with QueueClient(urls) as client:
+    with QueueClient(urls, token=load_config().dispatcher_token) as client:
         try:
             if args.command == "retry":
                 views = [client.retry(task_id) for task_id in args.task_ids]
@@ -296,11 +298,12 @@ def print_groups(views: list[dict[str, Any]]) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Submit, optionally wait, print; return the exit code."""
-    urls = check_dispatcher_urls(args.url, "--url") if args.url else load_config().dispatcher_urls
+    config = load_config()
+    urls = check_dispatcher_urls(args.url, "--url") if args.url else config.dispatcher_urls
     tasks = build_tasks(args)
     if args.split is not None and args.split < 1:
         raise CliError(f"--split must be at least 1, got {args.split}")
-    with QueueClient(urls) as client:
+    with QueueClient(urls, token=config.dispatcher_token) as client:
         if args.split is not None:
             try:
                 return run_split(client, args, tasks[0])
@@ -323,8 +326,11 @@ def run(args: argparse.Namespace) -> int:
             raise CliError(f"cannot reach the dispatcher ({', '.join(urls)}); is it running?"
                            ) from None
         except RequestRefused as exc:
+            hint = ""
+            if exc.status == 401:
+                hint = " (set DISPATCHER_TOKEN to a token from python -m dispatcher.tokens)"
             raise CliError(f"dispatcher refused the request ({exc.status}): {exc.message}"
-                           ) from None
+                           f"{hint}") from None
     if args.json:
         print(json.dumps({"task_ids": ids, "tasks": [views[i] for i in sorted(views)]}))
     else:
@@ -337,9 +343,29 @@ def run(args: argparse.Namespace) -> int:
     return EXIT_TASK_FAILED if failed else 0
 
 
+def status_command(argv: list[str]) -> int:
+    """``add_task.py status``: see shared/status.py."""
+    from shared.status import main as status_main
+
+    return status_main(argv)
+
+
+SUBCOMMANDS = {
+    "status": status_command,
+}
+"""Words that, as the first argument, run another command instead of a submission (COUNT is
+a number, so no count can be mistaken for one)."""
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Entry point."""
-    argv = sys.argv[1:] if argv is None else argv
+    """Entry point: a subcommand, or a submission (``COUNT LIMIT [ALGORITHM]`` as in the spec)."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv and argv[0] in SUBCOMMANDS:
+        try:
+            return SUBCOMMANDS[argv[0]](argv[1:])
+        except KeyboardInterrupt:
+            return 130
+    # The lifecycle commands (COMMANDS) may follow --url/--json, so they are found by word.
     words = [a for i, a in enumerate(argv)
              if not a.startswith("-") and (i == 0 or argv[i - 1] != "--url")]
     command = words[0] if words else None

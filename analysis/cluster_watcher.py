@@ -48,7 +48,7 @@ class ClusterWatcher:
     """Polls the dispatcher in a daemon thread until stopped; use as a context manager."""
 
     def __init__(self, urls: str | Sequence[str], num_tasks: int,
-                 interval_seconds: float = POLL_INTERVAL_SECONDS) -> None:
+                 interval_seconds: float = POLL_INTERVAL_SECONDS, token: str = "") -> None:
         self.num_tasks = num_tasks
         self.interval_seconds = interval_seconds
         self.attempts: dict[tuple[int, int], AttemptTrace] = {}
@@ -63,7 +63,8 @@ class ClusterWatcher:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="cluster-watcher", daemon=True)
         # Its own client: the thread polls while the main thread uses the cluster's.
-        self._client = QueueClient(urls, timeout=REQUEST_TIMEOUT_SECONDS, connections=1)
+        self._client = QueueClient(urls, timeout=REQUEST_TIMEOUT_SECONDS, connections=1,
+                                   token=token)
 
     def __enter__(self) -> "ClusterWatcher":
         self._thread.start()

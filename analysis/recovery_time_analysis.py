@@ -139,7 +139,8 @@ class RecoveryRun:
         """Run the workload with the planned kills; return the measurements."""
         workload = prime_workload(self.args.num_tasks, self.args.task_size, self.args.algorithm)
         with running_cluster(self.alive, cluster_env(self.args)) as cluster, \
-                ClusterWatcher(cluster.urls, len(workload)) as watcher:
+                ClusterWatcher(cluster.urls, len(workload),
+                               token=cluster.env.get("DISPATCHER_TOKEN", "")) as watcher:
             self.meter = CpuMeter(cluster_pids(cluster))
             task_ids = cluster.client.submit_many(workload)
             for point, count in kill_plan(self.dead, self.args.kill_at):

@@ -11,13 +11,15 @@ from urllib.parse import urlsplit, urlunsplit
 
 from flask import Flask
 
+from dispatcher.auth import TokenCache
 from dispatcher.dashboard import dashboard
 from dispatcher.db import StoreError, open_store
-from dispatcher.routes import api, register_error_handlers
+from dispatcher.guard import Guard
+from dispatcher.routes import api, register_error_handlers, register_request_metrics
 from dispatcher.runtime import on_gevent
 from dispatcher.server import make_server
 from dispatcher.service import Dispatcher
-from shared.config import Config, ConfigError, load_config
+from shared.config import Config, ConfigError, is_loopback, load_config
 from shared.utils import configure_logging
 from tasks.registry import Registry, TaskModuleError, load_registry
 
@@ -44,6 +46,10 @@ def create_app(
     app.json.compact = True  # type: ignore[attr-defined]
     dispatcher = Dispatcher(open_store(config, clock), config, registry)
     app.extensions["taskqueue"] = dispatcher
+    guard = Guard(config, TokenCache(dispatcher.store.token, config.token_cache_seconds))
+    app.extensions["taskqueue_guard"] = guard
+    register_request_metrics(app)  # first: refusals by the guard (401, 403, 415...) count too
+    guard.install(app)
     app.register_blueprint(api)
     app.register_blueprint(dashboard)
     register_error_handlers(app)
@@ -80,7 +86,8 @@ def main(argv: list[str] | None = None) -> int:
             dispatcher_host=args.host, dispatcher_port=args.port,
             log_level=args.log_level.upper() if args.log_level else None,
         )
-        configure_logging(config.log_level)
+        configure_logging(config.log_level, log_format=config.log_format)
+        check_exposure(config)
         registry = load_registry(config.task_module_names)
         app = create_app(config, registry=registry)
     except (ConfigError, StoreError, TaskModuleError) as exc:
@@ -90,15 +97,29 @@ def main(argv: list[str] | None = None) -> int:
                          config.max_connections)
     for signum in (signal.SIGTERM, signal.SIGINT):
         gevent.signal_handler(signum, lambda: gevent.spawn(server.stop, 1.0))
-    log.info("dispatcher listening on http://%s:%s (database %s); task types: %s",
-             config.dispatcher_host, config.dispatcher_port, _redacted(config.database_url),
-             ", ".join(registry.names))
+    log.info("dispatcher listening on http://%s:%s (database %s, credentials %s); "
+             "task types: %s", config.dispatcher_host, config.dispatcher_port,
+             _redacted(config.database_url),
+             "required" if config.auth_enabled else "off", ", ".join(registry.names))
+    if config.auth_enabled and not app.extensions["taskqueue"].store.tokens():
+        log.warning("credentials are required but no token exists yet: create one with "
+                    "python -m dispatcher.tokens create --role admin")
     try:
         server.serve_forever()
     finally:
         log.info("dispatcher stopping")
         app.extensions["taskqueue"].close()
     return 0
+
+
+def check_exposure(config: Config) -> None:
+    """Refuse to serve a non-loopback address without credentials (ConfigError, one line)."""
+    if config.auth_enabled or is_loopback(config.dispatcher_host):
+        return
+    raise ConfigError(
+        f"DISPATCHER_HOST={config.dispatcher_host} is reachable from other hosts but "
+        "AUTH_REQUIRED=false: refusing to serve without credentials (create tokens with "
+        "python -m dispatcher.tokens and set AUTH_REQUIRED=true or auto)")
 
 
 def _redacted(url: str) -> str:

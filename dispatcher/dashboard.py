@@ -3,6 +3,10 @@
 The page is plain HTML, CSS and JavaScript served from this repository (no build step, nothing
 from another host); it polls ``GET /dashboard/state`` once a second and calls the ordinary API
 (``GET /task/<id>``, ``POST /task/<id>/cancel``...) for details and actions.
+
+With credentials on, the page and its static files stay public (they hold no data, and a
+browser's navigation carries no Bearer header); the JSON it polls shows every client's tasks,
+so it is for admin tokens only (the page sends the token typed into its token field).
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ from pathlib import Path
 
 from flask import Blueprint, Response, current_app, jsonify, request, send_from_directory
 
+from dispatcher.auth import Role, public, roles
 from dispatcher.routes import MAX_TASK_ID, TASK_ID
 from dispatcher.service import Dispatcher
 from dispatcher.utils import ApiError
@@ -34,6 +39,7 @@ def _dispatcher() -> Dispatcher:
 
 @dashboard.get("/")
 @dashboard.get("/dashboard")
+@public
 def page() -> Response:
     """The dashboard page."""
     response = send_from_directory(STATIC, "dashboard.html", max_age=0)
@@ -44,6 +50,7 @@ def page() -> Response:
 
 
 @dashboard.get("/dashboard/state")
+@roles(Role.ADMIN)
 def state() -> tuple[Response, int]:
     """Everything the page shows, in one document (bounded reads; reused for half a second)."""
     response = jsonify(_dispatcher().dashboard_state())
@@ -61,6 +68,7 @@ def _int_arg(name: str, default: int | None, low: int, high: int) -> int | None:
 
 
 @dashboard.get("/events")
+@roles(Role.ADMIN)
 def events() -> tuple[Response, int]:
     """Timeline events: ?after=<event_id> (oldest first), else the newest; ?limit, ?task_id."""
     after = _int_arg("after", None, 0, MAX_TASK_ID)
@@ -72,6 +80,7 @@ def events() -> tuple[Response, int]:
 
 
 @dashboard.get(f"/task/<{TASK_ID}>/checkpoint")
+@roles(Role.ADMIN)
 def checkpoint(task_id: int) -> tuple[Response, int]:
     """The task's latest checkpoint (its resume state and progress), or null."""
     found = _dispatcher().latest_checkpoint(task_id)

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 
 from dispatcher.db import StorageUnavailable, Store
 from dispatcher.models import Reclaim
+from shared.utils import task_fields
 
 log = logging.getLogger(__name__)
 
@@ -80,7 +81,8 @@ class HeartbeatMonitor:
             log.warning(
                 "reclaimed task %s from worker %s (attempt %s, cause %s) -> %s",
                 item.task_id, item.worker_id, item.attempt, item.cause.value,
-                "failed" if item.failed else "pending",
+                "failed (out of attempts)" if item.failed else "pending",
+                extra=task_fields(item.task_id, item.worker_id, item.attempt),
             )
         self.stats.sweeps += 1
         self.stats.reclaimed += len(swept.reclaims)

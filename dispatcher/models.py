@@ -71,12 +71,35 @@ class ReclaimCause(str, enum.Enum):
                         ReclaimCause.WORKER_RESTARTED)
 
 
+FAILURE_COUNTERS = ("retries", "manual_retries", "crash_loops", "timed_out")
+"""The task lifecycle's counters (``counters`` table): errors queued again for a retry, tasks
+put back by a user, tasks failed as a crash loop, attempts failed by their timeout. /stats shows
+them as ``failures``, /metrics as ``taskqueue_task_failures_total``."""
+
+
 class AttemptKind(str, enum.Enum):
     """How one failed attempt of a task ended (its ``attempts`` history)."""
 
     ERROR = "error"  # the task raised; retried after a backoff while retries are left
     CRASH = "crash"  # its worker died, restarted or let the lease expire
     TIMEOUT = "timeout"  # it ran past timeout_seconds
+
+
+def scoped_key(owner: str | None, item: int | None, key: str) -> str:
+    """An Idempotency-Key as stored: ``<owner>/1/<key>`` for a single task, ``<owner>/b<i>/<key>``
+    for item i of a batch (owner ``-`` without credentials). A batch and a single task under
+    the same header never collide, nor the keys of two clients."""
+    return f"{owner or '-'}/{'1' if item is None else f'b{item}'}/{key}"
+
+
+def header_key(stored: str) -> str:
+    """The Idempotency-Key header a stored key came from (see :func:`scoped_key`)."""
+    return stored.split("/", 2)[2]
+
+
+def group_key(owner: str | None, key: str) -> str:
+    """A split job's Idempotency-Key as stored: ``<owner>/g/<key>`` (see :func:`scoped_key`)."""
+    return f"{owner or '-'}/g/{key}"
 
 
 class EventKind(str, enum.Enum):
@@ -147,6 +170,8 @@ class Task:
     timeout_seconds: float | None = None
     crash_streak: int = 0
     attempts: tuple[dict[str, Any], ...] = ()
+    owner: str | None = None
+    """The id of the token that submitted it (not part of the JSON view)."""
     group_id: int | None = None
 
     @classmethod
@@ -176,6 +201,7 @@ class Task:
             run_after=row["run_after"],
             timeout_seconds=row["timeout_seconds"],
             crash_streak=row["crash_streak"],
+            owner=row["owner"],
             group_id=row["group_id"],
         )
 
@@ -251,6 +277,10 @@ class Lease:
     lease_seconds: float
     checkpoint: Checkpoint | None
     timeout_seconds: float | None = None
+    requeued: tuple[float, str] | None = None
+    """When (store clock) and why (a ReclaimCause value) the task last went back to the
+    queue before this claim; None for a first claim. For the reassignment-time metric only:
+    not sent to the worker."""
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON form returned by ``POST /get-task``."""
@@ -280,6 +310,10 @@ class NewTask:
     timeout_seconds: float | None = None
     run_at: float | None = None  # not claimable before this time (epoch seconds)
     delay_seconds: float | None = None  # ... or before this long after the submission
+    owner: str | None = None
+    """The id of the token that submitted it (None when auth is off)."""
+    request_hash: str | None = None
+    """SHA-256 of the submission behind the idempotency key: a reuse must match it."""
     group_id: int | None = None
     """The split job this task is a part of (set by the store when it inserts the group)."""
 
@@ -293,6 +327,7 @@ class Reclaim:
     attempt: int
     cause: ReclaimCause
     failed: bool
+    task_type: str | None = None
 
 
 @dataclass(frozen=True)
@@ -329,6 +364,9 @@ class Outcome:
     attempt: int
     outcome: OutcomeKind
     status: TaskStatus | None
+    task_type: str | None = None
+    ran_seconds: float | None = None
+    """For a report that finished its task: from the claim of that attempt to the report."""
 
 
 @dataclass(frozen=True)
@@ -372,6 +410,7 @@ class TaskQuery:
     created_before: float | None = None  # exclusive
     before_id: int | None = None
     limit: int = 100
+    owner: str | None = None  # only the tasks this token submitted (a client's own)
 
 
 @dataclass(frozen=True)
@@ -422,12 +461,14 @@ class Group:
     params: dict[str, Any]
     created_at: float
     parts: list[GroupPart]
+    owner: str | None = None
+    """The id of the token that submitted it (not part of the JSON view)."""
 
     @classmethod
     def from_rows(cls, row: Any, parts: list[Any]) -> "Group":
         """Build from a ``task_groups`` row and its ``group_parts`` rows."""
         return cls(row["group_id"], row["task_type"], json.loads(row["params"]),
-                   row["created_at"], [GroupPart.from_row(part) for part in parts])
+                   row["created_at"], [GroupPart.from_row(part) for part in parts], row["owner"])
 
     @property
     def status(self) -> GroupStatus:

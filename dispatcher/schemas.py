@@ -8,7 +8,7 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_vali
 
 Name = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9._:@-]{0,127}$")]
 TaskId = Annotated[int, Field(ge=1, le=2**62)]
-Attempt = Annotated[int, Field(ge=1, le=2**31)]
+Attempt = Annotated[int, Field(ge=1, le=2**31 - 1)]  # the attempt column is a 32-bit integer
 MAX_SPLIT = 1000
 """Most parts one split job may have."""
 
@@ -28,7 +28,7 @@ class _TaskOptions(_Body):
     task_type: Annotated[str, StringConstraints(min_length=1, max_length=64)]
     params: dict[str, Any] = Field(default_factory=dict)
     priority: Annotated[int, Field(ge=-1000, le=1000)] = 0
-    max_attempts: Annotated[int, Field(ge=1, le=1000)] | None = None
+    max_attempts: Annotated[int, Field(ge=1, le=100)] | None = None
     max_retries: Annotated[int, Field(ge=0, le=1000)] | None = None
     retry_backoff: Annotated[float, Field(ge=0, le=3600)] | None = None
     timeout_seconds: Annotated[float, Field(gt=0, le=MAX_DELAY_SECONDS)] | None = None
@@ -96,10 +96,17 @@ class Release(_Body):
 class ResultItem(_Body):
     """One result: exactly one of ``result`` (success) or ``error`` (the task raised)."""
 
+    model_config = ConfigDict(json_schema_extra={"oneOf": [
+        {"required": ["result"], "properties": {"error": {"type": "null"}}},
+        {"required": ["error"], "not": {"required": ["result"]},
+         "properties": {"error": {"type": "string"}}},
+    ]})
+
     task_id: TaskId
     attempt: Attempt
     result: Any = None
-    error: Annotated[str, StringConstraints(max_length=10_000)] | None = None
+    # Longer than MAX_ERROR_BYTES is cut by the route; this bound only stops absurd texts.
+    error: Annotated[str, StringConstraints(max_length=1_000_000)] | None = None
     retry: bool = True
     """False on an error no retry can fix (the worker says so): the task fails at once."""
 

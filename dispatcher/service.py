@@ -16,7 +16,9 @@ from typing import Any
 from dispatcher.db import StorageUnavailable, Store
 from dispatcher.feed import DashboardFeed
 from dispatcher.heartbeat_monitor import HeartbeatMonitor
+from dispatcher.metrics import Metrics
 from dispatcher.models import (
+    FAILURE_COUNTERS,
     Checkpoint,
     Event,
     Group,
@@ -37,6 +39,7 @@ from dispatcher.models import (
 from dispatcher.scheduler import DueTimer, first_run
 from dispatcher.utils import Notifier
 from shared.config import Config
+from shared.utils import task_fields
 from tasks.registry import Registry
 
 log = logging.getLogger(__name__)
@@ -85,6 +88,7 @@ class Dispatcher:
         self.tasks_leased = 0
         self.claims_waiting = 0  # long polls waiting for work right now
         self.feed = DashboardFeed(store, config)
+        self.metrics = Metrics(self)
 
     # -- lifecycle --------------------------------------------------------------------------
 
@@ -108,15 +112,22 @@ class Dispatcher:
 
     # -- operations -------------------------------------------------------------------------
 
-    def submit(self, tasks: Sequence[NewTask]) -> list[tuple[int, bool]]:
+    def submit(self, tasks: Sequence[NewTask], pending_cap: int | None = None
+               ) -> list[tuple[int, bool]]:
         """Store new tasks durably; idle workers are woken (one per task claimable now) before
-        the fsync; delayed tasks wake them when due (the due timer)."""
+        the fsync; delayed tasks wake them when due (the due timer).
+
+        ``pending_cap`` bounds the tasks the submitting client may have pending.
+        """
         now = self.store.now()
         ready = sum(1 for t in tasks if t.delay_seconds is None
                     and (t.run_at is None or t.run_at <= now))
-        return self.store.submit(
-            tasks, on_commit=(lambda: self.tasks_available.notify(ready)) if ready else None
+        created = self.store.submit(
+            tasks, on_commit=(lambda: self.tasks_available.notify(ready)) if ready else None,
+            pending_cap=pending_cap,
         )
+        self.metrics.on_submit(tasks, created)
+        return created
 
     def claim(
         self,
@@ -166,9 +177,10 @@ class Dispatcher:
         self._after_reclaim(reclaimed)
         if stopping:
             self.store.mark_worker(worker_id, WorkerStatus.STOPPED)
+        attempts = dict(held)
         for task_id in revoked:
             log.info("heartbeat from worker %s: task %s is no longer its lease", worker_id,
-                     task_id)
+                     task_id, extra=task_fields(task_id, worker_id, attempts.get(task_id)))
         return revoked
 
     def checkpoint(
@@ -188,8 +200,9 @@ class Dispatcher:
         reclaim = self.store.release(
             worker_id, task_id, attempt, state, progress, self.registry.check_checkpoint, cause
         )
+        self.metrics.on_reclaims([reclaim])
         log.info("worker %s released task %s (attempt %s, %s)", worker_id, task_id, attempt,
-                 cause.value)
+                 cause.value, extra=task_fields(task_id, worker_id, attempt))
         self.tasks_available.notify()
         return reclaim
 
@@ -238,15 +251,27 @@ class Dispatcher:
         return self.store.list_tasks(query)
 
     def submit_group(self, task_type: str, params: dict[str, Any], parts: Sequence[NewTask],
-                     key: str | None = None) -> tuple[int, list[int], bool]:
-        """Store a split job and its parts durably; (group_id, part ids, created)."""
-        return self.store.submit_group(
+                     key: str | None = None, request_hash: str | None = None,
+                     pending_cap: int | None = None) -> tuple[int, list[int], bool]:
+        """Store a split job and its parts durably; (group_id, part ids, created).
+
+        ``request_hash`` is what a reuse of ``key`` must match; ``pending_cap`` bounds the
+        tasks the submitting client may have pending (as :meth:`submit`).
+        """
+        group_id, ids, created = self.store.submit_group(
             task_type, params, parts, key,
-            on_commit=lambda: self.tasks_available.notify(len(parts)))
+            on_commit=lambda: self.tasks_available.notify(len(parts)),
+            request_hash=request_hash, pending_cap=pending_cap)
+        self.metrics.on_submit(parts, [(task_id, created) for task_id in ids])
+        return group_id, ids, created
 
     def get_group(self, group_id: int) -> dict[str, Any]:
         """The view of a split job: progress, parts, and the combined result once all are done."""
         return self._group_view(self.store.get_group(group_id))
+
+    def group_owner(self, group_id: int) -> str | None:
+        """The id of the token that submitted a split job; NotFound."""
+        return self.store.group_owner(group_id)
 
     def cancel_group(self, group_id: int) -> dict[str, Any]:
         """Cancel a split job's unfinished parts; its view."""
@@ -309,22 +334,29 @@ class Dispatcher:
     def _count_claim(self, worker_id: str, leases: list[Lease]) -> None:
         if not leases:
             return
+        self.metrics.on_claim(leases)
         with self._counts_lock:
             self.claims_served += 1
             self.tasks_leased += len(leases)
         for lease in leases:
             log.debug("task %s attempt %s leased to worker %s", lease.task_id, lease.attempt,
-                      worker_id)
+                      worker_id, extra=task_fields(lease.task_id, worker_id, lease.attempt))
 
     def _tasks_elsewhere(self, count: int) -> None:
         """Another dispatcher made tasks claimable: wake that many claims (all if unknown)."""
         self.tasks_available.notify(count or None)
 
     def _after_results(self, worker_id: str, outcomes: list[Outcome]) -> None:
+        self.metrics.on_outcomes(outcomes)
         for outcome in outcomes:
+            fields = task_fields(outcome.task_id, worker_id, outcome.attempt)
             if outcome.outcome is OutcomeKind.STALE:
                 log.warning("stale result for task %s from worker %s refused", outcome.task_id,
-                            worker_id)
+                            worker_id, extra=fields)
+            elif outcome.outcome is OutcomeKind.ACCEPTED and log.isEnabledFor(logging.DEBUG):
+                log.debug("task %s attempt %s %s by worker %s", outcome.task_id,
+                          outcome.attempt, outcome.status.value if outcome.status else "done",
+                          worker_id, extra=fields)
         self._stop_failed_groups([o.task_id for o in outcomes if o.status is TaskStatus.FAILED
                                   and o.outcome in (OutcomeKind.ACCEPTED, OutcomeKind.REFUSED)])
 
@@ -349,6 +381,7 @@ class Dispatcher:
     def _after_reclaim(self, reclaimed: list[Reclaim]) -> None:
         if not reclaimed:
             return
+        self.metrics.on_reclaims(reclaimed)
         self._stop_failed_groups([r.task_id for r in reclaimed if r.failed])
         if any(not r.failed for r in reclaimed):
             self.tasks_available.notify()
@@ -397,7 +430,7 @@ def _format_stats(raw: dict[str, Any], dispatcher: Dispatcher) -> dict[str, Any]
         },
         "failures": {  # errors retried, and attempts ended other than by a reclaim
             name: counters.get(name, 0)
-            for name in ("retries", "manual_retries", "crash_loops", "timed_out")
+            for name in FAILURE_COUNTERS
         },
         "claims": {
             "requests_served": dispatcher.claims_served,

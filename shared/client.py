@@ -99,8 +99,10 @@ class Reply:
 
     @property
     def retryable(self) -> bool:
-        """True for answers that mean "try again later" (5xx, 429)."""
-        return self.status >= 500 or self.status == 429
+        """True for answers that mean "try again later": 5xx, 429, and 401/403 (credentials
+        can be fixed, and a worker restarted with a good token delivers its cached results;
+        dropping them over a credentials problem would lose finished work)."""
+        return self.status >= 500 or self.status in (401, 403, 429)
 
     def field(self, name: str, default: Any = None) -> Any:
         """One top-level field of a JSON object body."""
@@ -243,8 +245,11 @@ class JsonConnection:
     :class:`Unreachable` and the caller decides; :class:`Failover` says where calls go.
     """
 
-    def __init__(self, urls: str | Sequence[str] | Failover, connections: int = 1) -> None:
+    def __init__(self, urls: str | Sequence[str] | Failover, connections: int = 1,
+                 token: str = "") -> None:
         self.failover = urls if isinstance(urls, Failover) else Failover(urls)
+        # Sent with every request (DISPATCHER_TOKEN); never logged.
+        self._auth = {"Authorization": f"Bearer {token}"} if token else {}
         self._endpoints = [_Endpoint.parse(url) for url in self.failover.urls]
         self._idle: list[list[http.client.HTTPConnection]] = [[] for _ in self._endpoints]
         self._keep = max(1, connections)
@@ -265,7 +270,7 @@ class JsonConnection:
     ) -> Reply:
         """Send one request; raise :class:`Unreachable` on connection errors and timeouts."""
         data = None if body is None else json.dumps(body, allow_nan=False).encode()
-        all_headers = {**_JSON_HEADERS, **headers} if headers else dict(_JSON_HEADERS)
+        all_headers = {**_JSON_HEADERS, **self._auth, **(headers or {})}
         order, check_home = self.failover.plan()
         home = self.failover.home
         if check_home and self._healthy(home, min(timeout[0], PROBE_SECONDS)):
@@ -378,8 +383,8 @@ class QueueClient:
     """
 
     def __init__(self, url: str | Sequence[str] | Failover, timeout: float = 30.0,
-                 connections: int = 4) -> None:
-        self._http = JsonConnection(url, connections)
+                 connections: int = 4, token: str = "") -> None:
+        self._http = JsonConnection(url, connections, token)
         self._timeout: Timeout = (min(timeout, 5.0), timeout)
 
     @property

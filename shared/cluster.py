@@ -75,6 +75,8 @@ class LocalCluster:
         self.workers: dict[str, subprocess.Popen[bytes]] = {}
         self.paused: set[str] = set()
         self.http = requests.Session()
+        if self.env.get("DISPATCHER_TOKEN"):
+            self.http.headers["Authorization"] = f"Bearer {self.env['DISPATCHER_TOKEN']}"
         self._client: QueueClient | None = None
 
     # -- processes ------------------------------------------------------------------------
@@ -221,7 +223,7 @@ class LocalCluster:
     def client(self) -> QueueClient:
         """The public client over :attr:`urls` (made on first use, closed with the cluster)."""
         if self._client is None:
-            self._client = QueueClient(self.urls)
+            self._client = QueueClient(self.urls, token=self.env.get("DISPATCHER_TOKEN", ""))
         return self._client
 
     def healthy(self, url: str | None = None) -> bool:

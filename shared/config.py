@@ -6,10 +6,11 @@ result down. Every key is documented in ``.env`` and in the README's configurati
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,7 @@ from shared.utils import split_urls
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+LOG_FORMATS = ("text", "json")
 MAX_WORKER_PROCESSES = 1024
 _MODULE_PATH = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*")
 
@@ -66,12 +68,48 @@ class Config:
     """How many of the newest timeline events (reclaims, dead workers...) the database keeps."""
     run_dir: str = "run"
     log_level: str = "INFO"
+    log_format: str = "text"
+    """``text`` (one line per record, as always) or ``json`` (one JSON object per line, with
+    ``task_id``, ``worker_id`` and ``attempt`` fields on every line about a task)."""
     result_ttl: float = 7 * 24 * 3600.0
     """Seconds a finished task (result, checkpoint, idempotency key) is kept; <= 0: forever."""
     task_modules: str = ""
     """Comma-separated import paths of the operator's task modules (besides the built-ins)."""
+    auth_required: str = "auto"
+    """auto (on unless the dispatcher binds a loopback address), true or false."""
+    dispatcher_token: str = field(default="", repr=False)
+    """The bearer token clients and workers send (``tq_<id>_<secret>``); empty: none. Kept out
+    of ``repr`` so a logged config never shows it."""
+    token_cache_seconds: float = 5.0
+    allowed_hosts: str = ""
+    """Extra Host header names accepted (comma-separated; ``*`` accepts any)."""
+    cors_origins: str = ""
+    """Browser origins allowed to call the API cross-origin (comma-separated)."""
+    body_budget_bytes: int = 16 * 1024 * 1024
+    max_error_bytes: int = 10_000
+    max_list_field_bytes: int = 1024
+    rate_limit: str = "20000/minute"
+    max_pending_per_client: int = 100_000
     worker_processes: str = "1"
     """Worker processes ``start_worker.sh`` runs under one supervisor: a count or ``auto``."""
+
+    @property
+    def auth_enabled(self) -> bool:
+        """Whether requests must carry a bearer token (AUTH_REQUIRED, auto by bind address)."""
+        if self.auth_required == "auto":
+            return not is_loopback(self.dispatcher_host)
+        return self.auth_required == "true"
+
+    @property
+    def allowed_host_names(self) -> frozenset[str]:
+        """The Host names ALLOWED_HOSTS lists, lower-cased."""
+        return frozenset(h.strip().lower() for h in self.allowed_hosts.split(",") if h.strip())
+
+    @property
+    def cors_origin_list(self) -> frozenset[str]:
+        """The origins CORS_ORIGINS lists (scheme://host[:port], no trailing slash)."""
+        return frozenset(o.strip().rstrip("/") for o in self.cors_origins.split(",")
+                         if o.strip())
 
     @property
     def sqlite_path(self) -> Path | None:
@@ -115,6 +153,17 @@ class Config:
         return new
 
 
+def is_loopback(host: str) -> bool:
+    """True for a loopback address or name (127.0.0.0/8, ::1, localhost)."""
+    name = host.strip().strip("[]").lower()
+    if name == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(name).is_loopback
+    except ValueError:
+        return False
+
+
 def resolve_path(raw: str) -> Path:
     """Resolve a configured path: absolute as given, relative to the repository root."""
     path = Path(raw).expanduser()
@@ -146,11 +195,20 @@ _RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "checkpoint_interval": (_positive, "must be > 0"),
     "monitor_interval": (_positive, "must be > 0"),
     "result_ttl": (lambda v: v == v and abs(v) != float("inf"), "must be a finite number"),
-    "max_attempts": (lambda v: 1 <= v <= 1000, "must be 1-1000"),
     "default_max_retries": (lambda v: 0 <= v <= 1000, "must be 0-1000"),
     "default_retry_backoff": (lambda v: 0 <= v <= 3600, "must be 0-3600"),
     "crash_loop_limit": (lambda v: 2 <= v <= 1000, "must be 2-1000"),
     "timeout_grace": (lambda v: 0 < v <= 3600, "must be > 0 and <= 3600"),
+    "max_attempts": (lambda v: 1 <= v <= 100, "must be 1-100"),
+    "auth_required": (lambda v: v in ("auto", "true", "false"), "must be auto, true or false"),
+    "token_cache_seconds": (lambda v: 0 <= v <= 60, "must be 0-60"),
+    "body_budget_bytes": (lambda v: v >= 1024, "must be >= 1024"),
+    "max_error_bytes": (lambda v: 64 <= v <= 1_000_000, "must be 64-1000000"),
+    "max_list_field_bytes": (lambda v: 64 <= v <= 1_000_000, "must be 64-1000000"),
+    "max_pending_per_client": (lambda v: v >= 1, "must be >= 1"),
+    "rate_limit": (lambda v: _rate_ok(v), "must be like 20000/minute (limits notation)"),
+    "dispatcher_token": (lambda v: v == "" or _TOKEN_TEXT.fullmatch(v) is not None,
+                         "must be a token printed by python -m dispatcher.tokens create"),
     "database_pool_size": (lambda v: 1 <= v <= 1000, "must be 1-1000"),
     "max_connections": (lambda v: 10 <= v <= 1_000_000, "must be 10-1000000"),
     "max_request_bytes": (lambda v: v >= 1024, "must be >= 1024"),
@@ -166,6 +224,7 @@ _RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "prefetch_max": (lambda v: 1 <= v <= 1000, "must be 1-1000"),
     "events_kept": (lambda v: 10 <= v <= 1_000_000, "must be 10-1000000"),
     "log_level": (lambda v: v in LOG_LEVELS, "must be one of " + ", ".join(LOG_LEVELS)),
+    "log_format": (lambda v: v in LOG_FORMATS, "must be one of " + ", ".join(LOG_FORMATS)),
     "database_url": (
         lambda v: v.startswith(("sqlite:///", "postgresql://", "postgres://")),
         "must start with sqlite:/// or postgresql://",
@@ -179,6 +238,18 @@ _RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
         "must be comma-separated Python import paths (e.g. examples.wordcount)",
     ),
 }
+
+
+_TOKEN_TEXT = re.compile(r"[A-Za-z0-9_\-]{1,200}")
+
+
+def _rate_ok(text: str) -> bool:
+    from limits import parse_many
+
+    try:
+        return bool(parse_many(text))
+    except ValueError:
+        return False
 
 
 def _check(config: Config) -> None:
@@ -218,6 +289,11 @@ def _convert(name: str, raw: str, kind: type) -> Any:
             return float(text)
     except ValueError:
         raise ConfigError(f"{name} must be a {kind.__name__}, got {raw!r}") from None
+    if name == "LOG_FORMAT":
+        return text.lower()
+    if name == "AUTH_REQUIRED":
+        return {"1": "true", "yes": "true", "on": "true", "0": "false", "no": "false",
+                "off": "false"}.get(text.lower(), text.lower())
     return text.upper() if name == "LOG_LEVEL" else text
 
 
@@ -235,10 +311,10 @@ def load_config(
         merged.update({k: v for k, v in dotenv_values(path).items() if v is not None})
     merged.update(os.environ if env is None else env)
     values: dict[str, Any] = {}
-    for field in fields(Config):
-        key = field.name.upper()
+    for spec in fields(Config):
+        key = spec.name.upper()
         if key in merged and merged[key].strip() != "":
-            values[field.name] = _convert(key, merged[key], type(field.default))
+            values[spec.name] = _convert(key, merged[key], type(spec.default))
     if "dispatcher_url" not in values:
         host = values.get("dispatcher_host", Config.dispatcher_host)
         host = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host

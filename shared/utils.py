@@ -5,20 +5,43 @@ from __future__ import annotations
 import logging
 import socket
 import sys
+from typing import Any
 from urllib.parse import urlsplit
 
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s [%(process)d] %(message)s"
+JSON_FIELDS = {"levelname": "level", "name": "logger", "process": "pid"}
+"""The standard fields of a JSON log line (after ``timestamp``, ISO 8601 in UTC), renamed."""
 
 
-def configure_logging(level: str, name: str | None = None) -> None:
-    """Configure the root logger once for an entry point (stderr, one line per record)."""
+def configure_logging(level: str, name: str | None = None, log_format: str = "text") -> None:
+    """Configure the root logger once for an entry point (stderr, one line per record).
+
+    ``log_format="json"`` writes one JSON object per line: ``timestamp``, ``level``,
+    ``logger``, ``pid``, ``message``, and whatever the call passed as ``extra=`` (the
+    ``task_id``, ``worker_id`` and ``attempt`` of :func:`task_fields`).
+    """
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter(LOG_FORMAT))
+    handler.setFormatter(_json_formatter() if log_format == "json"
+                         else logging.Formatter(LOG_FORMAT))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
     if name:
         logging.getLogger(name).setLevel(level)
+
+
+def _json_formatter() -> logging.Formatter:
+    from pythonjsonlogger.json import JsonFormatter
+
+    fields = "".join(f"{{{field}}}" for field in JSON_FIELDS) + "{message}"
+    return JsonFormatter(fields, style="{", rename_fields=JSON_FIELDS,
+                         json_ensure_ascii=False, timestamp=True)
+
+
+def task_fields(task_id: int | None, worker_id: str | None,
+                attempt: int | None = None) -> dict[str, Any]:
+    """The ``extra=`` of a log line about one task: fields of their own in JSON logs."""
+    return {"task_id": task_id, "worker_id": worker_id, "attempt": attempt}
 
 
 def free_port(host: str = "127.0.0.1") -> int:

@@ -25,6 +25,8 @@ COLLATZ_TABLE_LEN = 1 << 20
 COLLATZ_BLOCK_LEN = 1 << 16
 
 MAX_SQUARES_VALUE = 10**12
+MAX_SECONDS = 600
+"""Longest sleep / cpu_burn task accepted, seconds (a bound on the work one task asks for)."""
 MAX_SQUARES_TERMS = 10**10
 
 _STRICT = ConfigDict(strict=True, extra="forbid")
@@ -54,7 +56,7 @@ class SleepParams(BaseModel):
     """Parameters of a ``sleep`` task."""
 
     model_config = _STRICT
-    seconds: float = Field(ge=0, le=3600, allow_inf_nan=False)
+    seconds: float = Field(ge=0, le=MAX_SECONDS, allow_inf_nan=False)
 
 
 class SleepState(BaseModel):
@@ -91,7 +93,7 @@ class CpuBurnParams(BaseModel):
     """Parameters of a ``cpu_burn`` task."""
 
     model_config = _STRICT
-    seconds: float = Field(ge=0, le=3600, allow_inf_nan=False)
+    seconds: float = Field(ge=0, le=MAX_SECONDS, allow_inf_nan=False)
 
 
 class CpuBurnState(BaseModel):

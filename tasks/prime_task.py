@@ -33,6 +33,8 @@ PRIMES_LIST_CAP = 100_000
 
 MAX_LIMIT = {"sieve": 10**12, "trial_division": 10**10}
 """Largest accepted limit per algorithm (trial division is far slower)."""
+MAX_SPAN = {"trial_division": 10**9}
+"""Most numbers one task may test per algorithm (limit - start): a bound on one task's work."""
 
 Algorithm = Literal["sieve", "trial_division"]
 
@@ -45,7 +47,7 @@ class PrimeParams(BaseModel):
     # Declared in this order so that each validator can see the fields before it.
     algorithm: Algorithm = "sieve"
     limit: int = Field(ge=0)
-    start: int = Field(default=0, ge=0)
+    start: int = Field(default=0, ge=0, validate_default=True)
 
     @field_validator("limit")
     @classmethod
@@ -67,6 +69,13 @@ class PrimeParams(BaseModel):
         if limit is not None and start > limit:
             raise PydanticCustomError("range_reversed", "must be <= limit ({limit})",
                                       {"limit": limit})
+        algorithm = info.data.get("algorithm", "sieve")
+        span = MAX_SPAN.get(algorithm)
+        if limit is not None and span is not None and limit - start > span:
+            raise PydanticCustomError(
+                "range_too_large",
+                "the range limit - start must be <= {span} for the {algorithm} algorithm",
+                {"span": span, "algorithm": algorithm})
         return start
 
     @model_serializer(mode="wrap")

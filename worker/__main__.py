@@ -41,7 +41,7 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, TaskModuleError) as exc:
         print(f"configuration error: {exc}", file=sys.stderr)
         return CONFIG_ERROR_EXIT
-    configure_logging(config.log_level)
+    configure_logging(config.log_level, log_format=config.log_format)
     sys.setswitchinterval(SWITCH_INTERVAL_SECONDS)
     shutdown = Shutdown()
     install_signal_handlers(shutdown)

@@ -57,8 +57,8 @@ def worker_failover(config: WorkerConfig) -> Failover:
 class DispatcherClient(JsonConnection):
     """The worker's JSON POSTs, one keep-alive connection per dispatcher (one client per thread)."""
 
-    def __init__(self, failover: Failover) -> None:
-        super().__init__(failover, connections=1)
+    def __init__(self, failover: Failover, token: str = "") -> None:
+        super().__init__(failover, connections=1, token=token)
 
 
 class OutageLog:

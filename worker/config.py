@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from shared.config import Config, ConfigError, check_dispatcher_urls
@@ -42,6 +42,8 @@ class WorkerConfig:
     burst: bool = False
     timeout_grace: float = 2.0
     """How long a task may run past its timeout_seconds before the worker ends itself."""
+    token: str = field(default="", repr=False)
+    """DISPATCHER_TOKEN, sent as a bearer token (never logged)."""
 
     @property
     def dispatcher_urls(self) -> tuple[str, ...]:
@@ -96,4 +98,5 @@ def make_worker_config(
         max_tasks=max_tasks,
         burst=burst,
         timeout_grace=config.timeout_grace,
+        token=config.dispatcher_token,
     )

@@ -13,6 +13,7 @@ import time
 from typing import Any
 
 from shared.client import Failover
+from shared.utils import task_fields
 from worker.client import DispatcherClient, OutageLog, Unreachable, worker_failover
 from worker.config import WorkerConfig
 
@@ -73,7 +74,7 @@ class Heartbeat(threading.Thread):
                  failover: Failover | None = None) -> None:
         super().__init__(name=f"heartbeat-{config.worker_id}", daemon=True)
         self._config, self._held = config, held
-        self._client = DispatcherClient(failover or worker_failover(config))
+        self._client = DispatcherClient(failover or worker_failover(config), config.token)
         self._outage = OutageLog(config.worker_id, "heartbeats")
         self._stop_event = threading.Event()
         self.beats = 0
@@ -104,9 +105,11 @@ class Heartbeat(threading.Thread):
             return self._outage.failed(f"HTTP {reply.status}")
         self._outage.ok()
         self.beats += 1
+        attempts = {held["task_id"]: held["attempt"] for held in body["tasks"]}
         for task_id in self._held.revoke(reply.field("revoked") or []):
             log.warning("task %s revoked from worker %s (heartbeat %s); abandoning it",
-                        task_id, cfg.worker_id, reply.status)
+                        task_id, cfg.worker_id, reply.status,
+                        extra=task_fields(task_id, cfg.worker_id, attempts.get(task_id)))
         if reply.status not in (200, 409):
             log.error("worker %s: heartbeat refused: HTTP %s %s", cfg.worker_id, reply.status, reply.body)
 

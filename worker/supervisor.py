@@ -141,7 +141,7 @@ class Supervisor:
     def __init__(
         self, worker_id: str, count: int, worker_args: list[str], run_path: Path, *,
         restart_delay: float = 1.0, restart_delay_max: float = 30.0, stable_after: float = 10.0,
-        dispatcher_urls: tuple[str, ...] = (),
+        dispatcher_urls: tuple[str, ...] = (), token: str = "",
     ) -> None:
         self.worker_id = worker_id
         self.children = [Child(name) for name in child_names(worker_id, count)]
@@ -152,6 +152,8 @@ class Supervisor:
         self._preexec = _parent_death_signal()
         self.dispatcher_urls = dispatcher_urls
         self._http = requests.Session()
+        if token:  # DISPATCHER_TOKEN, the children's too (a worker token bound to ``id-*``)
+            self._http.headers["Authorization"] = f"Bearer {token}"
 
     # -- signals --------------------------------------------------------------------------
 
@@ -205,7 +207,9 @@ class Supervisor:
         One heartbeat for the child's worker id with a new instance id, holding nothing and
         marked ``stopping``: the dispatcher requeues what the dead instance held
         (``worker_restarted``) and shows the worker as stopped until the new process
-        registers. The dispatchers are tried in order; failures only cost the timeout.
+        registers. It carries DISPATCHER_TOKEN when one is configured (a worker token bound
+        to ``WORKER_ID-*`` covers every child). The dispatchers are tried in order; failures
+        only cost the timeout.
         """
         body = {"worker_id": child.name, "instance_id": uuid.uuid4().hex, "tasks": [],
                 "stopping": True}
@@ -215,6 +219,11 @@ class Supervisor:
             except requests.RequestException as exc:
                 log.warning("could not tell %s that worker %s died (%s)", url, child.name,
                             type(exc).__name__)
+                continue
+            if reply.status_code in (401, 403):
+                log.warning("%s refused to hear that worker %s died (HTTP %d): DISPATCHER_TOKEN "
+                            "is missing, revoked or not bound to this worker id", url,
+                            child.name, reply.status_code)
                 continue
             if reply.status_code < 500:
                 log.info("told %s that worker %s died: its tasks are requeued (HTTP %d)", url,
@@ -362,13 +371,13 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"configuration error: {exc}", file=sys.stderr)
         return CONFIG_ERROR_EXIT
-    configure_logging(config.log_level)
+    configure_logging(config.log_level, log_format=config.log_format)
     try:
         urls = config.dispatcher_urls if args.url is None else check_dispatcher_urls(args.url)
     except ConfigError:
         urls = ()  # the workers report a bad --url themselves (and the supervisor stops)
     supervisor = Supervisor(args.worker_id, count, worker_args(args), config.run_path,
-                            dispatcher_urls=urls,
+                            dispatcher_urls=urls, token=config.dispatcher_token,
                             restart_delay=args.restart_delay,
                             restart_delay_max=args.restart_delay_max,
                             stable_after=args.stable_after)

@@ -16,6 +16,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from shared.utils import task_fields
 from tasks.base import TaskInterrupted, TaskType
 from tasks.registry import Registry
 
@@ -181,14 +182,16 @@ def run_task(
     try:
         task_type, params = resolve(task, registry, worker_id)
     except (LookupError, ValueError) as exc:
-        log.error("task %s rejected by worker %s: %s", task.task_id, worker_id, _describe(exc))
+        log.error("task %s rejected by worker %s: %s", task.task_id, worker_id, _describe(exc),
+                  extra=task_fields(task.task_id, worker_id, task.attempt))
         return {"error": _describe(exc), "retry": False}
     try:
         result = task_type.run(params, task.resume_state, checkpoint)
     except TaskInterrupted:
         raise
     except Exception as exc:  # the task's own failure: reported, never fatal to the worker
-        log.warning("task %s failed on worker %s", task.task_id, worker_id, exc_info=True)
+        log.warning("task %s failed on worker %s", task.task_id, worker_id, exc_info=True,
+                    extra=task_fields(task.task_id, worker_id, task.attempt))
         return {"error": _describe(exc)}
     size = _json_size(result) if isinstance(result, dict) else None
     if size is None:
@@ -196,7 +199,8 @@ def run_task(
                 "retry": False}
     if size > max_result_bytes:
         log.warning("task %s on worker %s: result of %s bytes is over MAX_RESULT_BYTES",
-                    task.task_id, worker_id, size)
+                    task.task_id, worker_id, size,
+                    extra=task_fields(task.task_id, worker_id, task.attempt))
         return {"error": f"result too large: {size} bytes is over the limit of "
                          f"{max_result_bytes} (MAX_RESULT_BYTES)", "retry": False}
     return {"result": result}

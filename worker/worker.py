@@ -16,6 +16,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from shared.utils import task_fields
 from tasks.base import TaskInterrupted
 from tasks.registry import Registry
 from worker.cache_manager import PendingResult, ResultCache
@@ -260,7 +261,8 @@ class ResultReporter:
         failed instead of being leased and computed again; a refused error is dropped.
         """
         log.error("task %s attempt %s: result from worker %s rejected (HTTP %s %s)",
-                  item.task_id, item.attempt, self._config.worker_id, reply.status, reply.body)
+                  item.task_id, item.attempt, self._config.worker_id, reply.status, reply.body,
+                  extra=task_fields(item.task_id, self._config.worker_id, item.attempt))
         self._forget([item])
         if "result" in item.payload and reply.status not in (404, 409):
             error = {"error": refusal_error(reply), "retry": False}
@@ -269,12 +271,13 @@ class ResultReporter:
 
     def _log_outcome(self, item: PendingResult, outcome: str) -> None:
         wid, kind = self._config.worker_id, "error" if "error" in item.payload else "result"
+        fields = task_fields(item.task_id, wid, item.attempt)
         if outcome in ("accepted", "duplicate"):
             log.debug("task %s attempt %s: %s delivered by worker %s (%s)", item.task_id,
-                      item.attempt, kind, wid, outcome)
+                      item.attempt, kind, wid, outcome, extra=fields)
         else:
             log.warning("task %s attempt %s: %s from worker %s refused (%s); dropped",
-                        item.task_id, item.attempt, kind, wid, outcome)
+                        item.task_id, item.attempt, kind, wid, outcome, extra=fields)
 
 
 def refusal_error(reply: Reply) -> str:
@@ -305,7 +308,8 @@ class Watchdog:
                  exit_now: Callable[[int], None] = os._exit) -> None:
         self._worker_id, self._grace, self._exit = worker_id, grace, exit_now
         self._lock = threading.Lock()
-        self._current: tuple[int, float, float] | None = None  # task, timeout, kill at
+        # (task, timeout, kill at, attempt)
+        self._current: tuple[int, float, float, int] | None = None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -313,7 +317,8 @@ class Watchdog:
         """The main thread starts ``task`` (at monotonic ``started``)."""
         with self._lock:
             self._current = None if task.timeout_seconds is None else (
-                task.task_id, task.timeout_seconds, started + task.timeout_seconds + self._grace)
+                task.task_id, task.timeout_seconds, started + task.timeout_seconds + self._grace,
+                task.attempt)
 
     def clear(self) -> None:
         """The main thread is done with its task."""
@@ -325,10 +330,11 @@ class Watchdog:
         with self._lock:
             current = self._current
         if current is not None and now > current[2]:
-            task_id, timeout, _ = current
+            task_id, timeout, _, attempt = current
             log.critical("worker %s: task %s ignored its timeout of %s s for %s s more; ending "
                          "this worker process (exit %d) to stop it", self._worker_id, task_id,
-                         timeout, self._grace, EXIT_TASK_OVERRAN)
+                         timeout, self._grace, EXIT_TASK_OVERRAN,
+                         extra=task_fields(task_id, self._worker_id, attempt))
             logging.shutdown()
             self._exit(EXIT_TASK_OVERRAN)
 
@@ -374,7 +380,7 @@ class Worker:
         # One dispatcher list for both threads: they fail over together, logged once.
         failover = worker_failover(config)
         self._heartbeat = Heartbeat(config, self._held, failover)
-        self._client = DispatcherClient(failover)
+        self._client = DispatcherClient(failover, config.token)
         self._outage = OutageLog(config.worker_id, "tasks and results")
         # A task stays held (listed in heartbeats) until its result is answered, so the
         # dispatcher never mistakes a finished, undelivered task for a lost claim.
@@ -501,7 +507,9 @@ class Worker:
     def _give_back(self, waiting: list[ClaimedTask]) -> None:
         """Return claimed but unstarted tasks so idle workers take them now; deliver results."""
         log.info("worker %s gives back %d unstarted task(s): %s", self.config.worker_id,
-                 len(waiting), [t.task_id for t in waiting])
+                 len(waiting), [t.task_id for t in waiting],
+                 extra={"task_ids": [t.task_id for t in waiting],
+                        "worker_id": self.config.worker_id})
         reason = "shutdown" if self._shutdown.requested else "unstarted"
         for task in waiting:
             self._release(task, None, reason=reason)
@@ -512,12 +520,14 @@ class Worker:
 
     def _log_claim(self, task: ClaimedTask) -> None:
         wid = self.config.worker_id
+        fields = task_fields(task.task_id, wid, task.attempt)
         if task.resume_state is None:
             log.debug("task %s attempt %s (%s) started by worker %s", task.task_id, task.attempt,
-                      task.task_type, wid)
+                      task.task_type, wid, extra=fields)
         else:
             log.info("task %s attempt %s (%s) started by worker %s, resuming at progress %s",
-                     task.task_id, task.attempt, task.task_type, wid, task.resume_progress)
+                     task.task_id, task.attempt, task.task_type, wid, task.resume_progress,
+                     extra=fields)
 
     def _run_and_report(
         self, task: ClaimedTask, revoked: threading.Event, on_call: Callable[[], None]
@@ -539,7 +549,8 @@ class Worker:
             self._watchdog.clear()
         if revoked.is_set():
             log.warning("task %s finished on worker %s after being revoked; result dropped",
-                        task.task_id, self.config.worker_id)
+                        task.task_id, self.config.worker_id,
+                        extra=task_fields(task.task_id, self.config.worker_id, task.attempt))
             return False
         self._reporter.store(task.task_id, task.attempt, payload, time.monotonic() - started)
         return True
@@ -554,7 +565,8 @@ class Worker:
                 reply = self._client.post("/checkpoint", body, cfg.call_timeout)
             except (TypeError, ValueError) as exc:
                 log.error("task %s on worker %s: checkpoint not sent, not JSON (%s)",
-                          task.task_id, cfg.worker_id, exc)
+                          task.task_id, cfg.worker_id, exc,
+                          extra=task_fields(task.task_id, cfg.worker_id, task.attempt))
                 return SendOutcome.FAILED
             except Unreachable as exc:
                 self._outage.failed(f"{exc}; task {task.task_id} keeps running")
@@ -573,24 +585,27 @@ class Worker:
         if reply.status == 409:
             return SendOutcome.STALE
         log.error("task %s on worker %s: checkpoint refused: HTTP %s %s", task.task_id,
-                  self.config.worker_id, reply.status, reply.body)
+                  self.config.worker_id, reply.status, reply.body,
+                  extra=task_fields(task.task_id, self.config.worker_id, task.attempt))
         return SendOutcome.FAILED
 
     def _interrupted(self, task: ClaimedTask, checkpointer: Checkpointer) -> None:
         wid = self.config.worker_id
+        fields = task_fields(task.task_id, wid, task.attempt)
         if checkpointer.reason is InterruptReason.SHUTDOWN:
             log.info("task %s interrupted by shutdown on worker %s at progress %s",
-                     task.task_id, wid, checkpointer.latest_progress)
+                     task.task_id, wid, checkpointer.latest_progress, extra=fields)
             self._release(task, checkpointer)
         elif checkpointer.reason is InterruptReason.TIMED_OUT:
             log.warning("task %s stopped on worker %s: past its timeout of %s s; the "
-                        "dispatcher fails it", task.task_id, wid, task.timeout_seconds)
+                        "dispatcher fails it", task.task_id, wid, task.timeout_seconds,
+                        extra=fields)
         elif checkpointer.reason is InterruptReason.REVOKED:
             log.warning("task %s stopped on worker %s: revoked by the dispatcher; no result sent",
-                        task.task_id, wid)
+                        task.task_id, wid, extra=fields)
         else:
             log.warning("task %s stopped on worker %s: checkpoint refused as stale (409); "
-                        "no result sent", task.task_id, wid)
+                        "no result sent", task.task_id, wid, extra=fields)
 
     def _release(
         self, task: ClaimedTask, checkpointer: Checkpointer | None, reason: str = "shutdown"
@@ -605,10 +620,12 @@ class Worker:
             reply = self._client.post("/release-task", body, cfg.call_timeout)
         except (Unreachable, TypeError, ValueError) as exc:
             log.warning("task %s: release by worker %s failed (%s); the dispatcher requeues it "
-                        "once this worker's heartbeats stop", task.task_id, cfg.worker_id, exc)
+                        "once this worker's heartbeats stop", task.task_id, cfg.worker_id, exc,
+                        extra=task_fields(task.task_id, cfg.worker_id, task.attempt))
             return
         log.info("task %s attempt %s released (%s) by worker %s: HTTP %s", task.task_id,
-                 task.attempt, reason, cfg.worker_id, reply.status)
+                 task.attempt, reason, cfg.worker_id, reply.status,
+                 extra=task_fields(task.task_id, cfg.worker_id, task.attempt))
 
     def _stop(self) -> None:
         cfg = self.config

@@ -7,12 +7,19 @@ dialect and the clock; ``schema.py`` the tables of both; ``moves.py`` the status
 
 from __future__ import annotations
 
-from dispatcher.db.errors import NotFound, StaleLease, StorageUnavailable, StoreError
+from dispatcher.db.errors import (
+    IdempotencyConflict,
+    NotFound,
+    QuotaExceeded,
+    StaleLease,
+    StorageUnavailable,
+    StoreError,
+)
 from dispatcher.db.store import Claimed, Clock, Store, Swept
 from shared.config import Config, ConfigError
 
-__all__ = ["Claimed", "NotFound", "StaleLease", "StorageUnavailable", "Store", "StoreError",
-           "Swept", "open_store"]
+__all__ = ["Claimed", "IdempotencyConflict", "NotFound", "QuotaExceeded", "StaleLease",
+           "StorageUnavailable", "Store", "StoreError", "Swept", "open_store"]
 
 
 def open_store(config: Config, clock: Clock | None = None) -> Store:

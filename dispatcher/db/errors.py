@@ -21,3 +21,11 @@ class StaleLease(StoreError):
     def __init__(self, message: str, code: str = "stale_lease") -> None:
         super().__init__(message)
         self.code = code
+
+
+class IdempotencyConflict(StoreError):
+    """An idempotency key reused for a different submission (409)."""
+
+
+class QuotaExceeded(StoreError):
+    """A client has as many pending tasks as it may (429)."""

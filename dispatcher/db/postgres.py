@@ -31,8 +31,11 @@ from dispatcher.db.schema import (
     POSTGRES_SCHEMA,
     SCHEMA_VERSION,
     migrations_between,
+    migrations_missed,
 )
-from dispatcher.db.store import Channel, Clock, Dialect, OnCommit, Store, Tx
+from dispatcher.db.store import (
+    OLDEST_PENDING, Channel, Clock, Dialect, OnCommit, Store, Tx,
+)
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +54,7 @@ QUERIES: dict[str, str] = {
                    timeout_at = %(now)s + t.timeout_seconds
               FROM next WHERE t.task_id = next.task_id
             RETURNING t.task_id, t.task_type, t.params, t.attempt, t.lease_expires_at,
-                      t.timeout_seconds)
+                      t.timeout_seconds, t.requeued_at, t.requeue_cause)
         SELECT c.*, cp.state AS cp_state, cp.progress AS cp_progress,
                cp.attempt AS cp_attempt, cp.saved_at AS cp_saved_at
           FROM claimed c LEFT JOIN checkpoints cp USING (task_id)""",
@@ -69,20 +72,21 @@ QUERIES: dict[str, str] = {
            AND worker_id = %(worker_id)s
         RETURNING task_id""",
     "move_requeue": """
-        UPDATE tasks SET status = 'pending', lease_expires_at = NULL,
+        UPDATE tasks SET status = 'pending', lease_expires_at = NULL, requeued_at = %(now)s,
+               requeue_cause = %(cause)s,
                crash_streak = CASE WHEN %(crash)s::int = 0 THEN crash_streak
                    WHEN crash_progress IS NOT NULL AND progress <= crash_progress
                    THEN crash_streak + 1 ELSE 1 END,
                crash_progress = CASE WHEN %(crash)s::int = 0 THEN crash_progress
                    ELSE progress END
          WHERE task_id = %(task_id)s AND status = 'in-progress' AND attempt = %(attempt)s
-        RETURNING task_id, progress""",
+        RETURNING task_id, task_type, progress""",
     "move_give_up": """
         UPDATE tasks SET status = 'failed', error = %(error)s, lease_expires_at = NULL,
                finished_at = %(now)s
          WHERE task_id = %(task_id)s AND status = 'in-progress' AND attempt = %(attempt)s
            AND attempt >= max_attempts
-        RETURNING task_id, progress""",
+        RETURNING task_id, task_type, progress""",
     "move_cancel": """
         UPDATE tasks SET status = 'cancelled', lease_expires_at = NULL, finished_at = %(now)s
          WHERE task_id = %(task_id)s AND status IN ('pending', 'in-progress')
@@ -90,38 +94,41 @@ QUERIES: dict[str, str] = {
     # -- tasks --
     "move_retry": """
         UPDATE tasks SET status = 'pending', lease_expires_at = NULL, error = %(error)s,
-               retries = retries + 1, run_after = %(run_after)s
+               retries = retries + 1, run_after = %(run_after)s, requeued_at = %(run_after)s,
+               requeue_cause = %(cause)s
          WHERE task_id = %(task_id)s AND status = 'in-progress' AND attempt = %(attempt)s
            AND worker_id = %(worker_id)s AND retries < max_retries AND attempt < max_attempts
-        RETURNING task_id, retries, progress""",
+        RETURNING task_id, task_type, retries, progress""",
     "move_quarantine": """
         UPDATE tasks SET status = 'failed', error = %(error)s, lease_expires_at = NULL,
                finished_at = %(now)s, crash_streak = crash_streak + 1
          WHERE task_id = %(task_id)s AND status = 'in-progress' AND attempt = %(attempt)s
            AND crash_progress IS NOT NULL AND progress <= crash_progress
            AND crash_streak + 1 >= %(limit)s::int
-        RETURNING task_id, progress""",
+        RETURNING task_id, task_type, progress""",
     "move_time_out": """
         UPDATE tasks SET status = 'failed', error = %(error)s, lease_expires_at = NULL,
                finished_at = %(now)s
          WHERE task_id = %(task_id)s AND status = 'in-progress' AND attempt = %(attempt)s
-        RETURNING task_id, progress""",
+        RETURNING task_id, task_type, progress""",
     "move_rerun": """
         UPDATE tasks SET status = 'pending', error = NULL, finished_at = NULL, run_after = NULL,
                worker_id = NULL, worker_instance = NULL, lease_expires_at = NULL,
-               retries = 0, crash_streak = 0, crash_progress = NULL,
+               retries = 0, crash_streak = 0, crash_progress = NULL, requeued_at = %(now)s,
+               requeue_cause = %(cause)s,
                max_attempts = attempt + %(max_attempts)s,
                progress = COALESCE((SELECT c.progress FROM checkpoints c
                                      WHERE c.task_id = tasks.task_id), 0)
          WHERE task_id = %(task_id)s AND status IN ('failed', 'cancelled')
-        RETURNING task_id, progress""",
+        RETURNING task_id, task_type, progress""",
     "insert_task": """
         INSERT INTO tasks (task_type, params, priority, max_attempts, idempotency_key, created_at,
-                           max_retries, retry_backoff, timeout_seconds, run_after, group_id)
+                           max_retries, retry_backoff, timeout_seconds, run_after, owner,
+                           request_hash, group_id)
         VALUES (%(task_type)s, %(params)s, %(priority)s, %(max_attempts)s,
                 %(idempotency_key)s, %(now)s,
                 %(max_retries)s, %(retry_backoff)s, %(timeout_seconds)s, %(run_after)s,
-                %(group_id)s)
+                %(owner)s, %(request_hash)s, %(group_id)s)
         ON CONFLICT (idempotency_key) DO NOTHING
         RETURNING task_id""",
     # Rows another dispatcher's timer is promoting are skipped, not waited for: a waiter
@@ -170,14 +177,27 @@ QUERIES: dict[str, str] = {
     "schedule_next": """SELECT MIN(next_run_at) AS at FROM schedules""",
     "insert_tasks": """
         INSERT INTO tasks (task_type, params, priority, max_attempts, created_at, max_retries,
-                           retry_backoff, timeout_seconds, run_after, group_id)
+                           retry_backoff, timeout_seconds, run_after, owner, group_id)
         SELECT * FROM unnest(%(task_types)s::text[], %(params)s::text[], %(priorities)s::int[],
                              %(max_attempts)s::int[], %(nows)s::float8[],
                              %(max_retries)s::int[], %(retry_backoffs)s::float8[],
-                             %(timeouts)s::float8[], %(run_afters)s::float8[],
+                             %(timeouts)s::float8[], %(run_afters)s::float8[], %(owners)s::text[],
                              %(group_ids)s::bigint[])
         RETURNING task_id""",
-    "task_by_key": "SELECT task_id, status FROM tasks WHERE idempotency_key = %(key)s",
+    "task_by_key": """
+        SELECT task_id, status, request_hash FROM tasks WHERE idempotency_key = %(key)s""",
+    "owner_pending": """
+        SELECT COUNT(*) AS n FROM (SELECT 1 FROM tasks WHERE owner = %(owner)s
+                                    AND status = 'pending' LIMIT %(cap)s) AS capped""",
+    # -- credentials --
+    "token_put": """
+        INSERT INTO tokens (token_id, secret_hash, role, worker_id, created_at)
+        VALUES (%(token_id)s, %(secret_hash)s, %(role)s, %(worker_id)s, %(now)s)""",
+    "token_get": "SELECT * FROM tokens WHERE token_id = %(token_id)s",
+    "tokens_all": "SELECT * FROM tokens ORDER BY created_at, token_id",
+    "token_revoke": """
+        UPDATE tokens SET revoked_at = %(now)s
+         WHERE token_id = %(token_id)s AND revoked_at IS NULL RETURNING token_id""",
     "task_view": """
         SELECT t.*, r.result FROM tasks t LEFT JOIN task_results r USING (task_id)
          WHERE t.task_id = %(task_id)s""",
@@ -198,6 +218,14 @@ QUERIES: dict[str, str] = {
            AND t.task_id < %(before_id)s AND t.task_id >= %(min_id)s
            AND t.created_at >= %(after)s AND t.created_at < %(before)s
          ORDER BY t.task_id DESC LIMIT %(limit)s""",
+    # A client's own tasks: the walk of (owner, task_id); status and type only filter it.
+    "task_page_owner": """
+        SELECT t.*, r.result FROM tasks t LEFT JOIN task_results r USING (task_id)
+         WHERE t.owner = %(owner)s AND t.task_id < %(before_id)s AND t.task_id >= %(min_id)s
+           AND (%(status)s::text IS NULL OR t.status = %(status)s)
+           AND (%(task_type)s::text IS NULL OR t.task_type = %(task_type)s)
+           AND t.created_at >= %(after)s AND t.created_at < %(before)s
+         ORDER BY t.task_id DESC LIMIT %(limit)s""",
     "first_id_created_from": """
         SELECT task_id FROM tasks WHERE created_at >= %(at)s
          ORDER BY created_at, task_id LIMIT 1""",
@@ -206,11 +234,14 @@ QUERIES: dict[str, str] = {
          ORDER BY created_at DESC, task_id DESC LIMIT 1""",
     # -- groups (split jobs) --
     "group_insert": """
-        INSERT INTO task_groups (task_type, params, parts, idempotency_key, created_at)
-        VALUES (%(task_type)s, %(params)s, %(parts)s, %(idempotency_key)s, %(now)s)
+        INSERT INTO task_groups (task_type, params, parts, idempotency_key, created_at, owner,
+                                 request_hash)
+        VALUES (%(task_type)s, %(params)s, %(parts)s, %(idempotency_key)s, %(now)s, %(owner)s,
+                %(request_hash)s)
         ON CONFLICT (idempotency_key) DO NOTHING
         RETURNING group_id""",
-    "group_by_key": "SELECT group_id FROM task_groups WHERE idempotency_key = %(key)s",
+    "group_by_key": """
+        SELECT group_id, request_hash FROM task_groups WHERE idempotency_key = %(key)s""",
     "group_get": "SELECT * FROM task_groups WHERE group_id = %(group_id)s",
     "group_parts": """
         SELECT t.task_id, t.status, t.params, t.progress, t.worker_id, t.error, r.result
@@ -243,8 +274,8 @@ QUERIES: dict[str, str] = {
     "task_lease": """
         SELECT status, attempt, worker_id, task_type FROM tasks WHERE task_id = %(task_id)s""",
     "task_leases": """
-        SELECT task_id, status, attempt, worker_id, task_type, error, retries, max_retries,
-               retry_backoff, max_attempts FROM tasks
+        SELECT task_id, status, attempt, worker_id, task_type, error, claimed_at, retries,
+               max_retries, retry_backoff, max_attempts FROM tasks
          WHERE task_id = ANY(%(ids)s)""",
     "renew_lease": """
         UPDATE tasks SET progress = %(progress)s, lease_expires_at = %(lease_expires_at)s
@@ -270,6 +301,7 @@ QUERIES: dict[str, str] = {
            AND worker_instance IS DISTINCT FROM %(instance_id)s ORDER BY task_id""",
     "in_progress_all": """
         SELECT task_id, worker_id, attempt FROM tasks WHERE status = 'in-progress'""",
+    "oldest_pending": OLDEST_PENDING.format(ready="tasks"),
     "finished_since": """
         SELECT COUNT(*) AS n FROM tasks
          WHERE finished_at >= %(since)s AND status = 'completed'""",
@@ -387,6 +419,10 @@ QUERIES: dict[str, str] = {
         SELECT * FROM workers ORDER BY status = 'alive' DESC, worker_id LIMIT %(limit)s""",
     "dash_worker_counts": "SELECT status, COUNT(*) AS n FROM workers GROUP BY status",
     "schema_version_get": "SELECT value FROM schema_info WHERE key = 'version'",
+    "column_exists": """
+        SELECT 1 AS found FROM information_schema.columns
+         WHERE table_schema = current_schema() AND table_name = %(table)s
+           AND column_name = %(column)s""",
     "schema_version_put": """
         INSERT INTO schema_info (key, value) VALUES ('version', %(version)s)
         ON CONFLICT (key) DO UPDATE SET value = excluded.value""",
@@ -508,6 +544,7 @@ class PostgresStore(Store):
             "retry_backoffs": [r["retry_backoff"] for r in rows],
             "timeouts": [r["timeout_seconds"] for r in rows],
             "run_afters": [r["run_after"] for r in rows],
+            "owners": [r["owner"] for r in rows],
             "group_ids": [r["group_id"] for r in rows]})
         # Identity values are drawn in insertion order, so sorted ids follow the input order.
         return sorted(row["task_id"] for row in found)
@@ -543,7 +580,9 @@ class PostgresStore(Store):
             if version == 0:
                 tx.run_script(POSTGRES_SCHEMA)
                 version = 1
-            for target, script in migrations_between(POSTGRES_MIGRATIONS, version):
+            missed = migrations_missed(POSTGRES_MIGRATIONS, version, lambda table, column: tx.one(
+                "column_exists", {"table": table, "column": column}) is not None)
+            for target, script in missed + migrations_between(POSTGRES_MIGRATIONS, version):
                 tx.run_script(script)
                 log.info("database migrated to schema version %s", target)
             tx.run("schema_version_put", {"version": str(SCHEMA_VERSION)})

@@ -12,7 +12,9 @@ development, numbered apart) is skipped, see :func:`migrations_between`.
 
 from __future__ import annotations
 
-SCHEMA_VERSION = 8
+from collections.abc import Callable
+
+SCHEMA_VERSION = 9
 
 SQLITE_SCHEMA = """
 CREATE TABLE IF NOT EXISTS schema_info (
@@ -106,6 +108,23 @@ CREATE TABLE IF NOT EXISTS cluster (
     value REAL NOT NULL
 );
 """,
+    # v4: credentials (API tokens, stored as SHA-256 hashes of their secrets), each task's
+    # owner (the token that submitted it) and the hash of the request behind an idempotency key.
+    4: """
+CREATE TABLE IF NOT EXISTS tokens (
+    token_id    TEXT PRIMARY KEY,
+    secret_hash TEXT NOT NULL,
+    role        TEXT NOT NULL CHECK (role IN ('client', 'worker', 'admin')),
+    worker_id   TEXT,
+    created_at  REAL NOT NULL,
+    revoked_at  REAL
+);
+ALTER TABLE tasks ADD COLUMN owner TEXT;
+ALTER TABLE tasks ADD COLUMN request_hash TEXT;
+CREATE INDEX IF NOT EXISTS tasks_owner_idx ON tasks (owner, task_id) WHERE owner IS NOT NULL;
+CREATE INDEX IF NOT EXISTS tasks_owner_pending_idx ON tasks (owner)
+    WHERE status = 'pending' AND owner IS NOT NULL;
+""",
     # v5: the task lifecycle. ``run_after`` is the one "not claimable before" time (retry
     # backoff, run_at/delay_seconds): NULL means claimable, and the claim's index holds only
     # those rows, so delayed tasks never slow a claim down; the due timer clears ``run_after``
@@ -173,6 +192,12 @@ CREATE INDEX IF NOT EXISTS tasks_status_id_idx ON tasks (status, task_id);
 CREATE INDEX IF NOT EXISTS tasks_type_status_idx ON tasks (task_type, status, task_id);
 CREATE INDEX IF NOT EXISTS tasks_created_idx ON tasks (created_at, task_id);
 """,
+    # v7: when and why a task last went back to the queue, so a claim can tell how long a
+    # reclaimed task waited to be reassigned (the reassignment-time histogram of /metrics).
+    7: """
+ALTER TABLE tasks ADD COLUMN requeued_at REAL;
+ALTER TABLE tasks ADD COLUMN requeue_cause TEXT;
+""",
     # v8: the cluster's recent events (reclaims, dead workers, resumptions, cancellations), for
     # the dashboard's timeline; written in the transaction of what they record, trimmed by the
     # monitor to the newest EVENTS_KEPT. AUTOINCREMENT: an id is never reused after a trim, so
@@ -189,6 +214,13 @@ CREATE TABLE IF NOT EXISTS events (
     progress  REAL,
     detail    TEXT
 );
+""",
+    # v9: a split job's owner (the token that submitted it: a client reads and cancels only its
+    # own groups) and the hash of the request behind its idempotency key (v4 did the same for
+    # tasks; task_groups is younger than v4).
+    9: """
+ALTER TABLE task_groups ADD COLUMN owner TEXT;
+ALTER TABLE task_groups ADD COLUMN request_hash TEXT;
 """,
 }
 """SQLite schema changes by version; a database is brought up to SCHEMA_VERSION at start."""
@@ -310,6 +342,22 @@ CREATE TABLE IF NOT EXISTS cluster (
     value double precision NOT NULL
 );
 """,
+    # v4: credentials, task owners, idempotency request hashes (as SQLite's v4).
+    4: """
+CREATE TABLE IF NOT EXISTS tokens (
+    token_id    text PRIMARY KEY,
+    secret_hash text NOT NULL,
+    role        text NOT NULL CHECK (role IN ('client', 'worker', 'admin')),
+    worker_id   text,
+    created_at  double precision NOT NULL,
+    revoked_at  double precision
+);
+ALTER TABLE tasks ADD COLUMN IF NOT EXISTS owner text;
+ALTER TABLE tasks ADD COLUMN IF NOT EXISTS request_hash text;
+CREATE INDEX IF NOT EXISTS tasks_owner_idx ON tasks (owner, task_id) WHERE owner IS NOT NULL;
+CREATE INDEX IF NOT EXISTS tasks_owner_pending_idx ON tasks (owner)
+    WHERE status = 'pending' AND owner IS NOT NULL;
+""",
     # v5: the task lifecycle (see the SQLite migration of the same number).
     5: """
 ALTER TABLE tasks ADD COLUMN IF NOT EXISTS run_after double precision;
@@ -372,6 +420,11 @@ CREATE INDEX IF NOT EXISTS tasks_status_id_idx ON tasks (status, task_id);
 CREATE INDEX IF NOT EXISTS tasks_type_status_idx ON tasks (task_type, status, task_id);
 CREATE INDEX IF NOT EXISTS tasks_created_idx ON tasks (created_at, task_id);
 """,
+    # v7: when a task last went back to the queue (see SQLite's v7).
+    7: """
+ALTER TABLE tasks ADD COLUMN IF NOT EXISTS requeued_at double precision;
+ALTER TABLE tasks ADD COLUMN IF NOT EXISTS requeue_cause text;
+""",
     # v8: recent events for the dashboard's timeline (see the SQLite migration).
     8: """
 CREATE TABLE IF NOT EXISTS events (
@@ -386,6 +439,11 @@ CREATE TABLE IF NOT EXISTS events (
     detail    text
 );
 """,
+    # v9: split jobs' owners and idempotency request hashes (as SQLite's v9).
+    9: """
+ALTER TABLE task_groups ADD COLUMN IF NOT EXISTS owner text;
+ALTER TABLE task_groups ADD COLUMN IF NOT EXISTS request_hash text;
+""",
 }
 """PostgreSQL schema changes by version (the same versions as SQLite's)."""
 
@@ -393,3 +451,22 @@ CREATE TABLE IF NOT EXISTS events (
 def migrations_between(migrations: dict[int, str], version: int) -> list[tuple[int, str]]:
     """The migrations a database at ``version`` still needs, in ascending order."""
     return sorted((v, sql) for v, sql in migrations.items() if version < v <= SCHEMA_VERSION)
+
+
+MIGRATION_MARKERS: dict[int, tuple[str, str]] = {
+    4: ("tasks", "owner"),
+    5: ("tasks", "run_after"),
+    7: ("tasks", "requeued_at"),
+}
+"""A column each of these migrations adds. They were written on branches merged in another
+order than their numbers, so a database may be at a later version without one of them (a
+database at v8 before v4 existed, at v9 before v5): a migration whose column is missing is
+applied anyway (before the ones above the stored version)."""
+
+
+def migrations_missed(migrations: dict[int, str], version: int,
+                      has_column: Callable[[str, str], bool]) -> list[tuple[int, str]]:
+    """The migrations at or below ``version`` that a database never got (see
+    :data:`MIGRATION_MARKERS`), in ascending order."""
+    return sorted((v, migrations[v]) for v, (table, column) in MIGRATION_MARKERS.items()
+                  if v <= version and v in migrations and not has_column(table, column))

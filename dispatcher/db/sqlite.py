@@ -26,8 +26,9 @@ from dispatcher.db.schema import (
     SQLITE_MIGRATIONS,
     SQLITE_SCHEMA,
     migrations_between,
+    migrations_missed,
 )
-from dispatcher.db.store import Clock, Dialect, OnCommit, Store, Tx
+from dispatcher.db.store import OLDEST_PENDING, Clock, Dialect, OnCommit, Store, Tx
 from dispatcher.runtime import offload
 
 log = logging.getLogger(__name__)
@@ -46,7 +47,8 @@ QUERIES: dict[str, str] = {
          WHERE task_id IN (SELECT task_id FROM tasks INDEXED BY tasks_ready_idx
                             WHERE status = 'pending' AND run_after IS NULL
                            ORDER BY priority DESC, task_id LIMIT :limit)
-        RETURNING task_id, task_type, params, attempt, lease_expires_at, timeout_seconds""",
+        RETURNING task_id, task_type, params, attempt, lease_expires_at, timeout_seconds,
+                  requeued_at, requeue_cause""",
     "move_complete": """
         UPDATE tasks SET status = 'completed', progress = 1.0, lease_expires_at = NULL,
                finished_at = :now
@@ -61,62 +63,69 @@ QUERIES: dict[str, str] = {
            AND worker_id = :worker_id
         RETURNING task_id""",
     "move_requeue": """
-        UPDATE tasks SET status = 'pending', lease_expires_at = NULL,
+        UPDATE tasks SET status = 'pending', lease_expires_at = NULL, requeued_at = :now,
+               requeue_cause = :cause,
                crash_streak = CASE WHEN :crash = 0 THEN crash_streak
                    WHEN crash_progress IS NOT NULL AND progress <= crash_progress
                    THEN crash_streak + 1 ELSE 1 END,
                crash_progress = CASE WHEN :crash = 0 THEN crash_progress ELSE progress END
          WHERE task_id = :task_id AND status = 'in-progress' AND attempt = :attempt
-        RETURNING task_id, progress""",
+        RETURNING task_id, task_type, progress""",
     "move_give_up": """
         UPDATE tasks SET status = 'failed', error = :error, lease_expires_at = NULL,
                finished_at = :now
          WHERE task_id = :task_id AND status = 'in-progress' AND attempt = :attempt
            AND attempt >= max_attempts
-        RETURNING task_id, progress""",
+        RETURNING task_id, task_type, progress""",
     "move_cancel": """
         UPDATE tasks SET status = 'cancelled', lease_expires_at = NULL, finished_at = :now
          WHERE task_id = :task_id AND status IN ('pending', 'in-progress') RETURNING task_id""",
     "move_retry": """
         UPDATE tasks SET status = 'pending', lease_expires_at = NULL, error = :error,
-               retries = retries + 1, run_after = :run_after
+               retries = retries + 1, run_after = :run_after, requeued_at = :run_after,
+               requeue_cause = :cause
          WHERE task_id = :task_id AND status = 'in-progress' AND attempt = :attempt
            AND worker_id = :worker_id AND retries < max_retries AND attempt < max_attempts
-        RETURNING task_id, retries, progress""",
+        RETURNING task_id, task_type, retries, progress""",
     "move_quarantine": """
         UPDATE tasks SET status = 'failed', error = :error, lease_expires_at = NULL,
                finished_at = :now, crash_streak = crash_streak + 1
          WHERE task_id = :task_id AND status = 'in-progress' AND attempt = :attempt
            AND crash_progress IS NOT NULL AND progress <= crash_progress
            AND crash_streak + 1 >= :limit
-        RETURNING task_id, progress""",
+        RETURNING task_id, task_type, progress""",
     "move_time_out": """
         UPDATE tasks SET status = 'failed', error = :error, lease_expires_at = NULL,
                finished_at = :now
          WHERE task_id = :task_id AND status = 'in-progress' AND attempt = :attempt
-        RETURNING task_id, progress""",
+        RETURNING task_id, task_type, progress""",
     "move_rerun": """
         UPDATE tasks SET status = 'pending', error = NULL, finished_at = NULL, run_after = NULL,
                worker_id = NULL, worker_instance = NULL, lease_expires_at = NULL,
-               retries = 0, crash_streak = 0, crash_progress = NULL,
+               retries = 0, crash_streak = 0, crash_progress = NULL, requeued_at = :now,
+               requeue_cause = :cause,
                max_attempts = attempt + :max_attempts,
                progress = COALESCE((SELECT c.progress FROM checkpoints c
                                      WHERE c.task_id = tasks.task_id), 0)
          WHERE task_id = :task_id AND status IN ('failed', 'cancelled')
-        RETURNING task_id, progress""",
+        RETURNING task_id, task_type, progress""",
     # -- tasks --
     "insert_task": """
         INSERT INTO tasks (task_type, params, priority, max_attempts, idempotency_key, created_at,
-                           max_retries, retry_backoff, timeout_seconds, run_after, group_id)
+                           max_retries, retry_backoff, timeout_seconds, run_after, owner,
+                           request_hash, group_id)
         VALUES (:task_type, :params, :priority, :max_attempts, :idempotency_key, :now,
-                :max_retries, :retry_backoff, :timeout_seconds, :run_after, :group_id)
+                :max_retries, :retry_backoff, :timeout_seconds, :run_after, :owner,
+                :request_hash, :group_id)
         ON CONFLICT (idempotency_key) DO NOTHING
         RETURNING task_id""",
     "insert_tasks": """
         INSERT INTO tasks (task_type, params, priority, max_attempts, idempotency_key, created_at,
-                           max_retries, retry_backoff, timeout_seconds, run_after, group_id)
+                           max_retries, retry_backoff, timeout_seconds, run_after, owner,
+                           request_hash, group_id)
         VALUES (:task_type, :params, :priority, :max_attempts, :idempotency_key, :now,
-                :max_retries, :retry_backoff, :timeout_seconds, :run_after, :group_id)""",
+                :max_retries, :retry_backoff, :timeout_seconds, :run_after, :owner,
+                :request_hash, :group_id)""",
     "due_promote": """
         UPDATE tasks INDEXED BY tasks_due_idx SET run_after = NULL
          WHERE status = 'pending' AND run_after IS NOT NULL AND run_after <= :now
@@ -156,7 +165,20 @@ QUERIES: dict[str, str] = {
         RETURNING schedule_id""",
     "schedule_next": "SELECT MIN(next_run_at) AS at FROM schedules",
     "last_insert_id": "SELECT last_insert_rowid() AS id",
-    "task_by_key": "SELECT task_id, status FROM tasks WHERE idempotency_key = :key",
+    "task_by_key": """
+        SELECT task_id, status, request_hash FROM tasks WHERE idempotency_key = :key""",
+    "owner_pending": """
+        SELECT COUNT(*) AS n FROM (SELECT 1 FROM tasks WHERE owner = :owner
+                                    AND status = 'pending' LIMIT :cap)""",
+    # -- credentials --
+    "token_put": """
+        INSERT INTO tokens (token_id, secret_hash, role, worker_id, created_at)
+        VALUES (:token_id, :secret_hash, :role, :worker_id, :now)""",
+    "token_get": "SELECT * FROM tokens WHERE token_id = :token_id",
+    "tokens_all": "SELECT * FROM tokens ORDER BY created_at, token_id",
+    "token_revoke": """
+        UPDATE tokens SET revoked_at = :now WHERE token_id = :token_id AND revoked_at IS NULL
+        RETURNING token_id""",
     "task_view": """
         SELECT t.*, r.result FROM tasks t LEFT JOIN task_results r USING (task_id)
          WHERE t.task_id = :task_id""",
@@ -177,6 +199,14 @@ QUERIES: dict[str, str] = {
            AND t.task_id < :before_id AND t.task_id >= :min_id
            AND t.created_at >= :after AND t.created_at < :before
          ORDER BY t.task_id DESC LIMIT :limit""",
+    # A client's own tasks: the walk of (owner, task_id); status and type only filter it.
+    "task_page_owner": """
+        SELECT t.*, r.result FROM tasks t LEFT JOIN task_results r USING (task_id)
+         WHERE t.owner = :owner AND t.task_id < :before_id AND t.task_id >= :min_id
+           AND (:status IS NULL OR t.status = :status)
+           AND (:task_type IS NULL OR t.task_type = :task_type)
+           AND t.created_at >= :after AND t.created_at < :before
+         ORDER BY t.task_id DESC LIMIT :limit""",
     "first_id_created_from": """
         SELECT task_id FROM tasks WHERE created_at >= :at
          ORDER BY created_at, task_id LIMIT 1""",
@@ -185,11 +215,13 @@ QUERIES: dict[str, str] = {
          ORDER BY created_at DESC, task_id DESC LIMIT 1""",
     # -- groups (split jobs) --
     "group_insert": """
-        INSERT INTO task_groups (task_type, params, parts, idempotency_key, created_at)
-        VALUES (:task_type, :params, :parts, :idempotency_key, :now)
+        INSERT INTO task_groups (task_type, params, parts, idempotency_key, created_at, owner,
+                                 request_hash)
+        VALUES (:task_type, :params, :parts, :idempotency_key, :now, :owner, :request_hash)
         ON CONFLICT (idempotency_key) DO NOTHING
         RETURNING group_id""",
-    "group_by_key": "SELECT group_id FROM task_groups WHERE idempotency_key = :key",
+    "group_by_key": """
+        SELECT group_id, request_hash FROM task_groups WHERE idempotency_key = :key""",
     "group_get": "SELECT * FROM task_groups WHERE group_id = :group_id",
     "group_parts": """
         SELECT t.task_id, t.status, t.params, t.progress, t.worker_id, t.error, r.result
@@ -225,8 +257,8 @@ QUERIES: dict[str, str] = {
     "task_lease": """
         SELECT status, attempt, worker_id, task_type FROM tasks WHERE task_id = :task_id""",
     "task_leases": """
-        SELECT task_id, status, attempt, worker_id, task_type, error, retries, max_retries,
-               retry_backoff, max_attempts FROM tasks
+        SELECT task_id, status, attempt, worker_id, task_type, error, claimed_at, retries,
+               max_retries, retry_backoff, max_attempts FROM tasks
          WHERE task_id IN (SELECT value FROM json_each(:ids))""",
     "renew_lease": """
         UPDATE tasks SET progress = :progress, lease_expires_at = :lease_expires_at
@@ -252,6 +284,7 @@ QUERIES: dict[str, str] = {
            AND worker_instance IS NOT :instance_id""",
     "in_progress_all": """
         SELECT task_id, worker_id, attempt FROM tasks WHERE status = 'in-progress'""",
+    "oldest_pending": OLDEST_PENDING.format(ready="tasks INDEXED BY tasks_ready_idx"),
     "finished_since": """
         SELECT COUNT(*) AS n FROM tasks WHERE finished_at >= :since AND status = 'completed'""",
     # -- checkpoints and results --
@@ -360,6 +393,7 @@ QUERIES: dict[str, str] = {
         SELECT * FROM workers ORDER BY status = 'alive' DESC, worker_id LIMIT :limit""",
     "dash_worker_counts": "SELECT status, COUNT(*) AS n FROM workers GROUP BY status",
     "schema_version_get": "SELECT value FROM schema_info WHERE key = 'version'",
+    "column_exists": "SELECT 1 AS found FROM pragma_table_info(:table) WHERE name = :column",
     "schema_version_put": """
         INSERT INTO schema_info (key, value) VALUES ('version', :version)
         ON CONFLICT (key) DO UPDATE SET value = excluded.value""",
@@ -493,7 +527,9 @@ class SQLiteStore(Store):
         """A consistent read snapshot on a pooled reader connection."""
         with self._readers_lock:
             conn = self._readers.pop() if self._readers else None
-        conn = conn or self._connect()
+        if conn is None:
+            with _storage_errors():  # opening one sets pragmas: a locked file refuses them
+                conn = self._connect()
         try:
             with _storage_errors():
                 conn.execute("BEGIN")
@@ -527,7 +563,9 @@ class SQLiteStore(Store):
             if version > SCHEMA_VERSION:
                 raise StoreError(f"database schema version {version} is newer than this code "
                                  f"({SCHEMA_VERSION}); upgrade the dispatcher")
-            for target, script in migrations_between(SQLITE_MIGRATIONS, version):
+            missed = migrations_missed(SQLITE_MIGRATIONS, version, lambda table, column: tx.one(
+                "column_exists", {"table": table, "column": column}) is not None)
+            for target, script in missed + migrations_between(SQLITE_MIGRATIONS, version):
                 tx.run_script(script)
                 log.info("database migrated to schema version %s", target)
             tx.run("schema_version_put", {"version": str(SCHEMA_VERSION)})

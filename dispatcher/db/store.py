@@ -20,7 +20,7 @@ from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any
 
-from dispatcher.db.errors import NotFound, StaleLease
+from dispatcher.db.errors import IdempotencyConflict, NotFound, QuotaExceeded, StaleLease
 from dispatcher.db.moves import Move, move, move_after_read
 from dispatcher.models import (
     FINISHED,
@@ -44,6 +44,7 @@ from dispatcher.models import (
     WorkerStatus,
     dumps,
 )
+from shared.utils import task_fields
 from tasks.base import InvalidCheckpoint
 
 log = logging.getLogger(__name__)
@@ -55,6 +56,22 @@ Held = tuple[int, int]  # (task_id, attempt)
 CheckpointCheck = Callable[[str, dict[str, Any], "dict[str, Any] | None"], None]
 """Called as check(task_type, new_state, previous_state); raises to refuse a checkpoint."""
 OnCommit = Callable[[], None] | None
+
+OLDEST_PENDING = """
+    WITH RECURSIVE levels(priority) AS (
+        SELECT MAX(priority) FROM {ready} WHERE status = 'pending' AND run_after IS NULL
+        UNION ALL
+        SELECT (SELECT MAX(priority) FROM {ready}
+                 WHERE status = 'pending' AND run_after IS NULL AND priority < levels.priority)
+          FROM levels WHERE levels.priority IS NOT NULL)
+    SELECT MIN((SELECT created_at FROM {ready} WHERE status = 'pending' AND run_after IS NULL
+                   AND priority = levels.priority ORDER BY task_id LIMIT 1)) AS created_at
+      FROM levels WHERE levels.priority IS NOT NULL"""
+"""When the oldest claimable pending task was submitted (the same SQL on both backends, with
+``{ready}`` the tasks table, named with its index on SQLite): the first task of each priority
+in the claim's index (tasks_ready_idx), a skip scan with one index probe per distinct
+priority, never a scan of the tasks table. Ids grow with submission time, so the first id of
+a priority is its oldest task. A delayed task (run_after set) is not waiting yet: not counted."""
 
 
 @dataclass(frozen=True)
@@ -236,14 +253,18 @@ class Store(abc.ABC):
 
     # -- submission ---------------------------------------------------------------------------
 
-    def submit(self, tasks: Sequence[NewTask], on_commit: OnCommit = None
-               ) -> list[tuple[int, bool]]:
+    def submit(self, tasks: Sequence[NewTask], on_commit: OnCommit = None,
+               pending_cap: int | None = None) -> list[tuple[int, bool]]:
         """Insert tasks in one durable transaction; (task_id, created) for each, in order.
 
         A task whose idempotency key is already stored is not inserted again: its existing
-        id comes back with created=False.
+        id comes back with created=False, unless the stored request hash differs (then
+        IdempotencyConflict, and nothing of the batch is stored). With ``pending_cap``, an
+        owner with that many pending tasks (counting these) gets QuotaExceeded.
         """
         with self._write(on_commit=on_commit) as tx:
+            if pending_cap is not None and tasks and tasks[0].owner is not None:
+                _check_pending(tx, tasks[0].owner, pending_cap, len(tasks))
             rows = [_task_row(task, tx.now) for task in tasks]
             if all(task.idempotency_key is None for task in tasks):
                 created = [(task_id, True) for task_id in self._insert_tasks(tx, rows)]
@@ -266,22 +287,33 @@ class Store(abc.ABC):
 
     def _notify_due(self, tx: Tx, at: float) -> None:
         """Send the DUE hint (PostgreSQL); nothing with one dispatcher."""
+
     def submit_group(self, task_type: str, params: dict[str, Any], parts: Sequence[NewTask],
-                     key: str | None = None, on_commit: OnCommit = None
+                     key: str | None = None, on_commit: OnCommit = None,
+                     request_hash: str | None = None, pending_cap: int | None = None
                      ) -> tuple[int, list[int], bool]:
         """Insert a split job and its part tasks in one durable transaction.
 
-        Returns (group_id, part task ids, created). A group whose idempotency key is stored
-        already is not inserted again: its existing id and parts come back, created=False.
+        Returns (group_id, part task ids, created). The group's owner is its parts' owner. A
+        group whose idempotency key is stored already is not inserted again: its existing id
+        and parts come back, created=False, unless the stored request hash differs (then
+        IdempotencyConflict). With ``pending_cap``, an owner who would have more pending tasks
+        than that, counting the parts, gets QuotaExceeded.
         """
+        owner = parts[0].owner if parts else None
         with self._write(on_commit=on_commit) as tx:
             row = tx.one("group_insert", {"task_type": task_type, "params": dumps(params),
                                           "parts": len(parts), "idempotency_key": key,
-                                          "now": tx.now})
+                                          "now": tx.now, "owner": owner,
+                                          "request_hash": request_hash})
             if row is None:
-                group_id = tx.one("group_by_key", {"key": key})["group_id"]
+                found = tx.one("group_by_key", {"key": key})
+                group_id = found["group_id"]
+                _same_request(found["request_hash"], request_hash, f"group {group_id}")
                 ids = [part["task_id"] for part in tx.all("group_parts", {"group_id": group_id})]
                 return group_id, ids, False
+            if pending_cap is not None and owner is not None:
+                _check_pending(tx, owner, pending_cap, len(parts))
             group_id = row["group_id"]
             rows = [{**_task_row(part, tx.now), "group_id": group_id} for part in parts]
             ids = self._insert_tasks(tx, rows)
@@ -332,8 +364,7 @@ class Store(abc.ABC):
             return quiet, []
         with self._write(durable=False) as tx:
             reclaimed = self._free_other_instances(tx, worker_id, instance_id)
-            revoked = [task_id for task_id, attempt in held
-                       if not _holds(tx, task_id, attempt, worker_id)]
+            revoked = _not_held(tx, held, worker_id)
             if unlisted_grace is not None and instance_id is not None:
                 listed = {task_id for task_id, _ in held}
                 lost = [row for row in tx.all("leased_to_instance",
@@ -515,7 +546,8 @@ class Store(abc.ABC):
             row = tx.one("task_lease", {"task_id": task_id})
             if row is None:
                 raise NotFound(f"task {task_id} does not exist")
-            moved = move(tx, Move.RERUN, {"task_id": task_id, "max_attempts": max_attempts})
+            moved = move(tx, Move.RERUN, {"task_id": task_id, "max_attempts": max_attempts,
+                                          "now": tx.now, "cause": REQUEUE_MANUAL_RETRY})
             if not moved:
                 raise StaleLease(f"task {task_id} is {row['status']}: only a failed or "
                                  "cancelled task can be retried", code="not_retryable")
@@ -608,6 +640,7 @@ class Store(abc.ABC):
         with self._write() as tx:
             if tx.one("schedule_delete", {"schedule_id": schedule_id}) is None:
                 raise NotFound(f"schedule {schedule_id} does not exist")
+
     def cancel_group(self, group_id: int) -> Group:
         """Cancel every unfinished part of a split job (none left: nothing changes)."""
         with self._write() as tx:
@@ -712,7 +745,7 @@ class Store(abc.ABC):
                 _note_attempt(tx, row["task_id"], row["attempt"], row["worker_id"],
                               AttemptKind.TIMEOUT, error)
                 ended.append(Reclaim(row["task_id"], row["worker_id"], row["attempt"],
-                                     ReclaimCause.TIMED_OUT, True))
+                                     ReclaimCause.TIMED_OUT, True, moved[0]["task_type"]))
                 events.append(_event(
                     EventKind.TIMED_OUT.value, row["task_id"], row["worker_id"], row["attempt"],
                     TaskStatus.FAILED.value, moved[0]["progress"],
@@ -752,9 +785,9 @@ class Store(abc.ABC):
         """One page of tasks, newest first, filtered; every query walks one index.
 
         Each status asked for is one index walk (``(status, task_id)``, or
-        ``(task_type, status, task_id)`` with a type), merged here; a time range becomes a
-        range of ids first (ids are handed out in creation order), so a page never scans the
-        tasks outside it.
+        ``(task_type, status, task_id)`` with a type, or ``(owner, task_id)`` for one client's
+        tasks), merged here; a time range becomes a range of ids first (ids are handed out in
+        creation order), so a page never scans the tasks outside it.
         """
         with self._read() as tx:
             params = _page_params(tx, query)
@@ -766,6 +799,14 @@ class Store(abc.ABC):
         tasks = [Task.from_row(row) for row in rows[:query.limit]]
         more = len(rows) > query.limit
         return TaskPage(tasks, tasks[-1].task_id if more and tasks else None)
+
+    def group_owner(self, group_id: int) -> str | None:
+        """The id of the token that submitted a split job (None: auth was off); NotFound."""
+        with self._read() as tx:
+            row = tx.one("group_get", {"group_id": group_id})
+        if row is None:
+            raise NotFound(f"group {group_id} does not exist")
+        return row["owner"]
 
     def groups_of(self, task_ids: Sequence[int]) -> list[int]:
         """The split jobs these tasks are parts of."""
@@ -781,6 +822,32 @@ class Store(abc.ABC):
         if row is None:
             raise NotFound(f"group {group_id} does not exist")
         return Group.from_rows(row, parts)
+
+    # -- credentials --------------------------------------------------------------------------
+
+    def add_token(self, token_id: str, secret_hash: str, role: str, worker_id: str | None
+                  ) -> None:
+        """Store a new credential (only the hash of its secret)."""
+        with self._write() as tx:
+            tx.run("token_put", {"token_id": token_id, "secret_hash": secret_hash,
+                                 "role": role, "worker_id": worker_id, "now": tx.now})
+
+    def token(self, token_id: str) -> dict[str, Any] | None:
+        """A stored credential's row (id, secret_hash, role, worker_id, created_at,
+        revoked_at), or None."""
+        with self._read() as tx:
+            row = tx.one("token_get", {"token_id": token_id})
+        return dict(row) if row is not None else None
+
+    def tokens(self) -> list[dict[str, Any]]:
+        """Every stored credential, oldest first."""
+        with self._read() as tx:
+            return [dict(row) for row in tx.all("tokens_all")]
+
+    def revoke_token(self, token_id: str) -> bool:
+        """Revoke a credential; False when there is no such unrevoked token."""
+        with self._write() as tx:
+            return tx.one("token_revoke", {"token_id": token_id, "now": tx.now}) is not None
 
     def stats(self, window_seconds: float = 60.0) -> dict[str, Any]:
         """Counts per status, workers, throughput over the window, counters; and ``now``."""
@@ -843,6 +910,23 @@ class Store(abc.ABC):
                     "events_latest", {"task_id": None, "limit": rows})])
         return found
 
+    def gauges(self) -> dict[str, Any]:
+        """What /metrics reads from the database, in one read transaction of indexed reads.
+
+        Tasks per status (the trigger-kept counts), the reclaim counters, every worker's
+        row (with heartbeats not yet written), when the oldest pending task was submitted
+        (None: none pending), and ``now`` (the store's clock). Never scans the tasks table.
+        """
+        with self._read() as tx:
+            counts = {s.value: 0 for s in TaskStatus}
+            for row in tx.all("status_counts"):
+                counts[row["status"]] = int(row["n"])
+            counters = {row["name"]: int(row["value"]) for row in tx.all("counters_all")}
+            workers = [self._beats.merged(dict(row)) for row in tx.all("workers_all")]
+            oldest = tx.one("oldest_pending")
+        return {"now": tx.now, "counts": counts, "counters": counters, "workers": workers,
+                "oldest_pending_at": oldest["created_at"] if oldest is not None else None}
+
     # -- helpers inside transactions ----------------------------------------------------------
 
     def _record(self, tx: Tx, worker_id: str, reports: Sequence[Report]
@@ -884,8 +968,7 @@ class Store(abc.ABC):
             self._notify(tx, Channel.FINISHED)
         if plan.repeats:
             _judge_repeats(tx, worker_id, plan, outcomes)
-        return [Outcome(r.task_id, r.attempt, outcomes[id(r)], plan.status_after(r, outcomes))
-                for r in reports], completed
+        return [plan.outcome(r, outcomes, tx.now) for r in reports], completed
 
     def _store_results(self, tx: Tx, worker_id: str, results: list[Report], moved: set[int],
                        outcomes: dict[int, OutcomeKind]) -> int:
@@ -911,6 +994,7 @@ class Store(abc.ABC):
         limit = self.crash_loop_limit
         for row in held:
             params = {"task_id": row["task_id"], "attempt": row["attempt"], "now": tx.now,
+                      "cause": cause.value,
                       "error": f"gave up after {row['attempt']} attempts (last: {cause.value})",
                       "crash": 1 if crash else 0}
             # A crash loop: K workers killed in a row without the checkpoint advancing.
@@ -923,7 +1007,7 @@ class Store(abc.ABC):
             moved = moved or move(tx, Move.REQUEUE, params)
             if moved:
                 reclaimed.append(Reclaim(row["task_id"], worker_id, row["attempt"], cause,
-                                         given_up))
+                                         given_up, moved[0]["task_type"]))
                 loops += bool(looped)
                 if crash:
                     _note_attempt(tx, row["task_id"], row["attempt"], worker_id,
@@ -1002,7 +1086,7 @@ def _task_row(task: NewTask, now: float) -> dict[str, Any]:
             "idempotency_key": task.idempotency_key, "now": now,
             "max_retries": task.max_retries, "retry_backoff": task.retry_backoff,
             "timeout_seconds": task.timeout_seconds, "run_after": run_after,
-            "group_id": task.group_id}
+            "owner": task.owner, "request_hash": task.request_hash, "group_id": task.group_id}
 
 
 def retry_delay(backoff: float, retries: int, cap: float,
@@ -1025,7 +1109,7 @@ def _retry(tx: Tx, worker_id: str, report: Report, row: Row, cap: float) -> bool
     run_after = tx.now + retry_delay(row["retry_backoff"], row["retries"], cap)
     moved = move(tx, Move.RETRY, {"task_id": report.task_id, "attempt": report.attempt,
                                   "worker_id": worker_id, "error": report.error,
-                                  "run_after": run_after})
+                                  "run_after": run_after, "cause": REQUEUE_RETRY})
     if not moved:
         return False
     _note_attempt(tx, report.task_id, report.attempt, worker_id, AttemptKind.ERROR,
@@ -1085,6 +1169,10 @@ def _page_params(tx: Tx, query: TaskQuery) -> dict[str, Any] | None:
 def _page_queries(query: TaskQuery) -> list[tuple[str, dict[str, Any]]]:
     """The named queries of a page, one per index walk, with their own parameters."""
     statuses = query.statuses
+    if query.owner is not None:  # a client's own tasks: its (owner, task_id) walk
+        return [("task_page_owner", {"owner": query.owner, "task_type": query.task_type,
+                                     "status": s.value if s else None})
+                for s in statuses or (None,)]
     if query.task_type is not None:
         return [("task_page_type_status", {"task_type": query.task_type, "status": s.value})
                 for s in statuses or tuple(TaskStatus)]
@@ -1094,11 +1182,33 @@ def _page_queries(query: TaskQuery) -> list[tuple[str, dict[str, Any]]]:
 
 
 def _insert_keyed(tx: Tx, row: dict[str, Any]) -> tuple[int, bool]:
-    """Insert unless the key is taken (atomically: another dispatcher may be inserting it)."""
+    """Insert unless the key is taken (atomically: another dispatcher may be inserting it).
+
+    A taken key answers its task only for the same request: a different one (its hash
+    differs) raises IdempotencyConflict, which rolls the whole submission back.
+    """
     inserted = tx.one("insert_task", row)
     if inserted is not None:
         return inserted["task_id"], True
-    return tx.one("task_by_key", {"key": row["idempotency_key"]})["task_id"], False
+    found = tx.one("task_by_key", {"key": row["idempotency_key"]})
+    _same_request(found["request_hash"], row["request_hash"], f"task {found['task_id']}")
+    return found["task_id"], False
+
+
+def _same_request(stored: str | None, asked: str | None, what: str) -> None:
+    """Raise IdempotencyConflict when a key's stored request hash differs from this one's."""
+    if stored is not None and asked is not None and stored != asked:
+        raise IdempotencyConflict(
+            f"{what} was submitted under this idempotency key with a different request")
+
+
+def _check_pending(tx: Tx, owner: str, cap: int, adding: int) -> None:
+    """Raise QuotaExceeded when ``owner`` would have more than ``cap`` pending tasks."""
+    pending = int(tx.one("owner_pending", {"owner": owner, "cap": cap + 1})["n"])
+    if pending + adding > cap:
+        raise QuotaExceeded(
+            f"{pending} tasks of this client are pending; at most {cap} may be "
+            "(MAX_PENDING_PER_CLIENT)")
 
 
 def _look_in(tx: Tx, worker_id: str, instance_id: str | None) -> Look:
@@ -1163,8 +1273,17 @@ class Beats:
         return row
 
 
-def _holds(tx: Tx, task_id: int, attempt: int, worker_id: str) -> bool:
-    row = tx.one("task_lease", {"task_id": task_id})
+def _not_held(tx: Tx, held: Sequence[Held], worker_id: str) -> list[int]:
+    """The listed task ids that are not (or no longer) this worker's lease: one query for all."""
+    if not held:
+        return []
+    ids = tx.id_list(sorted({task_id for task_id, _ in held}))
+    rows = {row["task_id"]: row for row in tx.all("task_leases", {"ids": ids})}
+    return [task_id for task_id, attempt in held
+            if not _is_lease(rows.get(task_id), attempt, worker_id)]
+
+
+def _is_lease(row: Row | None, attempt: int, worker_id: str) -> bool:
     return (row is not None and row["status"] == TaskStatus.IN_PROGRESS.value
             and row["attempt"] == attempt and row["worker_id"] == worker_id)
 
@@ -1213,9 +1332,11 @@ def _lost_claims(tx: Tx, worker_id: str, instance_id: str | None) -> list[Row]:
     if instance_id is None:
         return []
     rows = tx.all("leased_to_instance", {"worker_id": worker_id, "instance_id": instance_id})
+    for row in rows:
+        log.warning("re-delivering task %s (attempt %s) to worker %s: its claim answer was lost",
+                    row["task_id"], row["attempt"], worker_id,
+                    extra=task_fields(row["task_id"], worker_id, row["attempt"]))
     if rows:
-        log.warning("re-delivering tasks %s to worker %s: their claim answer was lost",
-                    [row["task_id"] for row in rows], worker_id)
         tx.run("counter_add", {"name": "redelivered", "value": len(rows)})
     return rows
 
@@ -1238,9 +1359,22 @@ def _leases(tx: Tx, rows: Sequence[Row], lease_seconds: float) -> list[Lease]:
                     params=json.loads(row["params"]), attempt=row["attempt"],
                     lease_expires_at=row["lease_expires_at"], lease_seconds=lease_seconds,
                     checkpoint=checkpoints.get(row["task_id"]),
-                    timeout_seconds=row["timeout_seconds"])
+                    timeout_seconds=row["timeout_seconds"], requeued=_requeued(row))
               for row in rows]
     return sorted(leases, key=lambda lease: lease.task_id)
+
+
+REQUEUE_RETRY, REQUEUE_MANUAL_RETRY = "retry", "manual_retry"
+"""``requeue_cause`` of a task back in the queue by an error retry (``requeued_at`` is then when
+its backoff ends: the reassignment time measures the wait once claimable, not the backoff) and
+by ``POST /task/<id>/retry``; the reclaims' causes are ReclaimCause values."""
+
+
+def _requeued(row: Row) -> tuple[float, str] | None:
+    """When and why a claimed task last went back to the queue (None: first claim)."""
+    if "requeued_at" not in row.keys() or row["requeued_at"] is None:
+        return None
+    return row["requeued_at"], row["requeue_cause"] or "unknown"
 
 
 class _Plan:
@@ -1275,6 +1409,19 @@ class _Plan:
         else:
             self.results.append(report)
 
+    def outcome(self, report: Report, outcomes: dict[int, OutcomeKind], now: float) -> Outcome:
+        """The outcome of one report, with its task type and, if it finished the task, the
+        time its attempt ran (from the claim)."""
+        kind = outcomes[id(report)]
+        row = self.rows.get(report.task_id)
+        if row is None:
+            return Outcome(report.task_id, report.attempt, kind, None)
+        ran = None
+        if kind in (OutcomeKind.ACCEPTED, OutcomeKind.REFUSED) and row["claimed_at"] is not None:
+            ran = max(0.0, now - row["claimed_at"])
+        return Outcome(report.task_id, report.attempt, kind,
+                       self.status_after(report, outcomes), row["task_type"], ran)
+
     def status_after(self, report: Report, outcomes: dict[int, OutcomeKind]) -> TaskStatus | None:
         """The task's status once this batch is recorded (as far as this batch knows)."""
         row = self.rows.get(report.task_id)
@@ -1300,7 +1447,8 @@ def _fail(tx: Tx, worker_id: str, report: Report) -> OutcomeKind:
                   report.refused or report.error or "")
     if report.refused is not None:
         log.warning("task %s attempt %s from worker %s: result refused (%s); task failed",
-                    report.task_id, report.attempt, worker_id, report.refused)
+                    report.task_id, report.attempt, worker_id, report.refused,
+                    extra=task_fields(report.task_id, worker_id, report.attempt))
         return OutcomeKind.REFUSED
     return OutcomeKind.ACCEPTED
 

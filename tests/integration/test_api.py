@@ -283,8 +283,9 @@ def test_idempotency_key_returns_same_task(client: FlaskClient) -> None:
 
 def test_cancel(client: FlaskClient) -> None:
     task_id = submit(client)
-    assert client.post(f"/task/{task_id}/cancel").json["status"] == "cancelled"
-    assert client.post(f"/task/{task_id}/cancel").status_code == 409
+    cancel = f"/task/{task_id}/cancel"
+    assert client.post(cancel, content_type="application/json").json["status"] == "cancelled"
+    assert client.post(cancel, content_type="application/json").status_code == 409
     assert claim(client).status_code == 204
 
 

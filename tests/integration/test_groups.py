@@ -128,7 +128,7 @@ def test_a_failed_part_fails_the_group_with_its_error(
     assert client.get(f"/group/{answer['group_id']}").json["status"] == "failed"
     # Retrying the failed part runs it alone: its sibling stays cancelled, no result is made
     # (a split job is run again by submitting it again).
-    retried = client.post(f"/task/{leases[1]['task_id']}/retry")
+    retried = client.post(f"/task/{leases[1]['task_id']}/retry", json={})
     assert retried.status_code == 200 and retried.json["group_id"] == answer["group_id"]
     view = client.get(f"/group/{answer['group_id']}").json
     assert [p["status"] for p in view["tasks"]] == ["completed", "pending", "cancelled"]
@@ -157,7 +157,7 @@ def test_cancelling_a_group_cancels_its_unfinished_parts(client: FlaskClient) ->
     answer = submit_split(client, {"limit": 10_000}, 4)
     done, running = claim_all(client, "w1", 2)
     run_and_report(client, "w1", done)
-    resp = client.post(f"/group/{answer['group_id']}/cancel")
+    resp = client.post(f"/group/{answer['group_id']}/cancel", json={})
     assert resp.status_code == 200 and resp.json["status"] == "cancelled"
     assert resp.json["parts"] == {"total": 4, "pending": 0, "in-progress": 0, "completed": 1,
                                   "failed": 0, "cancelled": 3}
@@ -166,9 +166,9 @@ def test_cancelling_a_group_cancels_its_unfinished_parts(client: FlaskClient) ->
         "result": unsplit(running["params"])})
     assert late.status_code == 409  # the cancelled part's holder is fenced off
     assert claim_all(client, "w2", 4) == []  # nothing of the group is left to run
-    again = client.post(f"/group/{answer['group_id']}/cancel")
+    again = client.post(f"/group/{answer['group_id']}/cancel", json={})
     assert again.status_code == 200 and again.json["parts"]["cancelled"] == 3
-    assert client.post("/group/999/cancel").status_code == 404
+    assert client.post("/group/999/cancel", json={}).status_code == 404
     assert client.get("/group/999").status_code == 404
 
 

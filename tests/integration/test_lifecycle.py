@@ -125,7 +125,7 @@ def test_retry_endpoint_puts_failed_and_cancelled_tasks_back(
     failed = submit(client, max_retries=0)
     task = claim(client, "w1")
     report_error(client, task, "boom")
-    resp = client.post(f"/task/{failed}/retry")
+    resp = client.post(f"/task/{failed}/retry", json={})
     assert resp.status_code == 200 and resp.json["status"] == "pending"
     assert resp.json["error"] is None and resp.json["attempts"][0]["error"] == "boom"
     again = claim(client, "w2")
@@ -137,13 +137,13 @@ def test_retry_endpoint_puts_failed_and_cancelled_tasks_back(
     assert client.post("/submit-result", json=done).json["status"] == "completed"
     for state in ("completed", "pending"):
         target = failed if state == "completed" else submit(client)
-        resp = client.post(f"/task/{target}/retry")
+        resp = client.post(f"/task/{target}/retry", json={})
         assert resp.status_code == 409 and resp.json["error"]["code"] == "not_retryable"
         assert state in resp.json["error"]["message"]
     cancelled = submit(client)
-    client.post(f"/task/{cancelled}/cancel")
-    assert client.post(f"/task/{cancelled}/retry").json["status"] == "pending"
-    assert client.post("/task/999999/retry").status_code == 404
+    client.post(f"/task/{cancelled}/cancel", json={})
+    assert client.post(f"/task/{cancelled}/retry", json={}).json["status"] == "pending"
+    assert client.post("/task/999999/retry", json={}).status_code == 404
     assert client.get("/stats").json["failures"]["manual_retries"] == 2
     assert [e["kind"] for e in events_of(client, cancelled)] == ["cancelled", "retried"]
     assert [e["status"] for e in events_of(client, failed) if e["kind"] == "retried"] == [

@@ -67,7 +67,10 @@ def test_params_nested_256_deep_on_the_default_config(client: FlaskClient) -> No
 @pytest.mark.parametrize("task_id", [2**63, 2**64 + 5, 10**30, 0])
 def test_task_ids_out_of_range_are_404(client: FlaskClient, path: str, task_id: int) -> None:
     url = path.format(task_id)
-    resp = client.post(url) if url.endswith("cancel") else client.get(url)
+    if url.endswith("cancel"):
+        resp = client.post(url, content_type="application/json")
+    else:
+        resp = client.get(url)
     assert resp.status_code == 404 and resp.json["error"]["code"] == "not_found"
 
 

@@ -193,7 +193,7 @@ class QueueModel(RuleBasedStateMachine):
             return
         task_id = data.draw(st.sampled_from(sorted(self.seen_status)))
         finished = TaskStatus(self.row(task_id)["status"]).finished
-        resp = self.client.post(f"/task/{task_id}/cancel")
+        resp = self.client.post(f"/task/{task_id}/cancel", content_type="application/json")
         assert resp.status_code == (409 if finished else 200)
 
     @rule(seconds=st.sampled_from([0.25, 0.5, 1.0, 2.5, 5.0, 11.0]))

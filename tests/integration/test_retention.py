@@ -75,14 +75,14 @@ def test_only_finished_tasks_older_than_the_ttl_are_purged_in_batches(
     report(client, leases[0])
     report(client, leases[1])
     report(client, leases[2], error="boom")
-    client.post(f"/task/{old[3]}/cancel")  # in progress, cancelled
+    client.post(f"/task/{old[3]}/cancel", json={})  # in progress, cancelled
     still_running = leases[4]
     waiting = submit(client, {**NOOP, "priority": -5})  # pending, submitted long ago
     clock.advance(TTL + 1)
     recent = submit(client)
     report(client, take(client, worker="w2")[0], worker="w2")  # finished just now
     cancelled_recent = submit(client)
-    client.post(f"/task/{cancelled_recent}/cancel")
+    client.post(f"/task/{cancelled_recent}/cancel", json={})
     assert purging.store.purge_finished(TTL, 2) == 2  # one batch is at most its size
     assert purging.monitor.purge() == 2  # then the monitor goes on, batch after batch
     assert purging.monitor.purge() == 0
@@ -94,6 +94,8 @@ def test_only_finished_tasks_older_than_the_ttl_are_purged_in_batches(
         assert tx.all("attempts_of", {"task_id": leases[2]["task_id"]}) == []
     assert_stats_agree_with_rows(client, purging)
     assert client.get("/stats").json["monitor"]["purged"] == 2
+    metrics = client.get("/metrics").get_data(as_text=True)
+    assert "\ntaskqueue_tasks_purged_total 2.0\n" in metrics  # the monitor's count, as /stats
     report(client, still_running)  # a task that was running all along is untouched
     assert client.get(f"/task/{still_running['task_id']}").json["status"] == "completed"
 
@@ -148,7 +150,7 @@ def test_a_retried_task_is_unfinished_again_and_stays(
     task_id = submit(client)
     report(client, take(client)[0], error="boom")
     clock.advance(TTL + 1)
-    retried = client.post(f"/task/{task_id}/retry").json
+    retried = client.post(f"/task/{task_id}/retry", json={}).json
     assert retried["status"] == "pending" and retried["finished_at"] is None
     assert purging.monitor.purge() == 0
     assert [a["error"] for a in client.get(f"/task/{task_id}").json["attempts"]] == ["boom"]

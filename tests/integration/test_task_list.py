@@ -60,7 +60,7 @@ def a_history(client: FlaskClient, clock: FakeClock) -> dict[str, Any]:
                                             "attempt": 1, "result": {}})
     client.post("/submit-result", json={"worker_id": "w1", "task_id": leases[3]["task_id"],
                                         "attempt": 1, "error": "boom", "retry": False})
-    client.post(f"/task/{ids[-1]}/cancel")
+    client.post(f"/task/{ids[-1]}/cancel", json={})
     return {"ids": ids, "times": times}
 
 
@@ -143,11 +143,12 @@ def test_bad_filters_are_400_naming_the_field(client: FlaskClient, query: str,
 
 # -- every page walks an index: the query plans -------------------------------------------------
 
-PAGE_QUERIES = ("task_page", "task_page_status", "task_page_type_status",
+PAGE_QUERIES = ("task_page", "task_page_status", "task_page_type_status", "task_page_owner",
                 "first_id_created_from", "last_id_created_before", "purge_candidates",
                 "group_parts")
 PARAMS = {"before_id": 2**62, "min_id": 0, "after": -1e300, "before": 1e300, "limit": 101,
-          "status": "failed", "task_type": "noop", "at": 5000.0, "group_id": 1}
+          "status": "failed", "task_type": "noop", "at": 5000.0, "group_id": 1,
+          "owner": "0123456789ab"}
 
 
 def sqlite_plans(path: Any) -> dict[str, str]:
@@ -167,11 +168,13 @@ def postgres_plans(url: str) -> dict[str, str]:
     """Plans over 50,000 tasks with planner statistics (an empty table plans differently)."""
     with psycopg.connect(url, autocommit=True) as conn:
         conn.execute("""
-            INSERT INTO tasks (task_type, params, status, max_attempts, created_at, finished_at)
+            INSERT INTO tasks (task_type, params, status, max_attempts, created_at, finished_at,
+                               owner)
             SELECT CASE WHEN i % 10 = 0 THEN 'noop' ELSE 'primes' END, '{}',
                    CASE WHEN i % 50 = 0 THEN 'failed' WHEN i % 3 = 0 THEN 'pending'
                         ELSE 'completed' END,
-                   3, i, CASE WHEN i % 3 = 0 AND i % 50 <> 0 THEN NULL ELSE i + 1 END
+                   3, i, CASE WHEN i % 3 = 0 AND i % 50 <> 0 THEN NULL ELSE i + 1 END,
+                   CASE WHEN i % 100 = 0 THEN '0123456789ab' WHEN i % 2 = 1 THEN 'ba9876543210' END
               FROM generate_series(1, 50000) i""")
         conn.execute("ANALYZE tasks")
         cursor = psycopg.ClientCursor(conn)
@@ -191,13 +194,15 @@ def test_every_page_query_walks_an_index(client: FlaskClient, config: Config) ->
             assert "TEMP B-TREE" not in plan, (name, plan)  # no sort of all the matches
         assert "tasks_status_id_idx" in plans["task_page_status"]
         assert "tasks_type_status_idx" in plans["task_page_type_status"]
+        assert "tasks_owner_idx" in plans["task_page_owner"]  # a client's own tasks
         assert "tasks_finished_idx" in plans["purge_candidates"]
     else:
         plans = postgres_plans(config.database_url)
         for name, plan in plans.items():
             assert "Seq Scan on tasks" not in plan, (name, plan)
             assert "Index" in plan, (name, plan)
-        for name in ("task_page", "task_page_status", "task_page_type_status"):
+        for name in ("task_page", "task_page_status", "task_page_type_status",
+                     "task_page_owner"):
             # The walk starts at the cursor inside the index (a keyset, not an offset).
             assert "Index Cond: (" in plans[name] and "task_id <" in plans[name], plans[name]
         assert "tasks_status_id_idx" in plans["task_page_status"]

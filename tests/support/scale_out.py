@@ -20,6 +20,7 @@ from typing import Any
 
 import requests
 
+from dispatcher.models import header_key
 from shared.cluster import LocalCluster, wait_until
 from tests.support.audit import Audit, audit, database, reclaim_counters
 from tests.support.scenarios import percentile, tasks_taken_from_live_workers
@@ -217,7 +218,7 @@ class ScaleOutChaos:
     def _report(self, started: float, clients: list[FailoverSubmitter],
                 watch: MultiLivenessWatch) -> ScaleOutReport:
         with database(self.cluster.database_url) as db:
-            keys = {row[0]: row[1] for row in db.rows(
+            keys = {header_key(row[0]): row[1] for row in db.rows(
                 "SELECT idempotency_key, task_id FROM tasks WHERE idempotency_key IS NOT NULL")}
         acknowledged: dict[str, int] = {}
         for client in clients:

@@ -15,6 +15,7 @@ from typing import Any
 
 import requests
 
+from dispatcher.models import header_key
 from shared.cluster import LocalCluster, WaitTimeout, wait_until
 from tests.support.audit import Audit, audit, database, lost_lease_lines, reclaim_counters
 
@@ -507,7 +508,7 @@ class DispatcherCrash:
             for status, n in client.statuses.items():
                 statuses[status] = statuses.get(status, 0) + n
         with database(self.cluster.database_url) as db:
-            keys = {row[0]: row[1] for row in db.execute(
+            keys = {header_key(row[0]): row[1] for row in db.execute(
                 "SELECT idempotency_key, task_id FROM tasks WHERE idempotency_key IS NOT NULL")}
         failures = [f for c in clients for f in c.failures]
         if failures:

@@ -345,6 +345,7 @@ def test_resume_state_of_another_limit_is_refused() -> None:
         ({}, "params.limit"),
         ({"limit": 10**12 + 1}, "params.limit"),
         ({"limit": 10**10 + 1, "algorithm": "trial_division"}, "params.limit"),
+        ({"limit": 10**9 + 1, "algorithm": "trial_division"}, "params.start"),
         ({"limit": 10, "algorithm": "wheel"}, "params.algorithm"),
         ({"limit": 10, "algorithm": None}, "params.algorithm"),
         ({"limit": 10, "colour": "blue"}, "params.colour"),
