@@ -342,3 +342,19 @@ def test_the_claim_stays_on_its_index(
             plan = " ".join(row[0] for row in conn.execute("EXPLAIN " + sql, params))
     assert "tasks_ready_idx" in plan, plan
     assert "SCAN tasks\n" not in plan + "\n" and "Seq Scan" not in plan
+
+
+def test_an_idempotency_key_stands_for_the_lifecycle_options_too(client: FlaskClient) -> None:
+    """The request hash behind a key covers the whole submission: the same key with another
+    delay (or other retries) is a conflict, nothing stored; the same request is a replay."""
+    headers = {"Idempotency-Key": "delayed-1"}
+    body = {**NOOP, "delay_seconds": 30, "max_retries": 2}
+    first = client.post("/submit-task", json=body, headers=headers)
+    assert first.status_code == 201
+    again = client.post("/submit-task", json=body, headers=headers)
+    assert again.status_code == 200 and again.json["task_id"] == first.json["task_id"]
+    for changed in ({"delay_seconds": 60}, {"max_retries": 3}, {"delay_seconds": None}):
+        other = {k: v for k, v in {**body, **changed}.items() if v is not None}
+        resp = client.post("/submit-task", json=other, headers=headers)
+        assert resp.status_code == 409 and resp.json["error"]["code"] == "idempotency_conflict"
+    assert len(client.get("/tasks").json["tasks"]) == 1
