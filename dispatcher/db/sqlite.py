@@ -35,7 +35,9 @@ log = logging.getLogger(__name__)
 
 # The partial indexes of the task lifecycle are named (INDEXED BY) where SQLite's planner, with
 # no statistics, would rather take tasks_status_id_idx (status, task_id) and walk every pending
-# (or running) task: the claim, the due timer and the dashboard's pending list stay O(log n).
+# (or running) task: the claim, the due timer and the dashboard's pending list stay O(log n);
+# so is the pending-cap count of one client (tasks_owner_pending_idx), which would otherwise walk
+# every client's pending tasks.
 QUERIES: dict[str, str] = {
     # -- moves (dispatcher/db/moves.py): the only statements that change a task's status --
     "move_claim": """
@@ -168,8 +170,8 @@ QUERIES: dict[str, str] = {
     "task_by_key": """
         SELECT task_id, status, request_hash FROM tasks WHERE idempotency_key = :key""",
     "owner_pending": """
-        SELECT COUNT(*) AS n FROM (SELECT 1 FROM tasks WHERE owner = :owner
-                                    AND status = 'pending' LIMIT :cap)""",
+        SELECT COUNT(*) AS n FROM (SELECT 1 FROM tasks INDEXED BY tasks_owner_pending_idx
+                                    WHERE owner = :owner AND status = 'pending' LIMIT :cap)""",
     # -- credentials --
     "token_put": """
         INSERT INTO tokens (token_id, secret_hash, role, worker_id, created_at)
