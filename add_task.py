@@ -6,6 +6,12 @@
     python3 add_task.py 10 1000000 --wait             live progress, then a table of results
     python3 add_task.py status [--watch [SECONDS]]    the queue, workers and reclaims as a table
     python3 add_task.py --split 16 1 10000000000 --wait   one job in 16 parts on any workers
+    python3 add_task.py 1 1000000 --delay 60 --max-retries 5 --timeout-seconds 30
+    python3 add_task.py retry ID [ID ...]             put failed/cancelled tasks back
+    python3 add_task.py schedule --every 60 1000000   a primes task every minute
+    python3 add_task.py schedule --cron "*/5 * * * *" --type sleep --params '{"seconds": 1}'
+    python3 add_task.py schedules                     list schedules
+    python3 add_task.py unschedule ID                 stop a schedule
 
 Prints the created task ids. Exits 1 with a one-line message when the dispatcher is
 unreachable or refuses the request, 3 when --wait times out, 4 when a waited task failed.
@@ -73,7 +79,52 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--json", action="store_true", help="print JSON instead of text")
     parser.add_argument("--url", help="dispatcher URL, or several separated by commas "
                                       "(default DISPATCHER_URL)")
+    _lifecycle_options(parser)
+    parser.add_argument("--delay", type=float, dest="delay_seconds",
+                        help="claimable only this many seconds from now")
+    parser.add_argument("--run-at", type=float, dest="run_at",
+                        help="claimable only from this time (epoch seconds)")
     return parser.parse_args(argv)
+
+
+def _lifecycle_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--max-retries", type=int, dest="max_retries",
+                        help="retries after the task raises (default DEFAULT_MAX_RETRIES)")
+    parser.add_argument("--retry-backoff", type=float, dest="retry_backoff",
+                        help="base of the retry backoff, s (default DEFAULT_RETRY_BACKOFF)")
+    parser.add_argument("--timeout-seconds", type=float, dest="timeout_seconds",
+                        help="fail an attempt that runs longer than this, s (none)")
+
+
+def parse_command(argv: list[str]) -> argparse.Namespace:
+    """The subcommands: retry, schedule, schedules, unschedule."""
+    parser = argparse.ArgumentParser(prog="add_task.py", description="Manage tasks and schedules.")
+    parser.add_argument("--url", help="dispatcher URL(s) (default DISPATCHER_URL)")
+    parser.add_argument("--json", action="store_true", help="print JSON instead of text")
+    commands = parser.add_subparsers(dest="command", required=True)
+    retry = commands.add_parser("retry", help="put failed or cancelled tasks back in the queue")
+    retry.add_argument("task_ids", nargs="+", type=int, metavar="ID")
+    schedule = commands.add_parser("schedule", help="submit a task every N seconds or on cron")
+    when = schedule.add_mutually_exclusive_group(required=True)
+    when.add_argument("--every", type=float, dest="every_seconds", help="period, seconds")
+    when.add_argument("--cron", help='cron expression, UTC, e.g. "*/5 * * * *"')
+    schedule.add_argument("limit", nargs="?", type=int, help="primes up to LIMIT")
+    schedule.add_argument("algorithm", nargs="?", help="sieve (default) or trial_division")
+    schedule.add_argument("--type", dest="task_type", default="primes", help="task type")
+    schedule.add_argument("--params", help="task params as a JSON object")
+    schedule.add_argument("--priority", type=int, default=0)
+    _lifecycle_options(schedule)
+    listing = commands.add_parser("schedules", help="list the schedules")
+    unschedule = commands.add_parser("unschedule", help="stop a schedule")
+    unschedule.add_argument("schedule_id", type=int, metavar="ID")
+    for sub in (retry, schedule, listing, unschedule):
+        sub.add_argument("--url", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+        sub.add_argument("--json", action="store_true", default=argparse.SUPPRESS,
+                         help=argparse.SUPPRESS)
+    return parser.parse_args(argv)
+
+
+COMMANDS = ("retry", "schedule", "schedules", "unschedule")
 
 
 def build_tasks(args: argparse.Namespace) -> list[dict[str, Any]]:
@@ -95,7 +146,61 @@ def build_tasks(args: argparse.Namespace) -> list[dict[str, Any]]:
     if args.task_type == "primes" and "limit" not in params:
         raise CliError("give LIMIT (add_task.py COUNT LIMIT [ALGORITHM]) or --params")
     body = {"task_type": args.task_type, "params": params, "priority": args.priority}
+    for option in ("max_retries", "retry_backoff", "timeout_seconds", "delay_seconds",
+                   "run_at"):
+        if getattr(args, option, None) is not None:
+            body[option] = getattr(args, option)
     return [body] * args.count
+
+
+def run_command(args: argparse.Namespace) -> int:
+    """Run a subcommand (retry, schedule, schedules, unschedule); return the exit code."""
+    urls = check_dispatcher_urls(args.url, "--url") if args.url else load_config().dispatcher_urls
+    with QueueClient(urls, token=load_config().dispatcher_token) as client:
+        try:
+            if args.command == "retry":
+                views = [client.retry(task_id) for task_id in args.task_ids]
+                _show(args, {"tasks": views},
+                      [f"task {v['task_id']} is back in the queue" for v in views])
+            elif args.command == "schedule":
+                args.count = 1
+                [body] = build_tasks(args)
+                body.pop("delay_seconds", None)
+                body.pop("run_at", None)
+                when = ({"every_seconds": args.every_seconds} if args.cron is None
+                        else {"cron": args.cron})
+                view = client.add_schedule({**body, **when})
+                _show(args, view, [f"schedule {view['schedule_id']}: {_period(view)}, "
+                                   f"next run at {_clock(view['next_run_at'])}"])
+            elif args.command == "schedules":
+                views = client.schedules()
+                _show(args, {"schedules": views},
+                      [f"{v['schedule_id']:>4}  {v['task_type']:<12} {_period(v):<24} "
+                       f"next {_clock(v['next_run_at'])}  runs {v['runs']}" for v in views]
+                      or ["no schedules"])
+            else:
+                client.delete_schedule(args.schedule_id)
+                _show(args, {"schedule_id": args.schedule_id, "deleted": True},
+                      [f"schedule {args.schedule_id} deleted"])
+        except Unreachable:
+            raise CliError(f"cannot reach the dispatcher ({', '.join(urls)}); is it running?"
+                           ) from None
+        except RequestRefused as exc:
+            raise CliError(f"dispatcher refused the request ({exc.status}): {exc.message}"
+                           ) from None
+    return 0
+
+
+def _show(args: argparse.Namespace, document: Any, lines: list[str]) -> None:
+    print(json.dumps(document) if args.json else "\n".join(lines))
+
+
+def _period(view: dict[str, Any]) -> str:
+    return f"cron {view['cron']!r}" if view["cron"] else f"every {view['every_seconds']:g} s"
+
+
+def _clock(epoch: float) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(epoch))
 
 
 def submit(client: QueueClient, tasks: list[dict[str, Any]]) -> list[int]:
@@ -151,8 +256,10 @@ def print_table(views: dict[int, dict[str, Any]]) -> None:
 
 def run_split(client: QueueClient, args: argparse.Namespace, job: dict[str, Any]) -> int:
     """Submit COUNT split jobs, optionally wait for them, print; return the exit code."""
+    options = {k: v for k, v in job.items() if k not in ("task_type", "params", "priority")}
     groups = [client.submit_split(job["task_type"], job["params"], args.split,
-                                  priority=job["priority"]) for _ in range(args.count)]
+                                  priority=job["priority"], **options)
+              for _ in range(args.count)]
     if not args.json:
         for group in groups:
             ids = group["task_ids"]
@@ -258,9 +365,14 @@ def main(argv: list[str] | None = None) -> int:
             return SUBCOMMANDS[argv[0]](argv[1:])
         except KeyboardInterrupt:
             return 130
-    args = parse_args(argv)
+    # The lifecycle commands (COMMANDS) may follow --url/--json, so they are found by word.
+    words = [a for i, a in enumerate(argv)
+             if not a.startswith("-") and (i == 0 or argv[i - 1] != "--url")]
+    command = words[0] if words else None
     try:
-        return run(args)
+        if command in COMMANDS:
+            return run_command(parse_command(argv))
+        return run(parse_args(argv))
     except (CliError, ConfigError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_ERROR

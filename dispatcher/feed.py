@@ -110,6 +110,7 @@ class DashboardFeed:
                 "workers_dead": raw["worker_counts"].get(WorkerStatus.DEAD.value, 0),
                 "workers_total": sum(raw["worker_counts"].values()),
                 "pending": counts[TaskStatus.PENDING.value],
+                "delayed": raw["delayed"],  # of the pending: waiting for their run_after
                 "running": counts[TaskStatus.IN_PROGRESS.value],
                 "done_per_second": throughput["done_per_second"],
             },

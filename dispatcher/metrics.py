@@ -28,7 +28,15 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from dispatcher.db import StorageUnavailable
-from dispatcher.models import Lease, NewTask, Outcome, OutcomeKind, Reclaim, ReclaimCause
+from dispatcher.models import (
+    FAILURE_COUNTERS,
+    Lease,
+    NewTask,
+    Outcome,
+    OutcomeKind,
+    Reclaim,
+    ReclaimCause,
+)
 from dispatcher.models import TaskStatus, WorkerStatus
 
 if TYPE_CHECKING:
@@ -43,7 +51,10 @@ LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
 DURATION_BUCKETS = (0.01, 0.05, 0.1, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0,
                     600.0, 1800.0, 3600.0)
 REASSIGN_BUCKETS = (0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 300.0)
-RECLAIM_CAUSES = tuple(cause.value for cause in ReclaimCause)
+RECLAIM_CAUSES = tuple(cause.value for cause in ReclaimCause
+                       if cause is not ReclaimCause.TIMED_OUT)
+"""The reclaim causes of /stats ``reclaims``; a timeout fails its task, and is counted with the
+other lifecycle failures (``taskqueue_task_failures_total``), as /stats ``failures`` does."""
 UNMATCHED_ROUTE = "unmatched"
 """The route label of requests that matched no route (404/405): never the raw path."""
 _CONVERTER = re.compile(r"<(?:[^:<>]+:)?([^<>]+)>")
@@ -116,6 +127,8 @@ class Metrics:
             if outcome.task_type is None or outcome.outcome not in (OutcomeKind.ACCEPTED,
                                                                     OutcomeKind.REFUSED):
                 continue
+            if outcome.status is TaskStatus.PENDING:  # an error queued again for a retry
+                continue
             if outcome.status is TaskStatus.COMPLETED:
                 self.completed.labels(outcome.task_type).inc()
             else:
@@ -125,10 +138,12 @@ class Metrics:
                 self.duration.labels(outcome.task_type).observe(outcome.ran_seconds)
 
     def on_reclaims(self, reclaims: Sequence[Reclaim]) -> None:
-        """Count the reclaims that failed their task (out of attempts)."""
+        """Count the reclaims that failed their task (out of attempts, a crash loop, a
+        timeout)."""
         for reclaim in reclaims:
             if reclaim.failed:
-                self.failed.labels(reclaim.task_type or "unknown", "gave_up").inc()
+                reason = "timed_out" if reclaim.cause is ReclaimCause.TIMED_OUT else "gave_up"
+                self.failed.labels(reclaim.task_type or "unknown", reason).inc()
 
     def on_request(self, route: str | None, method: str, status: int, seconds: float) -> None:
         """Count one answered request and its latency under its route rule."""
@@ -232,5 +247,12 @@ def _reclaims(counters: dict[str, int]) -> Iterator[Metric]:
     for cause in RECLAIM_CAUSES:
         reclaims.add_metric([cause], counters.get(cause, 0))
     yield reclaims
+    failures = CounterMetricFamily(f"{PREFIX}_task_failures", "The task lifecycle's failures "
+                                   "(cluster-wide, as /stats failures): retries of errors, "
+                                   "manual retries, crash loops, timed-out attempts",
+                                   labels=["kind"])
+    for name in FAILURE_COUNTERS:
+        failures.add_metric([name], counters.get(name, 0))
+    yield failures
     yield CounterMetricFamily(f"{PREFIX}_redelivered", "Leases re-sent because their claim's "
                               "answer was lost (cluster-wide)", value=counters.get("redelivered", 0))

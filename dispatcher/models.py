@@ -13,7 +13,7 @@ from typing import Any
 class TaskStatus(str, enum.Enum):
     """Where a task is in its life; the values are the spec's strings."""
 
-    PENDING = "pending"  # waiting for a worker (new, or returned to the queue)
+    PENDING = "pending"  # waiting for a worker (new, returned, or until its run_after)
     IN_PROGRESS = "in-progress"  # leased to one worker for one attempt
     COMPLETED = "completed"  # a result is stored in task_results
     FAILED = "failed"  # the task raised, or it ran out of attempts
@@ -33,12 +33,15 @@ TRANSITIONS: dict[TaskStatus, frozenset[TaskStatus]] = {
         {TaskStatus.PENDING, TaskStatus.COMPLETED, TaskStatus.FAILED, TaskStatus.CANCELLED}
     ),
     TaskStatus.COMPLETED: frozenset(),
-    TaskStatus.FAILED: frozenset(),
-    TaskStatus.CANCELLED: frozenset(),
+    TaskStatus.FAILED: frozenset({TaskStatus.PENDING}),
+    TaskStatus.CANCELLED: frozenset({TaskStatus.PENDING}),
 }
 """Allowed moves. Only an in-progress task completes: once a lease is revoked (worker dead,
 lease expired, released), a result for that attempt is stale even before anyone claims again.
-in-progress -> pending is a reclaim; it becomes failed instead when attempts run out."""
+in-progress -> pending is a reclaim, or a retry after an error (with a backoff); it becomes
+failed instead when attempts or retries run out, on a crash loop, or on a timeout. A failed or
+cancelled task goes back to pending only when a user asks (``POST /task/<id>/retry``); a
+completed one never changes again."""
 
 
 class WorkerStatus(str, enum.Enum):
@@ -58,6 +61,28 @@ class ReclaimCause(str, enum.Enum):
     RETURNED = "returned_unstarted"  # a prefetching worker gave back tasks it had not started
     LOST_CLAIM = "lost_claim"  # leased, but the worker's heartbeats never listed it
     WORKER_RESTARTED = "worker_restarted"
+    TIMED_OUT = "timed_out"  # ran past its timeout_seconds: failed, not requeued
+
+    @property
+    def crash(self) -> bool:
+        """True for the causes that mean the attempt's worker died or lost the task: they
+        use up an attempt and count towards the crash-loop breaker."""
+        return self in (ReclaimCause.DEAD_WORKER, ReclaimCause.EXPIRED_LEASE,
+                        ReclaimCause.WORKER_RESTARTED)
+
+
+FAILURE_COUNTERS = ("retries", "manual_retries", "crash_loops", "timed_out")
+"""The task lifecycle's counters (``counters`` table): errors queued again for a retry, tasks
+put back by a user, tasks failed as a crash loop, attempts failed by their timeout. /stats shows
+them as ``failures``, /metrics as ``taskqueue_task_failures_total``."""
+
+
+class AttemptKind(str, enum.Enum):
+    """How one failed attempt of a task ended (its ``attempts`` history)."""
+
+    ERROR = "error"  # the task raised; retried after a backoff while retries are left
+    CRASH = "crash"  # its worker died, restarted or let the lease expire
+    TIMEOUT = "timeout"  # it ran past timeout_seconds
 
 
 def scoped_key(owner: str | None, item: int | None, key: str) -> str:
@@ -95,6 +120,10 @@ class EventKind(str, enum.Enum):
     WORKER_DEAD = "worker_dead"  # a worker was silent for HEARTBEAT_TIMEOUT
     RESUMED = "resumed"  # a task claimed again after an earlier attempt (from its checkpoint)
     CANCELLED = "cancelled"  # a user cancelled an unfinished task
+    TIMED_OUT = ReclaimCause.TIMED_OUT.value  # an attempt ran past its timeout_seconds: failed
+    RETRY = "retry"  # the task raised; queued again after a backoff (a retry is left)
+    CRASH_LOOP = "crash_loop"  # it lost CRASH_LOOP_LIMIT workers in a row at one checkpoint
+    RETRIED = "retried"  # a user put a failed or cancelled task back (POST /task/<id>/retry)
 
 
 RECLAIM_WORDS: dict[ReclaimCause, str] = {
@@ -104,6 +133,7 @@ RECLAIM_WORDS: dict[ReclaimCause, str] = {
     ReclaimCause.RETURNED: "its worker returned it unstarted",
     ReclaimCause.LOST_CLAIM: "the claim's answer never reached the worker",
     ReclaimCause.WORKER_RESTARTED: "its worker restarted under the same id",
+    ReclaimCause.TIMED_OUT: "it ran past its timeout_seconds",
 }
 """Each reclaim cause in words, for the timeline (``events.detail``)."""
 
@@ -133,6 +163,13 @@ class Task:
     claimed_at: float | None
     finished_at: float | None
     lease_expires_at: float | None
+    max_retries: int = 0
+    retries: int = 0
+    retry_backoff: float = 1.0
+    run_after: float | None = None
+    timeout_seconds: float | None = None
+    crash_streak: int = 0
+    attempts: tuple[dict[str, Any], ...] = ()
     owner: str | None = None
     """The id of the token that submitted it (not part of the JSON view)."""
     group_id: int | None = None
@@ -158,6 +195,12 @@ class Task:
             claimed_at=row["claimed_at"],
             finished_at=row["finished_at"],
             lease_expires_at=row["lease_expires_at"],
+            max_retries=row["max_retries"],
+            retries=row["retries"],
+            retry_backoff=row["retry_backoff"],
+            run_after=row["run_after"],
+            timeout_seconds=row["timeout_seconds"],
+            crash_streak=row["crash_streak"],
             owner=row["owner"],
             group_id=row["group_id"],
         )
@@ -181,6 +224,13 @@ class Task:
             "claimed_at": self.claimed_at,
             "finished_at": self.finished_at,
             "lease_expires_at": self.lease_expires_at,
+            "max_retries": self.max_retries,
+            "retries": self.retries,
+            "retry_backoff": self.retry_backoff,
+            "run_after": self.run_after,
+            "timeout_seconds": self.timeout_seconds,
+            "crash_streak": self.crash_streak,
+            "attempts": list(self.attempts),
             "group_id": self.group_id,
         }
 
@@ -226,6 +276,7 @@ class Lease:
     lease_expires_at: float
     lease_seconds: float
     checkpoint: Checkpoint | None
+    timeout_seconds: float | None = None
     requeued: tuple[float, str] | None = None
     """When (store clock) and why (a ReclaimCause value) the task last went back to the
     queue before this claim; None for a first claim. For the reassignment-time metric only:
@@ -241,6 +292,7 @@ class Lease:
             "lease_expires_at": self.lease_expires_at,
             "lease_seconds": self.lease_seconds,
             "checkpoint": self.checkpoint.to_dict() if self.checkpoint else None,
+            "timeout_seconds": self.timeout_seconds,
         }
 
 
@@ -253,6 +305,11 @@ class NewTask:
     priority: int
     max_attempts: int
     idempotency_key: str | None = None
+    max_retries: int = 0
+    retry_backoff: float = 1.0
+    timeout_seconds: float | None = None
+    run_at: float | None = None  # not claimable before this time (epoch seconds)
+    delay_seconds: float | None = None  # ... or before this long after the submission
     owner: str | None = None
     """The id of the token that submitted it (None when auth is off)."""
     request_hash: str | None = None
@@ -286,6 +343,7 @@ class Report:
     result_json: str | None
     error: str | None = None
     refused: str | None = None
+    final: bool = False  # an error no retry can fix (the worker says so): not retried
 
 
 class OutcomeKind(str, enum.Enum):

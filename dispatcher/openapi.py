@@ -160,6 +160,17 @@ OPERATIONS: dict[tuple[str, str], Operation] = {
         {200: ("The task's view", responses.TaskView)}, errors=(400, 404), query=(WAIT,)),
     ("/task/<task_id>/cancel", "POST"): Operation(
         {200: ("Cancelled; the task's view", responses.TaskView)}, errors=(404, 409)),
+    ("/task/<task_id>/retry", "POST"): Operation(
+        {200: ("Back in the queue (pending, claimable at once, MAX_ATTEMPTS more attempts); "
+               "the task's view", responses.TaskView)}, errors=(404, 409)),
+    ("/schedules", "POST"): Operation(
+        {201: ("Stored; it first fires at `next_run_at`", responses.ScheduleView)},
+        body=schemas.NewSchedule, errors=JSON_BODY_ERRORS, tags=("schedules",)),
+    ("/schedules", "GET"): Operation(
+        {200: ("Every schedule, oldest first", responses.ScheduleList)}, tags=("schedules",)),
+    ("/schedules/<schedule_id>", "DELETE"): Operation(
+        {200: ("Stopped (the tasks it submitted stay)", responses.ScheduleDeleted)},
+        errors=(404,), tags=("schedules",)),
     ("/tasks", "GET"): Operation(
         {200: ("A page of tasks, newest first, and the cursor of the next page",
                responses.TaskList)}, errors=(400,), query=TASK_LIST_QUERY),
@@ -169,7 +180,8 @@ OPERATIONS: dict[tuple[str, str], Operation] = {
         {200: ("Every unfinished part is cancelled (none left: nothing changes); the split "
                "job's view", responses.GroupView)}, errors=(404,), tags=("groups",)),
     ("/stats", "GET"): Operation(
-        {200: ("Counts per status, workers, throughput, reclaims by cause", responses.Stats)},
+        {200: ("Counts per status, workers, throughput, reclaims by cause, the task "
+               "lifecycle's failures", responses.Stats)},
         tags=("monitoring",)),
     ("/health", "GET"): Operation(
         {200: ("The database answers", responses.Health)}, tags=("monitoring",)),

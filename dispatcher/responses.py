@@ -89,6 +89,8 @@ class LeaseView(_Answer):
     lease_expires_at: float
     lease_seconds: float
     checkpoint: CheckpointView | None
+    timeout_seconds: float | None = None
+    """The attempt's time limit, counted from the claim (null: none)."""
 
 
 class OutcomeItem(_Answer):
@@ -155,6 +157,16 @@ class Released(_Answer):
     status: Literal["pending"]
 
 
+class AttemptView(_Answer):
+    """One failed attempt of a task (its ``attempts`` history)."""
+
+    attempt: int
+    worker_id: str | None
+    kind: Literal["error", "crash", "timeout"]
+    error: str
+    at: float
+
+
 class TaskView(_Answer):
     """A task: status, progress, result or error, timestamps (Unix seconds)."""
 
@@ -174,6 +186,16 @@ class TaskView(_Answer):
     claimed_at: float | None
     finished_at: float | None
     lease_expires_at: float | None
+    max_retries: int = 0
+    """Retries of an error this task may have (each after a backoff)."""
+    retries: int = 0
+    retry_backoff: float = 1.0
+    run_after: float | None = None
+    """Not claimable before this time (a retry's backoff, run_at, delay_seconds); null: now."""
+    timeout_seconds: float | None = None
+    crash_streak: int = 0
+    attempts: list[AttemptView] = []
+    """Every failed attempt: error, crash or timeout, oldest first."""
     group_id: int | None = None
     """The split job this task is a part of (null: a task of its own)."""
 
@@ -267,6 +289,8 @@ class Stats(_Answer):
     workers: WorkersView
     throughput: Throughput
     reclaims: dict[str, int]
+    failures: dict[str, int] = {}
+    """The task lifecycle's counters: retries, manual_retries, crash_loops, timed_out."""
     claims: dict[str, float]
     monitor: dict[str, Any]
     uptime_seconds: float
@@ -320,3 +344,37 @@ class DashboardState(_Answer):
     reclaims: dict[str, int]
     events: list[EventView]
     settings: dict[str, Any]
+
+
+class ScheduleView(_Answer):
+    """A periodic schedule: what it submits, when (``every_seconds`` or ``cron``, UTC), its
+    next and last run."""
+
+    schedule_id: int
+    task_type: str
+    params: dict[str, Any]
+    priority: int
+    max_attempts: int
+    max_retries: int
+    retry_backoff: float
+    timeout_seconds: float | None
+    every_seconds: float | None
+    cron: str | None
+    next_run_at: float
+    last_run_at: float | None
+    last_task_id: int | None
+    runs: int
+    created_at: float
+
+
+class ScheduleList(_Answer):
+    """Every schedule, oldest first."""
+
+    schedules: list[ScheduleView]
+
+
+class ScheduleDeleted(_Answer):
+    """A schedule stopped (the tasks it submitted stay)."""
+
+    schedule_id: int
+    deleted: Literal[True]

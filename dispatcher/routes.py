@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import dataclasses
 import hashlib
 import math
 import re
@@ -37,9 +38,12 @@ from dispatcher.models import (
     group_key,
     scoped_key,
 )
+from dispatcher.scheduler import cron_error
 from dispatcher.schemas import (
+    MAX_DELAY_SECONDS,
     GetTask,
     Heartbeat,
+    NewSchedule,
     Release,
     ResultItem,
     SaveCheckpoint,
@@ -100,6 +104,25 @@ def _check_size(field: str, value: Any, limit: int, setting: str) -> str:
     return text
 
 
+def _task_options(body: SubmitTask | NewSchedule, prefix: str) -> dict[str, Any]:
+    """The validated params and the lifecycle options (config defaults filled in)."""
+    config = _dispatcher().config
+    _check_size(f"{prefix}params", body.params, config.max_params_bytes, "MAX_PARAMS_BYTES")
+    try:
+        params = _dispatcher().registry.validate_task(body.task_type, body.params)
+    except InvalidParams as exc:
+        raise ApiError(400, "invalid_field", f"{prefix}{exc.field}: {exc.message}") from None
+    return {
+        "task_type": body.task_type, "params": params, "priority": body.priority,
+        "max_attempts": body.max_attempts or config.max_attempts,
+        "max_retries": (config.default_max_retries if body.max_retries is None
+                        else body.max_retries),
+        "retry_backoff": (config.default_retry_backoff if body.retry_backoff is None
+                          else body.retry_backoff),
+        "timeout_seconds": body.timeout_seconds,
+    }
+
+
 def _new_task(raw: Any, prefix: str, key: str | None) -> NewTask:
     body = parse(SubmitTask, raw, prefix)
     if body.split is not None:
@@ -109,19 +132,35 @@ def _new_task(raw: Any, prefix: str, key: str | None) -> NewTask:
 
 
 def _validated_task(body: SubmitTask, prefix: str, key: str | None) -> NewTask:
-    config = _dispatcher().config
-    _check_size(f"{prefix}params", body.params, config.max_params_bytes, "MAX_PARAMS_BYTES")
-    try:
-        params = _dispatcher().registry.validate_task(body.task_type, body.params)
-    except InvalidParams as exc:
-        raise ApiError(400, "invalid_field", f"{prefix}{exc.field}: {exc.message}") from None
-    max_attempts = body.max_attempts or config.max_attempts
-    request_hash = None
-    if key is not None:  # what the key stands for: a reuse must ask for the same
-        request_hash = hashlib.sha256(dumps([body.task_type, params, body.priority,
-                                             body.max_attempts]).encode()).hexdigest()
-    return NewTask(body.task_type, params, body.priority, max_attempts, key,
-                   principal().token_id, request_hash)
+    if body.run_at is not None and body.delay_seconds is not None:
+        raise ApiError(400, "invalid_field",
+                       f"{prefix}run_at: give run_at or delay_seconds, not both")
+    if body.run_at is not None and body.run_at > time.time() + MAX_DELAY_SECONDS:
+        raise ApiError(400, "invalid_field", f"{prefix}run_at: at most {MAX_DELAY_SECONDS} "
+                       "seconds ahead")
+    options = _task_options(body, prefix)
+    request_hash = None if key is None else _request_hash(body, options["params"])
+    return NewTask(options["task_type"], options["params"], options["priority"],
+                   options["max_attempts"], key, options["max_retries"],
+                   options["retry_backoff"], options["timeout_seconds"], body.run_at,
+                   body.delay_seconds, principal().token_id, request_hash)
+
+
+LIFECYCLE_FIELDS = ("max_retries", "retry_backoff", "timeout_seconds", "run_at",
+                    "delay_seconds")
+
+
+def _request_hash(body: SubmitTask, params: dict[str, Any], *extra: Any) -> str:
+    """What an idempotency key stands for: the whole normalised submission (as sent, before
+    config defaults), so a reuse that asks for something else (another delay, other retries)
+    is a conflict. The lifecycle options join the hashed list only when given, so the hashes
+    of submissions without them are what they were before those options existed."""
+    what: list[Any] = [body.task_type, params, body.priority, body.max_attempts, *extra]
+    options = {name: getattr(body, name) for name in LIFECYCLE_FIELDS
+               if getattr(body, name) is not None}
+    if options:
+        what.append(options)
+    return hashlib.sha256(dumps(what).encode()).hexdigest()
 
 
 def _stored_key(key: str | None, item: int | None) -> str | None:
@@ -142,7 +181,8 @@ def _error_text(text: str) -> str:
 def _report(item: ResultItem) -> Report:
     """A posted result as the store takes it; an oversized one is marked refused."""
     if item.error is not None:
-        return Report(item.task_id, item.attempt, None, _error_text(item.error))
+        return Report(item.task_id, item.attempt, None, _error_text(item.error),
+                      final=not item.retry)
     limit = _dispatcher().config.max_result_bytes
     if json_longer_than(item.result, 2 * limit):
         reason = (f"result refused: more than {2 * limit} bytes is over the limit of {limit} "
@@ -214,14 +254,13 @@ def _submit_group(body: SubmitTask, key: str | None) -> tuple[Response, int]:
         current_app.logger.exception("split of a %s job failed", job.task_type)
         raise ApiError(400, "invalid_field", f"split: the task type {job.task_type!r} could "
                        f"not split these params ({type(exc).__name__}: {exc})") from None
-    parts = [NewTask(job.task_type, piece, job.priority, job.max_attempts, owner=job.owner)
-             for piece in pieces]
+    # Each part keeps the job's options (retries, backoff, timeout per attempt, run_at/delay)
+    # and its owner.
+    parts = [dataclasses.replace(job, params=piece) for piece in pieces]
     stored_key = request_hash = None
     if key is not None:  # scoped to the caller like a task's; a reuse must ask for the same
         stored_key = group_key(job.owner, key)
-        request_hash = hashlib.sha256(dumps([job.task_type, job.params, body.priority,
-                                             body.max_attempts, body.split]).encode()
-                                      ).hexdigest()
+        request_hash = _request_hash(body, job.params, body.split)
     group_id, ids, created = _dispatcher().submit_group(
         job.task_type, job.params, parts, stored_key, request_hash, _pending_cap())
     answer = {"group_id": group_id, "task_ids": ids, "status": TaskStatus.PENDING.value}
@@ -380,6 +419,46 @@ def cancel_task(task_id: int) -> tuple[Response, int]:
     if not caller.is_admin:
         require_owner(caller, f"task {task_id}", _dispatcher().get_task(task_id).owner)
     return jsonify(_dispatcher().cancel(task_id).to_dict()), 200
+
+
+@api.post(f"/task/<{TASK_ID}>/retry")
+@roles(*CLIENTS)
+def retry_task(task_id: int) -> tuple[Response, int]:
+    """Put a failed or cancelled task back in the queue (409 for any other status); a client
+    may retry only its own tasks."""
+    caller = principal()
+    if not caller.is_admin:
+        require_owner(caller, f"task {task_id}", _dispatcher().get_task(task_id).owner)
+    return jsonify(_dispatcher().retry(task_id).to_dict()), 200
+
+
+@api.post("/schedules")
+@roles(Role.ADMIN)  # schedules have no owner: an admin's tool
+def add_schedule() -> tuple[Response, int]:
+    """Submit a task every N seconds or on a cron expression (UTC), from now on."""
+    body = parse(NewSchedule, _body())
+    if (body.every_seconds is None) == (body.cron is None):
+        raise ApiError(400, "invalid_field", "every_seconds: give exactly one of "
+                       "every_seconds or cron")
+    if body.cron is not None and (problem := cron_error(body.cron)) is not None:
+        raise ApiError(400, "invalid_field", f"cron: {problem}")
+    spec = {**_task_options(body, ""), "every_seconds": body.every_seconds, "cron": body.cron}
+    return jsonify(_dispatcher().add_schedule(spec)), 201
+
+
+@api.get("/schedules")
+@roles(Role.ADMIN)  # schedules have no owner: an admin's tool
+def list_schedules() -> tuple[Response, int]:
+    """Every schedule with its next run."""
+    return jsonify(schedules=_dispatcher().list_schedules()), 200
+
+
+@api.delete(f"/schedules/<{TASK_ID.replace('task_id', 'schedule_id')}>")
+@roles(Role.ADMIN)  # schedules have no owner: an admin's tool
+def delete_schedule(schedule_id: int) -> tuple[Response, int]:
+    """Stop a schedule; the tasks it submitted stay."""
+    _dispatcher().delete_schedule(schedule_id)
+    return jsonify(schedule_id=schedule_id, deleted=True), 200
 
 
 def _list_view(task: Task, limit: int) -> dict[str, Any]:

@@ -17,15 +17,37 @@ class _Body(BaseModel):
     model_config = ConfigDict(strict=True, extra="forbid", allow_inf_nan=False)
 
 
-class SubmitTask(_Body):
-    """One task submission (the params are validated by the task registry)."""
+MAX_DELAY_SECONDS = 366 * 86400
+"""How far ahead a task may be scheduled (run_at, delay_seconds): a year and a day."""
+Seconds = Annotated[float, Field(ge=0, le=MAX_DELAY_SECONDS)]
+
+
+class _TaskOptions(_Body):
+    """What a submission and a schedule both say about the tasks they make."""
 
     task_type: Annotated[str, StringConstraints(min_length=1, max_length=64)]
     params: dict[str, Any] = Field(default_factory=dict)
     priority: Annotated[int, Field(ge=-1000, le=1000)] = 0
     max_attempts: Annotated[int, Field(ge=1, le=100)] | None = None
+    max_retries: Annotated[int, Field(ge=0, le=1000)] | None = None
+    retry_backoff: Annotated[float, Field(ge=0, le=3600)] | None = None
+    timeout_seconds: Annotated[float, Field(gt=0, le=MAX_DELAY_SECONDS)] | None = None
+
+
+class SubmitTask(_TaskOptions):
+    """One task submission (the params are validated by the task registry)."""
+
+    run_at: Annotated[float, Field(ge=0)] | None = None
+    delay_seconds: Seconds | None = None
     split: Annotated[int, Field(ge=1, le=MAX_SPLIT)] | None = None
     """Run the job as a group of at most this many parts on different workers (a split job)."""
+
+
+class NewSchedule(_TaskOptions):
+    """A periodic schedule: a task every ``every_seconds``, or on a cron expression (UTC)."""
+
+    every_seconds: Annotated[float, Field(ge=1, le=MAX_DELAY_SECONDS)] | None = None
+    cron: Annotated[str, StringConstraints(min_length=1, max_length=200)] | None = None
 
 
 class SubmitBatch(_Body):
@@ -85,6 +107,8 @@ class ResultItem(_Body):
     result: Any = None
     # Longer than MAX_ERROR_BYTES is cut by the route; this bound only stops absurd texts.
     error: Annotated[str, StringConstraints(max_length=1_000_000)] | None = None
+    retry: bool = True
+    """False on an error no retry can fix (the worker says so): the task fails at once."""
 
     @model_validator(mode="after")
     def _one_outcome(self) -> "ResultItem":

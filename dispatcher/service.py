@@ -18,6 +18,7 @@ from dispatcher.feed import DashboardFeed
 from dispatcher.heartbeat_monitor import HeartbeatMonitor
 from dispatcher.metrics import Metrics
 from dispatcher.models import (
+    FAILURE_COUNTERS,
     Checkpoint,
     Event,
     Group,
@@ -35,6 +36,7 @@ from dispatcher.models import (
     TaskStatus,
     WorkerStatus,
 )
+from dispatcher.scheduler import DueTimer, first_run
 from dispatcher.utils import Notifier
 from shared.config import Config
 from shared.utils import task_fields
@@ -73,6 +75,10 @@ class Dispatcher:
         )
         self._stop = threading.Event()
         self._monitor_thread: threading.Thread | None = None
+        self._timer_thread: threading.Thread | None = None
+        self.timer = DueTimer(store, on_ready=self.tasks_available.notify)
+        store.on_due = self.timer.poke
+        store.crash_loop_limit = config.crash_loop_limit
         # A lease its worker's heartbeats never list is requeued after this long; generous,
         # because a claim answer can still be in flight and a restarted dispatcher's workers
         # may be backing off (their next claim re-delivers it first, at the same attempt).
@@ -90,26 +96,34 @@ class Dispatcher:
         """Start the heartbeat monitor and the wake-ups from other dispatchers (once)."""
         if self._monitor_thread is None:
             self._monitor_thread = self.monitor.start(self._stop)
+            self._timer_thread = self.timer.start(self._stop)
             self.store.listen(on_tasks=self._tasks_elsewhere,
-                              on_finished=self.tasks_finished.notify)
+                              on_finished=self.tasks_finished.notify, on_due=self.timer.poke)
 
     def close(self) -> None:
         """Stop the monitor and close the store."""
         self._stop.set()
+        self.timer.wake()
         if self._monitor_thread is not None:
             self._monitor_thread.join(timeout=5)
+        if self._timer_thread is not None:
+            self._timer_thread.join(timeout=5)
         self.store.close()
 
     # -- operations -------------------------------------------------------------------------
 
     def submit(self, tasks: Sequence[NewTask], pending_cap: int | None = None
                ) -> list[tuple[int, bool]]:
-        """Store new tasks durably; idle workers are woken (one per task) before the fsync.
+        """Store new tasks durably; idle workers are woken (one per task claimable now) before
+        the fsync; delayed tasks wake them when due (the due timer).
 
         ``pending_cap`` bounds the tasks the submitting client may have pending.
         """
+        now = self.store.now()
+        ready = sum(1 for t in tasks if t.delay_seconds is None
+                    and (t.run_at is None or t.run_at <= now))
         created = self.store.submit(
-            tasks, on_commit=lambda: self.tasks_available.notify(len(tasks)),
+            tasks, on_commit=(lambda: self.tasks_available.notify(ready)) if ready else None,
             pending_cap=pending_cap,
         )
         self.metrics.on_submit(tasks, created)
@@ -203,6 +217,23 @@ class Dispatcher:
         task = self.store.cancel(task_id)
         self.tasks_finished.notify()
         return task
+
+    def retry(self, task_id: int) -> Task:
+        """Put a failed or cancelled task back in the queue with MAX_ATTEMPTS fresh attempts."""
+        return self.store.retry(task_id, self.config.max_attempts,
+                                on_commit=lambda: self.tasks_available.notify(1))
+
+    def add_schedule(self, spec: dict[str, Any]) -> dict[str, Any]:
+        """Store a periodic schedule (every N seconds or a cron expression); its view."""
+        return self.store.add_schedule(spec, first_run(spec["every_seconds"], spec["cron"]))
+
+    def list_schedules(self) -> list[dict[str, Any]]:
+        """Every schedule."""
+        return self.store.list_schedules()
+
+    def delete_schedule(self, schedule_id: int) -> None:
+        """Stop a schedule."""
+        self.store.delete_schedule(schedule_id)
 
     def get_task(self, task_id: int, wait_seconds: float = 0.0) -> Task:
         """The task's view; with a wait, answer as soon as it finishes (or the wait ends)."""
@@ -396,6 +427,10 @@ def _format_stats(raw: dict[str, Any], dispatcher: Dispatcher) -> dict[str, Any]
             cause: counters.get(cause, 0)
             for cause in ("dead_worker", "expired_lease", "released_on_shutdown",
                           "worker_restarted", "returned_unstarted", "lost_claim")
+        },
+        "failures": {  # errors retried, and attempts ended other than by a reclaim
+            name: counters.get(name, 0)
+            for name in FAILURE_COUNTERS
         },
         "claims": {
             "requests_served": dispatcher.claims_served,

@@ -426,9 +426,15 @@ class QueueClient:
         priority: int = 0,
         max_attempts: int | None = None,
         idempotency_key: str | None = None,
+        **options: Any,
     ) -> int:
-        """Submit one task; return its id (a submission repeated with its key: the same id)."""
+        """Submit one task; return its id (a submission repeated with its key: the same id).
+
+        ``options`` are the other submission fields (max_retries, retry_backoff,
+        timeout_seconds, run_at, delay_seconds); None values are left out.
+        """
         body = _task_body(task_type, params, priority, max_attempts)
+        body.update({k: v for k, v in options.items() if v is not None})
         headers = {IDEMPOTENCY_HEADER: idempotency_key or new_idempotency_key()}
         return int(self._ok("POST", "/submit-task", body, headers=headers,
                             repeatable=True)["task_id"])
@@ -442,9 +448,15 @@ class QueueClient:
         priority: int = 0,
         max_attempts: int | None = None,
         idempotency_key: str | None = None,
+        **options: Any,
     ) -> dict[str, Any]:
-        """Submit a split job of at most ``parts`` parts; ``{"group_id", "task_ids", ...}``."""
+        """Submit a split job of at most ``parts`` parts; ``{"group_id", "task_ids", ...}``.
+
+        ``options`` are the fields every part takes (max_retries, retry_backoff,
+        timeout_seconds, run_at, delay_seconds); None values are left out.
+        """
         body = {**_task_body(task_type, params, priority, max_attempts), "split": parts}
+        body.update({k: v for k, v in options.items() if v is not None})
         headers = {IDEMPOTENCY_HEADER: idempotency_key or new_idempotency_key()}
         return dict(self._ok("POST", "/submit-task", body, headers=headers, repeatable=True))
 
@@ -519,6 +531,22 @@ class QueueClient:
     def cancel(self, task_id: int) -> dict[str, Any]:
         """Cancel an unfinished task; its view."""
         return dict(self._ok("POST", f"/task/{int(task_id)}/cancel"))
+
+    def retry(self, task_id: int) -> dict[str, Any]:
+        """Put a failed or cancelled task back in the queue; its view."""
+        return dict(self._ok("POST", f"/task/{int(task_id)}/retry"))
+
+    def add_schedule(self, body: Mapping[str, Any]) -> dict[str, Any]:
+        """POST /schedules (``every_seconds`` or ``cron`` plus the task's fields); its view."""
+        return dict(self._ok("POST", "/schedules", dict(body)))
+
+    def schedules(self) -> list[dict[str, Any]]:
+        """Every schedule."""
+        return list(self._ok("GET", "/schedules", repeatable=True)["schedules"])
+
+    def delete_schedule(self, schedule_id: int) -> None:
+        """Stop a schedule."""
+        self._ok("DELETE", f"/schedules/{int(schedule_id)}")
 
     def tasks(self, status: str | None = None, limit: int = 100) -> list[dict[str, Any]]:
         """GET /tasks: the newest tasks' views, of one status if given."""

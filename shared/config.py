@@ -44,6 +44,14 @@ class Config:
     checkpoint_interval: float = 2.0
     monitor_interval: float = 0.25
     max_attempts: int = 10
+    default_max_retries: int = 3
+    """Retries of a task whose function raised, unless its submission says (max_retries)."""
+    default_retry_backoff: float = 1.0
+    """Base of the retry backoff, seconds (doubling per retry, with jitter)."""
+    crash_loop_limit: int = 3
+    """Workers a task may kill in a row at the same checkpoint before it fails."""
+    timeout_grace: float = 2.0
+    """How long a worker lets a task run past its timeout before ending itself."""
     max_connections: int = 10_000
     max_request_bytes: int = 16 * 1024 * 1024
     max_params_bytes: int = 64 * 1024
@@ -187,6 +195,10 @@ _RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "checkpoint_interval": (_positive, "must be > 0"),
     "monitor_interval": (_positive, "must be > 0"),
     "result_ttl": (lambda v: v == v and abs(v) != float("inf"), "must be a finite number"),
+    "default_max_retries": (lambda v: 0 <= v <= 1000, "must be 0-1000"),
+    "default_retry_backoff": (lambda v: 0 <= v <= 3600, "must be 0-3600"),
+    "crash_loop_limit": (lambda v: 2 <= v <= 1000, "must be 2-1000"),
+    "timeout_grace": (lambda v: 0 < v <= 3600, "must be > 0 and <= 3600"),
     "max_attempts": (lambda v: 1 <= v <= 100, "must be 1-100"),
     "auth_required": (lambda v: v in ("auto", "true", "false"), "must be auto, true or false"),
     "token_cache_seconds": (lambda v: 0 <= v <= 60, "must be 0-60"),

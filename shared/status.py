@@ -113,12 +113,12 @@ def main(argv: list[str]) -> int:
     """Run ``add_task.py status``; the exit code."""
     args = parse_args(argv)
     try:
-        urls = (check_dispatcher_urls(args.url, "--url") if args.url
-                else load_config().dispatcher_urls)
+        config = load_config()
+        urls = check_dispatcher_urls(args.url, "--url") if args.url else config.dispatcher_urls
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_ERROR
-    with QueueClient(urls) as client:
+    with QueueClient(urls, token=config.dispatcher_token) as client:
         try:
             if args.watch is not None:
                 watch(client, args, sys.stdout)

@@ -13,6 +13,9 @@ from shared.utils import split_urls
 CONFIG_ERROR_EXIT = 2
 """Exit code of a worker that cannot start (bad configuration, flags or task modules), before it
 ever contacts a dispatcher; the supervisor stops on it instead of restarting (argparse uses it too)."""
+TASK_OVERRAN_EXIT = 75
+"""Exit code of a worker that ended itself because its task ignored its timeout (the watchdog):
+a crash as far as the supervisor is concerned, so the process is started again."""
 
 # The dispatcher's (and start_worker.sh's) rule; also safe as the cache's file name.
 _WORKER_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:@-]{0,127}")
@@ -37,6 +40,8 @@ class WorkerConfig:
     max_result_bytes: int = 1024 * 1024
     max_tasks: int | None = None
     burst: bool = False
+    timeout_grace: float = 2.0
+    """How long a task may run past its timeout_seconds before the worker ends itself."""
     token: str = field(default="", repr=False)
     """DISPATCHER_TOKEN, sent as a bearer token (never logged)."""
 
@@ -92,5 +97,6 @@ def make_worker_config(
         max_result_bytes=config.max_result_bytes,
         max_tasks=max_tasks,
         burst=burst,
+        timeout_grace=config.timeout_grace,
         token=config.dispatcher_token,
     )

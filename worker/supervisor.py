@@ -19,6 +19,9 @@
 * A child that exits with :data:`~worker.config.CONFIG_ERROR_EXIT` (bad configuration or
   flags: it never contacted a dispatcher) stops the supervisor with the same exit code
   instead of a restart loop; the child's one-line error is on the shared stderr.
+* A child whose task ignored its timeout ends itself with
+  :data:`~worker.config.TASK_OVERRAN_EXIT` (75, the worker's watchdog): a crash like any other,
+  so it is started again (the dispatcher has already failed that task as ``timed_out``).
 * A child that exits 0 on its own (``--burst``, ``--max-tasks``) is done and not restarted;
   the supervisor exits 0 once every child is done.
 * The first SIGTERM/SIGINT is forwarded once to every child (each checkpoints, releases its
@@ -59,7 +62,7 @@ from shared.config import (
     resolve_process_count,
 )
 from shared.utils import configure_logging
-from worker.config import CONFIG_ERROR_EXIT
+from worker.config import CONFIG_ERROR_EXIT, TASK_OVERRAN_EXIT
 
 log = logging.getLogger("worker.supervisor")
 
@@ -96,6 +99,8 @@ def exit_cause(returncode: int) -> str:
             return f"killed by {signal.Signals(-returncode).name}"
         except ValueError:
             return f"killed by signal {-returncode}"
+    if returncode == TASK_OVERRAN_EXIT:
+        return f"exit code {returncode} (its task ignored its timeout; ended by its watchdog)"
     return f"exit code {returncode}"
 
 

@@ -33,6 +33,7 @@ class ClaimedTask:
     params: Any
     resume_state: dict[str, Any] | None
     resume_progress: float | None
+    timeout_seconds: float | None = None
 
     @classmethod
     def from_dict(cls, raw: Any) -> "ClaimedTask":
@@ -45,6 +46,7 @@ class ClaimedTask:
         checkpoint = raw.get("checkpoint")
         state = checkpoint.get("state") if isinstance(checkpoint, Mapping) else None
         progress = checkpoint.get("progress") if isinstance(checkpoint, Mapping) else None
+        timeout = raw.get("timeout_seconds")
         return cls(
             task_id=task_id,
             attempt=attempt,
@@ -52,6 +54,8 @@ class ClaimedTask:
             params=raw.get("params"),
             resume_state=state if isinstance(state, dict) else None,
             resume_progress=progress if isinstance(progress, (int, float)) else None,
+            timeout_seconds=(float(timeout) if isinstance(timeout, (int, float))
+                             and not isinstance(timeout, bool) and timeout > 0 else None),
         )
 
 
@@ -69,6 +73,7 @@ class InterruptReason(enum.Enum):
     SHUTDOWN = "shutdown"  # release the task with the latest state
     REVOKED = "revoked"  # a heartbeat said another attempt owns it: drop silently
     STALE = "stale"  # the checkpoint was refused with 409: drop silently
+    TIMED_OUT = "timed_out"  # past its timeout_seconds: drop (the dispatcher fails it)
 
 
 SendFn = Callable[[dict[str, Any], float], SendOutcome]
@@ -85,6 +90,7 @@ class Checkpointer:
         is_revoked: Callable[[], bool],
         clock: Callable[[], float] = time.monotonic,
         on_call: Callable[[], None] | None = None,
+        timeout_seconds: float | None = None,
     ) -> None:
         self._send = send
         self._on_call = on_call
@@ -93,6 +99,7 @@ class Checkpointer:
         self._is_revoked = is_revoked
         self._clock = clock
         self._last_sent = clock()
+        self._deadline = None if timeout_seconds is None else self._last_sent + timeout_seconds
         self.latest_state: dict[str, Any] | None = None
         self.latest_progress: float | None = None
         self.reason: InterruptReason | None = None
@@ -106,6 +113,8 @@ class Checkpointer:
             self._interrupt(InterruptReason.SHUTDOWN)
         if self._is_revoked():
             self._interrupt(InterruptReason.REVOKED)
+        if self._deadline is not None and self._clock() > self._deadline:
+            self._interrupt(InterruptReason.TIMED_OUT)
         if self._on_call is not None:
             self._on_call()
         now = self._clock()
@@ -162,6 +171,10 @@ def run_task(
 ) -> dict[str, Any]:
     """Run a claimed task; return the payload to report, ``{"result": ...}`` or ``{"error": ...}``.
 
+    An error no retry can fix (this worker lacks the task type, the params are invalid, the
+    result is not JSON or too large) carries ``"retry": false``: the task fails at once
+    instead of using its retries.
+
     A result over ``max_result_bytes`` becomes an error: the dispatcher would refuse it, and
     the task must end rather than be computed again. :class:`TaskInterrupted` propagates:
     the caller decides between release and drop.
@@ -171,7 +184,7 @@ def run_task(
     except (LookupError, ValueError) as exc:
         log.error("task %s rejected by worker %s: %s", task.task_id, worker_id, _describe(exc),
                   extra=task_fields(task.task_id, worker_id, task.attempt))
-        return {"error": _describe(exc)}
+        return {"error": _describe(exc), "retry": False}
     try:
         result = task_type.run(params, task.resume_state, checkpoint)
     except TaskInterrupted:
@@ -182,11 +195,12 @@ def run_task(
         return {"error": _describe(exc)}
     size = _json_size(result) if isinstance(result, dict) else None
     if size is None:
-        return {"error": f"TypeError: task returned a non-JSON result ({type(result).__name__})"}
+        return {"error": f"TypeError: task returned a non-JSON result ({type(result).__name__})",
+                "retry": False}
     if size > max_result_bytes:
         log.warning("task %s on worker %s: result of %s bytes is over MAX_RESULT_BYTES",
                     task.task_id, worker_id, size,
                     extra=task_fields(task.task_id, worker_id, task.attempt))
         return {"error": f"result too large: {size} bytes is over the limit of "
-                         f"{max_result_bytes} (MAX_RESULT_BYTES)"}
+                         f"{max_result_bytes} (MAX_RESULT_BYTES)", "retry": False}
     return {"result": result}

@@ -28,7 +28,7 @@ from worker.client import (
     Unreachable,
     worker_failover,
 )
-from worker.config import WorkerConfig
+from worker.config import TASK_OVERRAN_EXIT, WorkerConfig
 from worker.heartbeat import Heartbeat, HeldTasks
 from worker.tasks import (
     MAX_ERROR_CHARS,
@@ -265,7 +265,7 @@ class ResultReporter:
                   extra=task_fields(item.task_id, self._config.worker_id, item.attempt))
         self._forget([item])
         if "result" in item.payload and reply.status not in (404, 409):
-            error = {"error": refusal_error(reply)}
+            error = {"error": refusal_error(reply), "retry": False}
             self._queue[(item.task_id, item.attempt)] = PendingResult(
                 item.task_id, item.attempt, error, size=len(json.dumps(error)))
 
@@ -286,6 +286,70 @@ def refusal_error(reply: Reply) -> str:
     detail = (f"{error.get('code')}: {error.get('message')}" if isinstance(error, dict)
               else str(reply.body)[:200])
     return f"result refused by the dispatcher (HTTP {reply.status} {detail})"[:MAX_ERROR_CHARS]
+
+
+EXIT_TASK_OVERRAN = TASK_OVERRAN_EXIT
+"""The worker's exit code when it ended itself because a task ignored its timeout."""
+
+
+class Watchdog:
+    """Ends the worker process when the running task overruns its timeout by ``grace`` seconds.
+
+    Tasks run in this process's main thread, and Python cannot stop a thread from outside: a
+    task that never calls its checkpoint callback (which stops it cooperatively at its
+    timeout) can only be stopped with the process. The dispatcher has already failed the
+    task ("timed out after N s") by then; the process exits with :data:`EXIT_TASK_OVERRAN`
+    and its supervisor starts a fresh one (the tasks it held are requeued as for a crash).
+    """
+
+    POLL_SECONDS = 0.1
+
+    def __init__(self, worker_id: str, grace: float,
+                 exit_now: Callable[[int], None] = os._exit) -> None:
+        self._worker_id, self._grace, self._exit = worker_id, grace, exit_now
+        self._lock = threading.Lock()
+        # (task, timeout, kill at, attempt)
+        self._current: tuple[int, float, float, int] | None = None
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def watch(self, task: ClaimedTask, started: float) -> None:
+        """The main thread starts ``task`` (at monotonic ``started``)."""
+        with self._lock:
+            self._current = None if task.timeout_seconds is None else (
+                task.task_id, task.timeout_seconds, started + task.timeout_seconds + self._grace,
+                task.attempt)
+
+    def clear(self) -> None:
+        """The main thread is done with its task."""
+        with self._lock:
+            self._current = None
+
+    def check(self, now: float) -> None:
+        """End the process if the current task is past its timeout plus the grace."""
+        with self._lock:
+            current = self._current
+        if current is not None and now > current[2]:
+            task_id, timeout, _, attempt = current
+            log.critical("worker %s: task %s ignored its timeout of %s s for %s s more; ending "
+                         "this worker process (exit %d) to stop it", self._worker_id, task_id,
+                         timeout, self._grace, EXIT_TASK_OVERRAN,
+                         extra=task_fields(task_id, self._worker_id, attempt))
+            logging.shutdown()
+            self._exit(EXIT_TASK_OVERRAN)
+
+    def start(self) -> None:
+        """Watch from a daemon thread."""
+        self._thread = threading.Thread(target=self._run, name="task-watchdog", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Stop watching."""
+        self._stop.set()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.POLL_SECONDS):
+            self.check(time.monotonic())
 
 
 class Prefetch:
@@ -326,6 +390,7 @@ class Worker:
         self._prefetch = Prefetch(config.prefetch_max)
         self.processed = 0
         self._queue_empty = False
+        self._watchdog = Watchdog(config.worker_id, config.timeout_grace)
 
     def run(self) -> int:
         """Work until stopped, the queue is empty (burst) or max_tasks are done; return the exit code."""
@@ -338,6 +403,7 @@ class Worker:
         self._reporter.recover()
         self._reporter.flush()
         self._heartbeat.start()
+        self._watchdog.start()
         try:
             while not self._shutdown.requested and not self._finished():
                 self._guarded_loop_once()
@@ -470,14 +536,17 @@ class Worker:
         checkpointer = Checkpointer(
             self._checkpoint_sender(task), self.config.checkpoint_interval,
             should_stop=lambda: self._shutdown.requested, is_revoked=revoked.is_set,
-            on_call=on_call)
+            on_call=on_call, timeout_seconds=task.timeout_seconds)
         started = time.monotonic()
+        self._watchdog.watch(task, started)
         try:
             payload = run_task(task, checkpointer, self.config.worker_id, self.registry,
                                self.config.max_result_bytes)
         except TaskInterrupted:
             self._interrupted(task, checkpointer)
             return False
+        finally:
+            self._watchdog.clear()
         if revoked.is_set():
             log.warning("task %s finished on worker %s after being revoked; result dropped",
                         task.task_id, self.config.worker_id,
@@ -527,6 +596,10 @@ class Worker:
             log.info("task %s interrupted by shutdown on worker %s at progress %s",
                      task.task_id, wid, checkpointer.latest_progress, extra=fields)
             self._release(task, checkpointer)
+        elif checkpointer.reason is InterruptReason.TIMED_OUT:
+            log.warning("task %s stopped on worker %s: past its timeout of %s s; the "
+                        "dispatcher fails it", task.task_id, wid, task.timeout_seconds,
+                        extra=fields)
         elif checkpointer.reason is InterruptReason.REVOKED:
             log.warning("task %s stopped on worker %s: revoked by the dispatcher; no result sent",
                         task.task_id, wid, extra=fields)
@@ -562,5 +635,6 @@ class Worker:
             log.warning("worker %s: results left in %s; they are re-sent on next start",
                         cfg.worker_id, cfg.cache_path)
         self._heartbeat.stop()
+        self._watchdog.stop()
         self._client.close()
         log.info("worker %s stopped after %d tasks", cfg.worker_id, self.processed)

@@ -3,11 +3,12 @@
     python -m dispatcher.db.copy sqlite:///data/tasks.db postgresql://tq@db-host:5432/taskqueue
 
 Copies every table that holds the queue's history (split jobs, tasks, results, checkpoints,
-workers, counters, API tokens, the events timeline) from one consistent snapshot of the SQLite
-file into an empty PostgreSQL database, in one transaction (all or nothing), then checks that
-the row counts, the tasks per status and the counters agree on both sides, and prints them.
-Task, group and event ids are kept, and new ids continue after the largest. Stop the dispatcher first: a snapshot
-taken while it runs is consistent, but what it does afterwards stays behind in SQLite.
+workers, counters, failed attempts, schedules, API tokens, the events timeline) from one
+consistent snapshot of the SQLite file into an empty PostgreSQL database, in one transaction
+(all or nothing), then checks that the row counts, the tasks per status and the counters agree
+on both sides, and prints them. Task, group, schedule and event ids are kept, and new ids continue after the largest. Stop
+the dispatcher first: a snapshot taken while it runs is consistent, but what it does afterwards
+stays behind in SQLite.
 """
 
 from __future__ import annotations
@@ -30,12 +31,18 @@ TABLES: dict[str, tuple[str, ...]] = {
     "tasks": ("task_id", "task_type", "params", "status", "priority", "attempt", "max_attempts",
               "worker_id", "worker_instance", "lease_expires_at", "progress", "error",
               "idempotency_key", "created_at", "started_at", "claimed_at", "finished_at",
-              "requeued_at", "requeue_cause", "owner", "request_hash", "group_id"),
+              "run_after", "max_retries", "retries", "retry_backoff", "timeout_seconds",
+              "timeout_at", "crash_streak", "crash_progress", "requeued_at", "requeue_cause",
+              "owner", "request_hash", "group_id"),
     "task_results": ("task_id", "attempt", "worker_id", "result", "created_at"),
     "checkpoints": ("task_id", "attempt", "worker_id", "state", "progress", "saved_at"),
     "workers": ("worker_id", "instance_id", "status", "last_heartbeat", "registered_at",
                 "tasks_completed"),
     "counters": ("name", "value"),
+    "task_attempts": ("task_id", "attempt", "worker_id", "kind", "error", "at"),
+    "schedules": ("schedule_id", "task_type", "params", "priority", "max_attempts",
+                  "max_retries", "retry_backoff", "timeout_seconds", "every_seconds", "cron",
+                  "next_run_at", "last_run_at", "last_task_id", "runs", "created_at"),
     "tokens": ("token_id", "secret_hash", "role", "worker_id", "created_at", "revoked_at"),
     "events": ("event_id", "at", "kind", "task_id", "worker_id", "attempt", "status", "progress",
                "detail"),
@@ -55,6 +62,8 @@ RECOUNT_SQL = """
     INSERT INTO status_counts (status, n) SELECT status, COUNT(*) FROM tasks GROUP BY status;
     SELECT setval(pg_get_serial_sequence('tasks', 'task_id'),
                   GREATEST((SELECT MAX(task_id) FROM tasks), 1));
+    SELECT setval(pg_get_serial_sequence('schedules', 'schedule_id'),
+                  GREATEST((SELECT MAX(schedule_id) FROM schedules), 1));
     SELECT setval(pg_get_serial_sequence('events', 'event_id'),
                   GREATEST((SELECT MAX(event_id) FROM events), 1));
     SELECT setval(pg_get_serial_sequence('task_groups', 'group_id'),

@@ -32,6 +32,10 @@ class Move(enum.Enum):
     REQUEUE = ("move_requeue", frozenset({_R}), _P)  # dead worker, expired lease, released...
     GIVE_UP = ("move_give_up", frozenset({_R}), _F)  # a reclaim that used the last attempt
     CANCEL = ("move_cancel", frozenset({_P, _R}), _X)  # a user cancelled an unfinished task
+    RETRY = ("move_retry", frozenset({_R}), _P)  # the task raised: again after a backoff
+    QUARANTINE = ("move_quarantine", frozenset({_R}), _F)  # it killed K workers in a row
+    TIME_OUT = ("move_time_out", frozenset({_R}), _F)  # it ran past its timeout_seconds
+    RERUN = ("move_rerun", frozenset({_F, _X}), _P)  # a user put a failed/cancelled task back
 
     @property
     def query(self) -> str:

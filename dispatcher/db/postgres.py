@@ -31,6 +31,7 @@ from dispatcher.db.schema import (
     POSTGRES_SCHEMA,
     SCHEMA_VERSION,
     migrations_between,
+    migrations_missed,
 )
 from dispatcher.db.store import (
     OLDEST_PENDING, Channel, Clock, Dialect, OnCommit, Store, Tx,
@@ -42,17 +43,18 @@ QUERIES: dict[str, str] = {
     # -- moves (dispatcher/db/moves.py): the only statements that change a task's status --
     "move_claim": """
         WITH next AS (
-            SELECT task_id FROM tasks WHERE status = 'pending'
+            SELECT task_id FROM tasks WHERE status = 'pending' AND run_after IS NULL
              ORDER BY priority DESC, task_id LIMIT %(limit)s
                FOR UPDATE SKIP LOCKED),
         claimed AS (
             UPDATE tasks t
                SET status = 'in-progress', attempt = t.attempt + 1, worker_id = %(worker_id)s,
                    worker_instance = %(instance_id)s, lease_expires_at = %(lease_expires_at)s,
-                   claimed_at = %(now)s, started_at = COALESCE(t.started_at, %(now)s)
+                   claimed_at = %(now)s, started_at = COALESCE(t.started_at, %(now)s),
+                   timeout_at = %(now)s + t.timeout_seconds
               FROM next WHERE t.task_id = next.task_id
             RETURNING t.task_id, t.task_type, t.params, t.attempt, t.lease_expires_at,
-                      t.requeued_at, t.requeue_cause)
+                      t.timeout_seconds, t.requeued_at, t.requeue_cause)
         SELECT c.*, cp.state AS cp_state, cp.progress AS cp_progress,
                cp.attempt AS cp_attempt, cp.saved_at AS cp_saved_at
           FROM claimed c LEFT JOIN checkpoints cp USING (task_id)""",
@@ -71,7 +73,12 @@ QUERIES: dict[str, str] = {
         RETURNING task_id""",
     "move_requeue": """
         UPDATE tasks SET status = 'pending', lease_expires_at = NULL, requeued_at = %(now)s,
-               requeue_cause = %(cause)s
+               requeue_cause = %(cause)s,
+               crash_streak = CASE WHEN %(crash)s::int = 0 THEN crash_streak
+                   WHEN crash_progress IS NOT NULL AND progress <= crash_progress
+                   THEN crash_streak + 1 ELSE 1 END,
+               crash_progress = CASE WHEN %(crash)s::int = 0 THEN crash_progress
+                   ELSE progress END
          WHERE task_id = %(task_id)s AND status = 'in-progress' AND attempt = %(attempt)s
         RETURNING task_id, task_type, progress""",
     "move_give_up": """
@@ -85,17 +92,96 @@ QUERIES: dict[str, str] = {
          WHERE task_id = %(task_id)s AND status IN ('pending', 'in-progress')
         RETURNING task_id""",
     # -- tasks --
+    "move_retry": """
+        UPDATE tasks SET status = 'pending', lease_expires_at = NULL, error = %(error)s,
+               retries = retries + 1, run_after = %(run_after)s, requeued_at = %(run_after)s,
+               requeue_cause = %(cause)s
+         WHERE task_id = %(task_id)s AND status = 'in-progress' AND attempt = %(attempt)s
+           AND worker_id = %(worker_id)s AND retries < max_retries AND attempt < max_attempts
+        RETURNING task_id, task_type, retries, progress""",
+    "move_quarantine": """
+        UPDATE tasks SET status = 'failed', error = %(error)s, lease_expires_at = NULL,
+               finished_at = %(now)s, crash_streak = crash_streak + 1
+         WHERE task_id = %(task_id)s AND status = 'in-progress' AND attempt = %(attempt)s
+           AND crash_progress IS NOT NULL AND progress <= crash_progress
+           AND crash_streak + 1 >= %(limit)s::int
+        RETURNING task_id, task_type, progress""",
+    "move_time_out": """
+        UPDATE tasks SET status = 'failed', error = %(error)s, lease_expires_at = NULL,
+               finished_at = %(now)s
+         WHERE task_id = %(task_id)s AND status = 'in-progress' AND attempt = %(attempt)s
+        RETURNING task_id, task_type, progress""",
+    "move_rerun": """
+        UPDATE tasks SET status = 'pending', error = NULL, finished_at = NULL, run_after = NULL,
+               worker_id = NULL, worker_instance = NULL, lease_expires_at = NULL,
+               retries = 0, crash_streak = 0, crash_progress = NULL, requeued_at = %(now)s,
+               requeue_cause = %(cause)s,
+               max_attempts = attempt + %(max_attempts)s,
+               progress = COALESCE((SELECT c.progress FROM checkpoints c
+                                     WHERE c.task_id = tasks.task_id), 0)
+         WHERE task_id = %(task_id)s AND status IN ('failed', 'cancelled')
+        RETURNING task_id, task_type, progress""",
     "insert_task": """
         INSERT INTO tasks (task_type, params, priority, max_attempts, idempotency_key, created_at,
-                           owner, request_hash, group_id)
-        VALUES (%(task_type)s, %(params)s, %(priority)s, %(max_attempts)s, %(idempotency_key)s,
-                %(now)s, %(owner)s, %(request_hash)s, %(group_id)s)
+                           max_retries, retry_backoff, timeout_seconds, run_after, owner,
+                           request_hash, group_id)
+        VALUES (%(task_type)s, %(params)s, %(priority)s, %(max_attempts)s,
+                %(idempotency_key)s, %(now)s,
+                %(max_retries)s, %(retry_backoff)s, %(timeout_seconds)s, %(run_after)s,
+                %(owner)s, %(request_hash)s, %(group_id)s)
         ON CONFLICT (idempotency_key) DO NOTHING
         RETURNING task_id""",
+    # Rows another dispatcher's timer is promoting are skipped, not waited for: a waiter
+    # holds the row's tuple lock, which would make a claim's SKIP LOCKED pass the task by.
+    "due_promote": """
+        UPDATE tasks SET run_after = NULL
+         WHERE task_id IN (SELECT task_id FROM tasks
+                            WHERE status = 'pending' AND run_after IS NOT NULL
+                              AND run_after <= %(now)s
+                              FOR UPDATE SKIP LOCKED)
+        RETURNING task_id""",
+    "due_next": """
+        SELECT MIN(run_after) AS at FROM tasks
+         WHERE status = 'pending' AND run_after IS NOT NULL""",
+    "timed_out": """
+        SELECT task_id, attempt, worker_id, timeout_seconds FROM tasks
+         WHERE status = 'in-progress' AND timeout_at IS NOT NULL AND timeout_at < %(now)s""",
+    "attempt_put": """
+        INSERT INTO task_attempts (task_id, attempt, worker_id, kind, error, at)
+        VALUES (%(task_id)s, %(attempt)s, %(worker_id)s, %(kind)s, %(error)s, %(now)s)
+        ON CONFLICT (task_id, attempt) DO NOTHING""",
+    "attempts_of": """
+        SELECT attempt, worker_id, kind, error, at FROM task_attempts
+         WHERE task_id = %(task_id)s ORDER BY attempt""",
+    "schedule_insert": """
+        INSERT INTO schedules (task_type, params, priority, max_attempts, max_retries,
+                               retry_backoff, timeout_seconds, every_seconds, cron, next_run_at,
+                               created_at)
+        VALUES (%(task_type)s, %(params)s, %(priority)s, %(max_attempts)s, %(max_retries)s,
+                %(retry_backoff)s,
+                %(timeout_seconds)s, %(every_seconds)s, %(cron)s, %(next_run_at)s, %(now)s)
+        RETURNING schedule_id""",
+    "schedule_get": """SELECT * FROM schedules WHERE schedule_id = %(schedule_id)s""",
+    "schedule_list": """SELECT * FROM schedules ORDER BY schedule_id""",
+    "schedule_delete": """
+        DELETE FROM schedules WHERE schedule_id = %(schedule_id)s RETURNING schedule_id""",
+    "schedules_due": """
+        SELECT * FROM schedules WHERE next_run_at <= %(now)s ORDER BY next_run_at LIMIT 100
+           FOR UPDATE SKIP LOCKED""",
+    "schedule_advance": """
+        UPDATE schedules SET next_run_at = %(next)s, last_run_at = %(due)s,
+               last_task_id = %(task_id)s,
+               runs = runs + 1
+         WHERE schedule_id = %(schedule_id)s AND next_run_at = %(due)s
+        RETURNING schedule_id""",
+    "schedule_next": """SELECT MIN(next_run_at) AS at FROM schedules""",
     "insert_tasks": """
-        INSERT INTO tasks (task_type, params, priority, max_attempts, created_at, owner, group_id)
+        INSERT INTO tasks (task_type, params, priority, max_attempts, created_at, max_retries,
+                           retry_backoff, timeout_seconds, run_after, owner, group_id)
         SELECT * FROM unnest(%(task_types)s::text[], %(params)s::text[], %(priorities)s::int[],
-                             %(max_attempts)s::int[], %(nows)s::float8[], %(owners)s::text[],
+                             %(max_attempts)s::int[], %(nows)s::float8[],
+                             %(max_retries)s::int[], %(retry_backoffs)s::float8[],
+                             %(timeouts)s::float8[], %(run_afters)s::float8[], %(owners)s::text[],
                              %(group_ids)s::bigint[])
         RETURNING task_id""",
     "task_by_key": """
@@ -180,6 +266,7 @@ QUERIES: dict[str, str] = {
            FOR UPDATE OF t SKIP LOCKED""",
     "purge_results": "DELETE FROM task_results WHERE task_id = ANY(%(ids)s)",
     "purge_checkpoints": "DELETE FROM checkpoints WHERE task_id = ANY(%(ids)s)",
+    "purge_attempts": "DELETE FROM task_attempts WHERE task_id = ANY(%(ids)s)",
     "purge_tasks": "DELETE FROM tasks WHERE task_id = ANY(%(ids)s)",
     "purge_groups": """
         DELETE FROM task_groups g WHERE g.group_id = ANY(%(ids)s)
@@ -187,7 +274,8 @@ QUERIES: dict[str, str] = {
     "task_lease": """
         SELECT status, attempt, worker_id, task_type FROM tasks WHERE task_id = %(task_id)s""",
     "task_leases": """
-        SELECT task_id, status, attempt, worker_id, task_type, error, claimed_at FROM tasks
+        SELECT task_id, status, attempt, worker_id, task_type, error, claimed_at, retries,
+               max_retries, retry_backoff, max_attempts FROM tasks
          WHERE task_id = ANY(%(ids)s)""",
     "renew_lease": """
         UPDATE tasks SET progress = %(progress)s, lease_expires_at = %(lease_expires_at)s
@@ -203,7 +291,8 @@ QUERIES: dict[str, str] = {
         SELECT task_id, attempt FROM tasks
          WHERE status = 'in-progress' AND worker_id = %(worker_id)s ORDER BY task_id""",
     "leased_to_instance": """
-        SELECT task_id, task_type, params, attempt, lease_expires_at, claimed_at FROM tasks
+        SELECT task_id, task_type, params, attempt, lease_expires_at, claimed_at,
+               timeout_seconds FROM tasks
          WHERE status = 'in-progress' AND worker_id = %(worker_id)s
            AND worker_instance = %(instance_id)s ORDER BY task_id""",
     "held_by_other_instance": """
@@ -212,7 +301,7 @@ QUERIES: dict[str, str] = {
            AND worker_instance IS DISTINCT FROM %(instance_id)s ORDER BY task_id""",
     "in_progress_all": """
         SELECT task_id, worker_id, attempt FROM tasks WHERE status = 'in-progress'""",
-    "oldest_pending": OLDEST_PENDING,
+    "oldest_pending": OLDEST_PENDING.format(ready="tasks"),
     "finished_since": """
         SELECT COUNT(*) AS n FROM tasks
          WHERE finished_at >= %(since)s AND status = 'completed'""",
@@ -243,7 +332,8 @@ QUERIES: dict[str, str] = {
          WHERE w.worker_id = %(worker_id)s""",
     "worker_idle": """
         SELECT w.instance_id, w.status,
-               EXISTS (SELECT 1 FROM tasks WHERE status = 'pending') AS pending,
+               EXISTS (SELECT 1 FROM tasks
+                        WHERE status = 'pending' AND run_after IS NULL) AS pending,
                (SELECT COUNT(*) FROM tasks t WHERE t.status = 'in-progress'
                    AND t.worker_id = w.worker_id
                    AND t.worker_instance = w.instance_id) AS leased
@@ -313,7 +403,12 @@ QUERIES: dict[str, str] = {
          WHERE status = 'in-progress' GROUP BY worker_id""",
     "dash_pending": """
         SELECT task_id, task_type, priority, attempt, progress, created_at FROM tasks
-         WHERE status = 'pending' ORDER BY priority DESC, task_id LIMIT %(limit)s""",
+         WHERE status = 'pending' AND run_after IS NULL
+         ORDER BY priority DESC, task_id LIMIT %(limit)s""",
+    "dash_delayed": """
+        SELECT COUNT(*) AS n FROM (SELECT 1 FROM tasks
+                                    WHERE status = 'pending' AND run_after IS NOT NULL
+                                    LIMIT %(limit)s) delayed""",
     "dash_recent": """
         SELECT task_id, task_type, status, worker_id, attempt, progress, finished_at, error
           FROM tasks WHERE finished_at IS NOT NULL ORDER BY finished_at DESC LIMIT %(limit)s""",
@@ -324,6 +419,10 @@ QUERIES: dict[str, str] = {
         SELECT * FROM workers ORDER BY status = 'alive' DESC, worker_id LIMIT %(limit)s""",
     "dash_worker_counts": "SELECT status, COUNT(*) AS n FROM workers GROUP BY status",
     "schema_version_get": "SELECT value FROM schema_info WHERE key = 'version'",
+    "column_exists": """
+        SELECT 1 AS found FROM information_schema.columns
+         WHERE table_schema = current_schema() AND table_name = %(table)s
+           AND column_name = %(column)s""",
     "schema_version_put": """
         INSERT INTO schema_info (key, value) VALUES ('version', %(version)s)
         ON CONFLICT (key) DO UPDATE SET value = excluded.value""",
@@ -336,7 +435,7 @@ QUERIES: dict[str, str] = {
     "sweep_lock": "SELECT pg_try_advisory_xact_lock(%(key)s) AS locked",
     "migrate_lock": "SELECT pg_advisory_xact_lock(%(key)s)",
     "notify": "SELECT pg_notify(%(channel)s, %(payload)s)",
-    "listen": "LISTEN taskqueue_tasks; LISTEN taskqueue_finished",
+    "listen": "LISTEN taskqueue_tasks; LISTEN taskqueue_finished; LISTEN taskqueue_due",
 }
 
 SWEEP_LOCK = zlib.crc32(b"taskqueue.sweep")
@@ -361,6 +460,7 @@ class PostgresStore(Store):
         """This dispatcher's name in its notifications (it has already woken its own waiters)."""
         self._closed = threading.Event()
         self._listener: threading.Thread | None = None
+        self._on_due: Callable[[float], None] | None = None
         self._offset, self._rtt, self._calibrated_at = 0.0, float("inf"), 0.0
         self._pool = ConnectionPool(
             url, min_size=min(2, pool_size), max_size=pool_size, timeout=pool_timeout,
@@ -440,6 +540,10 @@ class PostgresStore(Store):
             "task_types": [r["task_type"] for r in rows], "params": [r["params"] for r in rows],
             "priorities": [r["priority"] for r in rows],
             "max_attempts": [r["max_attempts"] for r in rows], "nows": [r["now"] for r in rows],
+            "max_retries": [r["max_retries"] for r in rows],
+            "retry_backoffs": [r["retry_backoff"] for r in rows],
+            "timeouts": [r["timeout_seconds"] for r in rows],
+            "run_afters": [r["run_after"] for r in rows],
             "owners": [r["owner"] for r in rows],
             "group_ids": [r["group_id"] for r in rows]})
         # Identity values are drawn in insertion order, so sorted ids follow the input order.
@@ -448,6 +552,9 @@ class PostgresStore(Store):
     def _notify(self, tx: Tx, channel: str, count: int = 1) -> None:
         if count > 0:
             tx.run("notify", {"channel": channel, "payload": f"{self.origin}:{count}"})
+
+    def _notify_due(self, tx: Tx, at: float) -> None:
+        tx.run("notify", {"channel": Channel.DUE, "payload": f"{self.origin}:{at!r}"})
 
     def _sweep_lock(self, tx: Tx) -> bool:
         if self._clock is None:
@@ -473,7 +580,9 @@ class PostgresStore(Store):
             if version == 0:
                 tx.run_script(POSTGRES_SCHEMA)
                 version = 1
-            for target, script in migrations_between(POSTGRES_MIGRATIONS, version):
+            missed = migrations_missed(POSTGRES_MIGRATIONS, version, lambda table, column: tx.one(
+                "column_exists", {"table": table, "column": column}) is not None)
+            for target, script in missed + migrations_between(POSTGRES_MIGRATIONS, version):
                 tx.run_script(script)
                 log.info("database migrated to schema version %s", target)
             tx.run("schema_version_put", {"version": str(SCHEMA_VERSION)})
@@ -482,9 +591,11 @@ class PostgresStore(Store):
 
     # -- wake-ups from other dispatchers --------------------------------------------------
 
-    def listen(self, on_tasks: Callable[[int], None], on_finished: Callable[[], None]) -> None:
+    def listen(self, on_tasks: Callable[[int], None], on_finished: Callable[[], None],
+               on_due: Callable[[float], None] | None = None) -> None:
         """Deliver other dispatchers' NOTIFYs to the callbacks, from a thread, until closed."""
         if self._listener is None:
+            self._on_due = on_due
             self._listener = threading.Thread(target=self._listen_loop,
                                               args=(on_tasks, on_finished),
                                               name="postgres-listener", daemon=True)
@@ -517,8 +628,19 @@ class PostgresStore(Store):
                     continue
                 if note.channel == Channel.TASKS:
                     on_tasks(int(count) if count.isdigit() else 0)
+                elif note.channel == Channel.DUE:
+                    self._due_elsewhere(count)
                 else:
                     on_finished()
+
+    def _due_elsewhere(self, payload: str) -> None:
+        """Another dispatcher wrote a delayed task: our due timer may need to wake earlier."""
+        try:
+            at = float(payload)
+        except ValueError:
+            return
+        if self._on_due is not None:
+            self._on_due(at)
 
     # -- lifecycle ----------------------------------------------------------------------
 

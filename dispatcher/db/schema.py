@@ -12,6 +12,8 @@ development, numbered apart) is skipped, see :func:`migrations_between`.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 SCHEMA_VERSION = 9
 
 SQLITE_SCHEMA = """
@@ -39,8 +41,8 @@ CREATE TABLE IF NOT EXISTS tasks (
     claimed_at       REAL,
     finished_at      REAL
 );
-CREATE INDEX IF NOT EXISTS tasks_pending_idx
-    ON tasks (priority DESC, task_id) WHERE status = 'pending';
+-- (the claim's index, tasks_ready_idx, comes with migration 5: this script runs at every
+-- start, and must not bring back the index that migration replaced)
 CREATE INDEX IF NOT EXISTS tasks_held_idx
     ON tasks (worker_id) WHERE status = 'in-progress';
 CREATE INDEX IF NOT EXISTS tasks_lease_idx
@@ -122,6 +124,56 @@ ALTER TABLE tasks ADD COLUMN request_hash TEXT;
 CREATE INDEX IF NOT EXISTS tasks_owner_idx ON tasks (owner, task_id) WHERE owner IS NOT NULL;
 CREATE INDEX IF NOT EXISTS tasks_owner_pending_idx ON tasks (owner)
     WHERE status = 'pending' AND owner IS NOT NULL;
+""",
+    # v5: the task lifecycle. ``run_after`` is the one "not claimable before" time (retry
+    # backoff, run_at/delay_seconds): NULL means claimable, and the claim's index holds only
+    # those rows, so delayed tasks never slow a claim down; the due timer clears ``run_after``
+    # when the time comes (tasks_due_idx finds them). Retries of errors, per-attempt timeouts,
+    # the crash-loop breaker's streak, each attempt's failure, and periodic schedules.
+    5: """
+ALTER TABLE tasks ADD COLUMN run_after REAL;
+ALTER TABLE tasks ADD COLUMN max_retries INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE tasks ADD COLUMN retries INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE tasks ADD COLUMN retry_backoff REAL NOT NULL DEFAULT 1;
+ALTER TABLE tasks ADD COLUMN timeout_seconds REAL;
+ALTER TABLE tasks ADD COLUMN timeout_at REAL;
+ALTER TABLE tasks ADD COLUMN crash_streak INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE tasks ADD COLUMN crash_progress REAL;
+DROP INDEX IF EXISTS tasks_pending_idx;
+CREATE INDEX IF NOT EXISTS tasks_ready_idx
+    ON tasks (priority DESC, task_id) WHERE status = 'pending' AND run_after IS NULL;
+CREATE INDEX IF NOT EXISTS tasks_due_idx
+    ON tasks (run_after) WHERE status = 'pending' AND run_after IS NOT NULL;
+CREATE INDEX IF NOT EXISTS tasks_timeout_idx
+    ON tasks (timeout_at) WHERE status = 'in-progress' AND timeout_at IS NOT NULL;
+CREATE TABLE IF NOT EXISTS task_attempts (
+    task_id   INTEGER NOT NULL,
+    attempt   INTEGER NOT NULL,
+    worker_id TEXT,
+    kind      TEXT    NOT NULL CHECK (kind IN ('error', 'crash', 'timeout')),
+    error     TEXT    NOT NULL,
+    at        REAL    NOT NULL,
+    PRIMARY KEY (task_id, attempt)
+);
+CREATE TABLE IF NOT EXISTS schedules (
+    schedule_id     INTEGER PRIMARY KEY AUTOINCREMENT,
+    task_type       TEXT    NOT NULL,
+    params          TEXT    NOT NULL,
+    priority        INTEGER NOT NULL DEFAULT 0,
+    max_attempts    INTEGER NOT NULL,
+    max_retries     INTEGER NOT NULL,
+    retry_backoff   REAL    NOT NULL,
+    timeout_seconds REAL,
+    every_seconds   REAL,
+    cron            TEXT,
+    next_run_at     REAL    NOT NULL,
+    last_run_at     REAL,
+    last_task_id    INTEGER,
+    runs            INTEGER NOT NULL DEFAULT 0,
+    created_at      REAL    NOT NULL,
+    CHECK ((every_seconds IS NULL) <> (cron IS NULL))
+);
+CREATE INDEX IF NOT EXISTS schedules_due_idx ON schedules (next_run_at);
 """,
     # v6: split jobs (a group of part tasks with a combine step), the indexes behind the
     # filtered, paginated task list, and the one behind retention's purge of parts by group.
@@ -306,6 +358,52 @@ CREATE INDEX IF NOT EXISTS tasks_owner_idx ON tasks (owner, task_id) WHERE owner
 CREATE INDEX IF NOT EXISTS tasks_owner_pending_idx ON tasks (owner)
     WHERE status = 'pending' AND owner IS NOT NULL;
 """,
+    # v5: the task lifecycle (see the SQLite migration of the same number).
+    5: """
+ALTER TABLE tasks ADD COLUMN IF NOT EXISTS run_after double precision;
+ALTER TABLE tasks ADD COLUMN IF NOT EXISTS max_retries integer NOT NULL DEFAULT 0;
+ALTER TABLE tasks ADD COLUMN IF NOT EXISTS retries integer NOT NULL DEFAULT 0;
+ALTER TABLE tasks ADD COLUMN IF NOT EXISTS retry_backoff double precision NOT NULL DEFAULT 1;
+ALTER TABLE tasks ADD COLUMN IF NOT EXISTS timeout_seconds double precision;
+ALTER TABLE tasks ADD COLUMN IF NOT EXISTS timeout_at double precision;
+ALTER TABLE tasks ADD COLUMN IF NOT EXISTS crash_streak integer NOT NULL DEFAULT 0;
+ALTER TABLE tasks ADD COLUMN IF NOT EXISTS crash_progress double precision;
+DROP INDEX IF EXISTS tasks_pending_idx;
+CREATE INDEX IF NOT EXISTS tasks_ready_idx
+    ON tasks (priority DESC, task_id) WHERE status = 'pending' AND run_after IS NULL;
+CREATE INDEX IF NOT EXISTS tasks_due_idx
+    ON tasks (run_after) WHERE status = 'pending' AND run_after IS NOT NULL;
+CREATE INDEX IF NOT EXISTS tasks_timeout_idx
+    ON tasks (timeout_at) WHERE status = 'in-progress' AND timeout_at IS NOT NULL;
+CREATE TABLE IF NOT EXISTS task_attempts (
+    task_id   bigint  NOT NULL,
+    attempt   integer NOT NULL,
+    worker_id text,
+    kind      text    NOT NULL CHECK (kind IN ('error', 'crash', 'timeout')),
+    error     text    NOT NULL,
+    at        double precision NOT NULL,
+    PRIMARY KEY (task_id, attempt)
+);
+CREATE TABLE IF NOT EXISTS schedules (
+    schedule_id     bigint GENERATED BY DEFAULT AS IDENTITY PRIMARY KEY,
+    task_type       text    NOT NULL,
+    params          text    NOT NULL,
+    priority        integer NOT NULL DEFAULT 0,
+    max_attempts    integer NOT NULL,
+    max_retries     integer NOT NULL,
+    retry_backoff   double precision NOT NULL,
+    timeout_seconds double precision,
+    every_seconds   double precision,
+    cron            text,
+    next_run_at     double precision NOT NULL,
+    last_run_at     double precision,
+    last_task_id    bigint,
+    runs            bigint  NOT NULL DEFAULT 0,
+    created_at      double precision NOT NULL,
+    CHECK ((every_seconds IS NULL) <> (cron IS NULL))
+);
+CREATE INDEX IF NOT EXISTS schedules_due_idx ON schedules (next_run_at);
+""",
     # v6: split jobs, the task list's indexes, the purge's lookup of parts by group.
     6: """
 CREATE TABLE IF NOT EXISTS task_groups (
@@ -353,3 +451,22 @@ ALTER TABLE task_groups ADD COLUMN IF NOT EXISTS request_hash text;
 def migrations_between(migrations: dict[int, str], version: int) -> list[tuple[int, str]]:
     """The migrations a database at ``version`` still needs, in ascending order."""
     return sorted((v, sql) for v, sql in migrations.items() if version < v <= SCHEMA_VERSION)
+
+
+MIGRATION_MARKERS: dict[int, tuple[str, str]] = {
+    4: ("tasks", "owner"),
+    5: ("tasks", "run_after"),
+    7: ("tasks", "requeued_at"),
+}
+"""A column each of these migrations adds. They were written on branches merged in another
+order than their numbers, so a database may be at a later version without one of them (a
+database at v8 before v4 existed, at v9 before v5): a migration whose column is missing is
+applied anyway (before the ones above the stored version)."""
+
+
+def migrations_missed(migrations: dict[int, str], version: int,
+                      has_column: Callable[[str, str], bool]) -> list[tuple[int, str]]:
+    """The migrations at or below ``version`` that a database never got (see
+    :data:`MIGRATION_MARKERS`), in ascending order."""
+    return sorted((v, migrations[v]) for v, (table, column) in MIGRATION_MARKERS.items()
+                  if v <= version and v in migrations and not has_column(table, column))

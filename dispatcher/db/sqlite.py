@@ -26,23 +26,31 @@ from dispatcher.db.schema import (
     SQLITE_MIGRATIONS,
     SQLITE_SCHEMA,
     migrations_between,
+    migrations_missed,
 )
 from dispatcher.db.store import OLDEST_PENDING, Clock, Dialect, OnCommit, Store, Tx
 from dispatcher.runtime import offload
 
 log = logging.getLogger(__name__)
 
+# The partial indexes of the task lifecycle are named (INDEXED BY) where SQLite's planner, with
+# no statistics, would rather take tasks_status_id_idx (status, task_id) and walk every pending
+# (or running) task: the claim, the due timer and the dashboard's pending list stay O(log n);
+# so is the pending-cap count of one client (tasks_owner_pending_idx), which would otherwise walk
+# every client's pending tasks.
 QUERIES: dict[str, str] = {
     # -- moves (dispatcher/db/moves.py): the only statements that change a task's status --
     "move_claim": """
         UPDATE tasks
            SET status = 'in-progress', attempt = attempt + 1, worker_id = :worker_id,
                worker_instance = :instance_id, lease_expires_at = :lease_expires_at,
-               claimed_at = :now, started_at = COALESCE(started_at, :now)
-         WHERE task_id IN (SELECT task_id FROM tasks WHERE status = 'pending'
+               claimed_at = :now, started_at = COALESCE(started_at, :now),
+               timeout_at = :now + timeout_seconds
+         WHERE task_id IN (SELECT task_id FROM tasks INDEXED BY tasks_ready_idx
+                            WHERE status = 'pending' AND run_after IS NULL
                            ORDER BY priority DESC, task_id LIMIT :limit)
-        RETURNING task_id, task_type, params, attempt, lease_expires_at, requeued_at,
-                  requeue_cause""",
+        RETURNING task_id, task_type, params, attempt, lease_expires_at, timeout_seconds,
+                  requeued_at, requeue_cause""",
     "move_complete": """
         UPDATE tasks SET status = 'completed', progress = 1.0, lease_expires_at = NULL,
                finished_at = :now
@@ -58,7 +66,11 @@ QUERIES: dict[str, str] = {
         RETURNING task_id""",
     "move_requeue": """
         UPDATE tasks SET status = 'pending', lease_expires_at = NULL, requeued_at = :now,
-               requeue_cause = :cause
+               requeue_cause = :cause,
+               crash_streak = CASE WHEN :crash = 0 THEN crash_streak
+                   WHEN crash_progress IS NOT NULL AND progress <= crash_progress
+                   THEN crash_streak + 1 ELSE 1 END,
+               crash_progress = CASE WHEN :crash = 0 THEN crash_progress ELSE progress END
          WHERE task_id = :task_id AND status = 'in-progress' AND attempt = :attempt
         RETURNING task_id, task_type, progress""",
     "move_give_up": """
@@ -70,25 +82,96 @@ QUERIES: dict[str, str] = {
     "move_cancel": """
         UPDATE tasks SET status = 'cancelled', lease_expires_at = NULL, finished_at = :now
          WHERE task_id = :task_id AND status IN ('pending', 'in-progress') RETURNING task_id""",
+    "move_retry": """
+        UPDATE tasks SET status = 'pending', lease_expires_at = NULL, error = :error,
+               retries = retries + 1, run_after = :run_after, requeued_at = :run_after,
+               requeue_cause = :cause
+         WHERE task_id = :task_id AND status = 'in-progress' AND attempt = :attempt
+           AND worker_id = :worker_id AND retries < max_retries AND attempt < max_attempts
+        RETURNING task_id, task_type, retries, progress""",
+    "move_quarantine": """
+        UPDATE tasks SET status = 'failed', error = :error, lease_expires_at = NULL,
+               finished_at = :now, crash_streak = crash_streak + 1
+         WHERE task_id = :task_id AND status = 'in-progress' AND attempt = :attempt
+           AND crash_progress IS NOT NULL AND progress <= crash_progress
+           AND crash_streak + 1 >= :limit
+        RETURNING task_id, task_type, progress""",
+    "move_time_out": """
+        UPDATE tasks SET status = 'failed', error = :error, lease_expires_at = NULL,
+               finished_at = :now
+         WHERE task_id = :task_id AND status = 'in-progress' AND attempt = :attempt
+        RETURNING task_id, task_type, progress""",
+    "move_rerun": """
+        UPDATE tasks SET status = 'pending', error = NULL, finished_at = NULL, run_after = NULL,
+               worker_id = NULL, worker_instance = NULL, lease_expires_at = NULL,
+               retries = 0, crash_streak = 0, crash_progress = NULL, requeued_at = :now,
+               requeue_cause = :cause,
+               max_attempts = attempt + :max_attempts,
+               progress = COALESCE((SELECT c.progress FROM checkpoints c
+                                     WHERE c.task_id = tasks.task_id), 0)
+         WHERE task_id = :task_id AND status IN ('failed', 'cancelled')
+        RETURNING task_id, task_type, progress""",
     # -- tasks --
     "insert_task": """
         INSERT INTO tasks (task_type, params, priority, max_attempts, idempotency_key, created_at,
-                           owner, request_hash, group_id)
-        VALUES (:task_type, :params, :priority, :max_attempts, :idempotency_key, :now, :owner,
+                           max_retries, retry_backoff, timeout_seconds, run_after, owner,
+                           request_hash, group_id)
+        VALUES (:task_type, :params, :priority, :max_attempts, :idempotency_key, :now,
+                :max_retries, :retry_backoff, :timeout_seconds, :run_after, :owner,
                 :request_hash, :group_id)
         ON CONFLICT (idempotency_key) DO NOTHING
         RETURNING task_id""",
     "insert_tasks": """
         INSERT INTO tasks (task_type, params, priority, max_attempts, idempotency_key, created_at,
-                           owner, request_hash, group_id)
-        VALUES (:task_type, :params, :priority, :max_attempts, :idempotency_key, :now, :owner,
+                           max_retries, retry_backoff, timeout_seconds, run_after, owner,
+                           request_hash, group_id)
+        VALUES (:task_type, :params, :priority, :max_attempts, :idempotency_key, :now,
+                :max_retries, :retry_backoff, :timeout_seconds, :run_after, :owner,
                 :request_hash, :group_id)""",
+    "due_promote": """
+        UPDATE tasks INDEXED BY tasks_due_idx SET run_after = NULL
+         WHERE status = 'pending' AND run_after IS NOT NULL AND run_after <= :now
+        RETURNING task_id""",
+    "due_next": """
+        SELECT MIN(run_after) AS at FROM tasks INDEXED BY tasks_due_idx
+         WHERE status = 'pending' AND run_after IS NOT NULL""",
+    "timed_out": """
+        SELECT task_id, attempt, worker_id, timeout_seconds
+          FROM tasks INDEXED BY tasks_timeout_idx
+         WHERE status = 'in-progress' AND timeout_at IS NOT NULL AND timeout_at < :now""",
+    "attempt_put": """
+        INSERT INTO task_attempts (task_id, attempt, worker_id, kind, error, at)
+        VALUES (:task_id, :attempt, :worker_id, :kind, :error, :now)
+        ON CONFLICT (task_id, attempt) DO NOTHING""",
+    "attempts_of": """
+        SELECT attempt, worker_id, kind, error, at FROM task_attempts
+         WHERE task_id = :task_id ORDER BY attempt""",
+    # -- schedules --
+    "schedule_insert": """
+        INSERT INTO schedules (task_type, params, priority, max_attempts, max_retries,
+                               retry_backoff, timeout_seconds, every_seconds, cron, next_run_at,
+                               created_at)
+        VALUES (:task_type, :params, :priority, :max_attempts, :max_retries, :retry_backoff,
+                :timeout_seconds, :every_seconds, :cron, :next_run_at, :now)
+        RETURNING schedule_id""",
+    "schedule_get": "SELECT * FROM schedules WHERE schedule_id = :schedule_id",
+    "schedule_list": "SELECT * FROM schedules ORDER BY schedule_id",
+    "schedule_delete": """
+        DELETE FROM schedules WHERE schedule_id = :schedule_id RETURNING schedule_id""",
+    "schedules_due": """
+        SELECT * FROM schedules WHERE next_run_at <= :now ORDER BY next_run_at LIMIT 100""",
+    "schedule_advance": """
+        UPDATE schedules SET next_run_at = :next, last_run_at = :due, last_task_id = :task_id,
+               runs = runs + 1
+         WHERE schedule_id = :schedule_id AND next_run_at = :due
+        RETURNING schedule_id""",
+    "schedule_next": "SELECT MIN(next_run_at) AS at FROM schedules",
     "last_insert_id": "SELECT last_insert_rowid() AS id",
     "task_by_key": """
         SELECT task_id, status, request_hash FROM tasks WHERE idempotency_key = :key""",
     "owner_pending": """
-        SELECT COUNT(*) AS n FROM (SELECT 1 FROM tasks WHERE owner = :owner
-                                    AND status = 'pending' LIMIT :cap)""",
+        SELECT COUNT(*) AS n FROM (SELECT 1 FROM tasks INDEXED BY tasks_owner_pending_idx
+                                    WHERE owner = :owner AND status = 'pending' LIMIT :cap)""",
     # -- credentials --
     "token_put": """
         INSERT INTO tokens (token_id, secret_hash, role, worker_id, created_at)
@@ -167,6 +250,8 @@ QUERIES: dict[str, str] = {
         DELETE FROM task_results WHERE task_id IN (SELECT value FROM json_each(:ids))""",
     "purge_checkpoints": """
         DELETE FROM checkpoints WHERE task_id IN (SELECT value FROM json_each(:ids))""",
+    "purge_attempts": """
+        DELETE FROM task_attempts WHERE task_id IN (SELECT value FROM json_each(:ids))""",
     "purge_tasks": "DELETE FROM tasks WHERE task_id IN (SELECT value FROM json_each(:ids))",
     "purge_groups": """
         DELETE FROM task_groups WHERE group_id IN (SELECT value FROM json_each(:ids))
@@ -174,7 +259,8 @@ QUERIES: dict[str, str] = {
     "task_lease": """
         SELECT status, attempt, worker_id, task_type FROM tasks WHERE task_id = :task_id""",
     "task_leases": """
-        SELECT task_id, status, attempt, worker_id, task_type, error, claimed_at FROM tasks
+        SELECT task_id, status, attempt, worker_id, task_type, error, claimed_at, retries,
+               max_retries, retry_backoff, max_attempts FROM tasks
          WHERE task_id IN (SELECT value FROM json_each(:ids))""",
     "renew_lease": """
         UPDATE tasks SET progress = :progress, lease_expires_at = :lease_expires_at
@@ -190,7 +276,8 @@ QUERIES: dict[str, str] = {
         SELECT task_id, attempt FROM tasks
          WHERE status = 'in-progress' AND worker_id = :worker_id""",
     "leased_to_instance": """
-        SELECT task_id, task_type, params, attempt, lease_expires_at, claimed_at FROM tasks
+        SELECT task_id, task_type, params, attempt, lease_expires_at, claimed_at,
+               timeout_seconds FROM tasks
          WHERE status = 'in-progress' AND worker_id = :worker_id
            AND worker_instance = :instance_id""",
     "held_by_other_instance": """
@@ -199,7 +286,7 @@ QUERIES: dict[str, str] = {
            AND worker_instance IS NOT :instance_id""",
     "in_progress_all": """
         SELECT task_id, worker_id, attempt FROM tasks WHERE status = 'in-progress'""",
-    "oldest_pending": OLDEST_PENDING,
+    "oldest_pending": OLDEST_PENDING.format(ready="tasks INDEXED BY tasks_ready_idx"),
     "finished_since": """
         SELECT COUNT(*) AS n FROM tasks WHERE finished_at >= :since AND status = 'completed'""",
     # -- checkpoints and results --
@@ -231,9 +318,10 @@ QUERIES: dict[str, str] = {
          WHERE w.worker_id = :worker_id""",
     "worker_idle": """
         SELECT w.instance_id, w.status,
-               EXISTS (SELECT 1 FROM tasks WHERE status = 'pending') AS pending,
-               (SELECT COUNT(*) FROM tasks t WHERE t.status = 'in-progress'
-                   AND t.worker_id = w.worker_id
+               EXISTS (SELECT 1 FROM tasks INDEXED BY tasks_ready_idx
+                        WHERE status = 'pending' AND run_after IS NULL) AS pending,
+               (SELECT COUNT(*) FROM tasks t INDEXED BY tasks_held_idx
+                 WHERE t.status = 'in-progress' AND t.worker_id = w.worker_id
                    AND t.worker_instance = w.instance_id) AS leased
           FROM workers w WHERE w.worker_id = :worker_id""",
     "worker_upsert": """
@@ -289,8 +377,14 @@ QUERIES: dict[str, str] = {
         SELECT worker_id, COUNT(*) AS n FROM tasks INDEXED BY tasks_held_idx
          WHERE status = 'in-progress' GROUP BY worker_id""",
     "dash_pending": """
-        SELECT task_id, task_type, priority, attempt, progress, created_at FROM tasks
-         WHERE status = 'pending' ORDER BY priority DESC, task_id LIMIT :limit""",
+        SELECT task_id, task_type, priority, attempt, progress, created_at
+          FROM tasks INDEXED BY tasks_ready_idx
+         WHERE status = 'pending' AND run_after IS NULL
+         ORDER BY priority DESC, task_id LIMIT :limit""",
+    "dash_delayed": """
+        SELECT COUNT(*) AS n FROM (SELECT 1 FROM tasks INDEXED BY tasks_due_idx
+                                    WHERE status = 'pending' AND run_after IS NOT NULL
+                                    LIMIT :limit) delayed""",
     "dash_recent": """
         SELECT task_id, task_type, status, worker_id, attempt, progress, finished_at, error
           FROM tasks WHERE finished_at IS NOT NULL ORDER BY finished_at DESC LIMIT :limit""",
@@ -301,6 +395,7 @@ QUERIES: dict[str, str] = {
         SELECT * FROM workers ORDER BY status = 'alive' DESC, worker_id LIMIT :limit""",
     "dash_worker_counts": "SELECT status, COUNT(*) AS n FROM workers GROUP BY status",
     "schema_version_get": "SELECT value FROM schema_info WHERE key = 'version'",
+    "column_exists": "SELECT 1 AS found FROM pragma_table_info(:table) WHERE name = :column",
     "schema_version_put": """
         INSERT INTO schema_info (key, value) VALUES ('version', :version)
         ON CONFLICT (key) DO UPDATE SET value = excluded.value""",
@@ -470,7 +565,9 @@ class SQLiteStore(Store):
             if version > SCHEMA_VERSION:
                 raise StoreError(f"database schema version {version} is newer than this code "
                                  f"({SCHEMA_VERSION}); upgrade the dispatcher")
-            for target, script in migrations_between(SQLITE_MIGRATIONS, version):
+            missed = migrations_missed(SQLITE_MIGRATIONS, version, lambda table, column: tx.one(
+                "column_exists", {"table": table, "column": column}) is not None)
+            for target, script in missed + migrations_between(SQLITE_MIGRATIONS, version):
                 tx.run_script(script)
                 log.info("database migrated to schema version %s", target)
             tx.run("schema_version_put", {"version": str(SCHEMA_VERSION)})

@@ -10,8 +10,10 @@ or a fake one that tests inject. Status changes go through :func:`dispatcher.db.
 from __future__ import annotations
 
 import abc
+import dataclasses
 import json
 import logging
+import random
 import threading
 from collections.abc import Callable, Mapping, Sequence
 from contextlib import AbstractContextManager
@@ -22,6 +24,7 @@ from dispatcher.db.errors import IdempotencyConflict, NotFound, QuotaExceeded, S
 from dispatcher.db.moves import Move, move, move_after_read
 from dispatcher.models import (
     FINISHED,
+    AttemptKind,
     RECLAIM_WORDS,
     Checkpoint,
     Event,
@@ -56,18 +59,19 @@ OnCommit = Callable[[], None] | None
 
 OLDEST_PENDING = """
     WITH RECURSIVE levels(priority) AS (
-        SELECT MAX(priority) FROM tasks WHERE status = 'pending'
+        SELECT MAX(priority) FROM {ready} WHERE status = 'pending' AND run_after IS NULL
         UNION ALL
-        SELECT (SELECT MAX(priority) FROM tasks
-                 WHERE status = 'pending' AND priority < levels.priority)
+        SELECT (SELECT MAX(priority) FROM {ready}
+                 WHERE status = 'pending' AND run_after IS NULL AND priority < levels.priority)
           FROM levels WHERE levels.priority IS NOT NULL)
-    SELECT MIN((SELECT created_at FROM tasks WHERE status = 'pending'
+    SELECT MIN((SELECT created_at FROM {ready} WHERE status = 'pending' AND run_after IS NULL
                    AND priority = levels.priority ORDER BY task_id LIMIT 1)) AS created_at
       FROM levels WHERE levels.priority IS NOT NULL"""
-"""When the oldest pending task was submitted (the same SQL on both backends): the first task
-of each priority in the pending index, a skip scan with one index probe per distinct priority,
-never a scan of the tasks table. Ids grow with submission time, so the first id of a priority
-is its oldest task."""
+"""When the oldest claimable pending task was submitted (the same SQL on both backends, with
+``{ready}`` the tasks table, named with its index on SQLite): the first task of each priority
+in the claim's index (tasks_ready_idx), a skip scan with one index probe per distinct
+priority, never a scan of the tasks table. Ids grow with submission time, so the first id of
+a priority is its oldest task. A delayed task (run_after set) is not waiting yet: not counted."""
 
 
 @dataclass(frozen=True)
@@ -90,6 +94,12 @@ class Tx:
 
     def __init__(self, cursor: Any, dialect: Dialect, now: float) -> None:
         self.cursor, self._dialect, self.now = cursor, dialect, now
+        self.due_at: float | None = None
+        """The earliest ``run_after`` this transaction set (the due timer is told at commit)."""
+
+    def delay_until(self, at: float) -> None:
+        """Note that a task this transaction wrote becomes claimable at ``at``."""
+        self.due_at = at if self.due_at is None else min(self.due_at, at)
 
     def one(self, name: str, params: Mapping[str, Any] | None = None) -> Row | None:
         """The first row of a named query, or None."""
@@ -173,15 +183,27 @@ class Channel:
 
     TASKS = "taskqueue_tasks"  # tasks became claimable; payload: how many
     FINISHED = "taskqueue_finished"  # tasks finished
+    DUE = "taskqueue_due"  # a task becomes claimable later; payload: when (epoch seconds)
 
 
 class Store(abc.ABC):
     """The task store. Subclasses provide connections, transactions, the dialect and the clock."""
 
     DIALECT: Dialect
+    MAX_RETRY_DELAY = 3600.0
+    """The longest backoff between two retries of an error, however many came before."""
 
     def __init__(self) -> None:
         self._beats = Beats()
+        self.crash_loop_limit = 3
+        """A task that killed this many workers in a row at the same checkpoint fails."""
+        self.on_due: Callable[[float], None] | None = None
+        """Told, after the commit, when a write made a task claimable only later."""
+
+    def _after_write(self, tx: Tx) -> None:
+        """After a commit: tell this dispatcher's due timer about delayed tasks it wrote."""
+        if tx.due_at is not None and self.on_due is not None:
+            self.on_due(tx.due_at)
 
     # -- what a backend provides --------------------------------------------------------------
 
@@ -225,7 +247,8 @@ class Store(abc.ABC):
     def _compact(self, tx: Tx) -> None:
         """Fold bookkeeping rows together (a sweep's housekeeping); nothing by default."""
 
-    def listen(self, on_tasks: Callable[[int], None], on_finished: Callable[[], None]) -> None:
+    def listen(self, on_tasks: Callable[[int], None], on_finished: Callable[[], None],
+               on_due: Callable[[float], None] | None = None) -> None:
         """Deliver other dispatchers' wake-up hints to these callbacks (until :meth:`close`)."""
 
     # -- submission ---------------------------------------------------------------------------
@@ -247,8 +270,23 @@ class Store(abc.ABC):
                 created = [(task_id, True) for task_id in self._insert_tasks(tx, rows)]
             else:
                 created = [_insert_keyed(tx, row) for row in rows]
-            self._notify(tx, Channel.TASKS, sum(1 for _, new in created if new))
+            ready = sum(1 for (_, new), row in zip(created, rows)
+                        if new and row["run_after"] is None)
+            self._notify(tx, Channel.TASKS, ready)
+            for (_, new), row in zip(created, rows):
+                if new and row["run_after"] is not None:
+                    tx.delay_until(row["run_after"])
+            self._announce_due(tx)
+        self._after_write(tx)
         return created
+
+    def _announce_due(self, tx: Tx) -> None:
+        """Tell other dispatchers' due timers when this transaction's delayed tasks come due."""
+        if tx.due_at is not None:
+            self._notify_due(tx, tx.due_at)
+
+    def _notify_due(self, tx: Tx, at: float) -> None:
+        """Send the DUE hint (PostgreSQL); nothing with one dispatcher."""
 
     def submit_group(self, task_type: str, params: dict[str, Any], parts: Sequence[NewTask],
                      key: str | None = None, on_commit: OnCommit = None,
@@ -474,6 +512,8 @@ class Store(abc.ABC):
             if completed:
                 tx.run("worker_completed", {"worker_id": worker_id, "completed": completed,
                                             "now": tx.now})
+            self._announce_due(tx)
+        self._after_write(tx)
         return outcomes
 
     def cancel(self, task_id: int) -> Task:
@@ -495,6 +535,112 @@ class Store(abc.ABC):
             self._notify(tx, Channel.FINISHED)
         return self.get_task(task_id)
 
+    def retry(self, task_id: int, max_attempts: int, on_commit: OnCommit = None) -> Task:
+        """Put a failed or cancelled task back in the queue, claimable at once.
+
+        It gets ``max_attempts`` more attempts and its retries and crash streak start again;
+        its attempt numbers go on (so reports of earlier attempts stay stale) and so does its
+        ``attempts`` history. Raise StaleLease (code ``not_retryable``) for any other status.
+        """
+        with self._write(on_commit=on_commit) as tx:
+            row = tx.one("task_lease", {"task_id": task_id})
+            if row is None:
+                raise NotFound(f"task {task_id} does not exist")
+            moved = move(tx, Move.RERUN, {"task_id": task_id, "max_attempts": max_attempts,
+                                          "now": tx.now, "cause": REQUEUE_MANUAL_RETRY})
+            if not moved:
+                raise StaleLease(f"task {task_id} is {row['status']}: only a failed or "
+                                 "cancelled task can be retried", code="not_retryable")
+            tx.run("counter_add", {"name": "manual_retries", "value": 1})
+            _add_events(tx, [_event(
+                EventKind.RETRIED.value, task_id, None, row["attempt"], TaskStatus.PENDING.value,
+                moved[0]["progress"], f"put back in the queue by a user after it was "
+                f"{row['status']}, with {max_attempts} more attempts")])
+            self._notify(tx, Channel.TASKS)
+        return self.get_task(task_id)
+
+    # -- delayed tasks and schedules ----------------------------------------------------------
+
+    def promote_due(self) -> int:
+        """Make every delayed task whose ``run_after`` has come claimable; how many.
+
+        Judged by the store's clock (the database's with PostgreSQL), in one statement over
+        ``tasks_due_idx``; other dispatchers are told (NOTIFY) so their long polls wake too.
+        """
+        with self._write(durable=False) as tx:
+            count = len(tx.all("due_promote", {"now": tx.now}))
+            self._notify(tx, Channel.TASKS, count)
+        return count
+
+    def due_times(self) -> tuple[float | None, float | None, float]:
+        """(earliest ``run_after`` of a delayed task, earliest schedule, now): one read."""
+        with self._read() as tx:
+            task, schedule = tx.one("due_next"), tx.one("schedule_next")
+        return (task["at"] if task is not None else None,
+                schedule["at"] if schedule is not None else None, tx.now)
+
+    def next_due(self) -> float | None:
+        """The earliest time a delayed task comes due or a schedule fires, or None."""
+        times = [at for at in self.due_times()[:2] if at is not None]
+        return min(times) if times else None
+
+    def fire_schedules(self, next_run: Callable[[Row, float], float]) -> list[int]:
+        """Submit one task for every schedule that is due; the ids of the tasks created.
+
+        Each schedule is advanced to ``next_run(row, now)`` in the same transaction that
+        inserts its task, by a conditional update (the row must still show the time it was
+        read with), and the task's idempotency key names the schedule and the period: a
+        period fires once however many dispatchers share the database (PostgreSQL: a due
+        schedule is locked by one of them, the others skip it).
+        """
+        created: list[int] = []
+        with self._write() as tx:
+            for row in tx.all("schedules_due", {"now": tx.now}):
+                due = row["next_run_at"]
+                task = NewTask(row["task_type"], json.loads(row["params"]), row["priority"],
+                               row["max_attempts"], f"schedule:{row['schedule_id']}:{due!r}",
+                               row["max_retries"], row["retry_backoff"], row["timeout_seconds"])
+                task_id, new = _insert_keyed(tx, _task_row(task, tx.now))
+                advanced = tx.one("schedule_advance", {
+                    "schedule_id": row["schedule_id"], "due": due, "task_id": task_id,
+                    "next": next_run(row, tx.now)})
+                if new and advanced is not None:
+                    created.append(task_id)
+            self._notify(tx, Channel.TASKS, len(created))
+        return created
+
+    def add_schedule(self, spec: Mapping[str, Any], first_run: Callable[[float], float]
+                     ) -> dict[str, Any]:
+        """Store a schedule (``spec``: the schedules columns); it first fires at
+        ``first_run(now)``. Its row as a dict."""
+        with self._write() as tx:
+            at = first_run(tx.now)
+            row = tx.one("schedule_insert", {**spec, "params": dumps(spec["params"]),
+                                             "next_run_at": at, "now": tx.now})
+            tx.delay_until(at)
+            self._announce_due(tx)
+        self._after_write(tx)
+        return self.get_schedule(row["schedule_id"])
+
+    def get_schedule(self, schedule_id: int) -> dict[str, Any]:
+        """One schedule's row as a dict; raise NotFound."""
+        with self._read() as tx:
+            row = tx.one("schedule_get", {"schedule_id": schedule_id})
+        if row is None:
+            raise NotFound(f"schedule {schedule_id} does not exist")
+        return _schedule_view(row)
+
+    def list_schedules(self) -> list[dict[str, Any]]:
+        """Every schedule, oldest first."""
+        with self._read() as tx:
+            return [_schedule_view(row) for row in tx.all("schedule_list")]
+
+    def delete_schedule(self, schedule_id: int) -> None:
+        """Stop a schedule (tasks it already submitted stay); raise NotFound."""
+        with self._write() as tx:
+            if tx.one("schedule_delete", {"schedule_id": schedule_id}) is None:
+                raise NotFound(f"schedule {schedule_id} does not exist")
+
     def cancel_group(self, group_id: int) -> Group:
         """Cancel every unfinished part of a split job (none left: nothing changes)."""
         with self._write() as tx:
@@ -514,9 +660,10 @@ class Store(abc.ABC):
     def purge_finished(self, ttl_seconds: float, batch: int) -> int:
         """Delete up to ``batch`` tasks finished more than ``ttl_seconds`` ago; how many.
 
-        One short transaction: the tasks with their results, checkpoints and idempotency keys,
-        oldest first. A part of a split job goes only with all its group's parts, once every
-        one of them finished before the cut-off; the group row goes with its last part.
+        One short transaction: the tasks with their results, checkpoints, failed-attempt
+        history and idempotency keys, oldest first. A part of a split job goes only with all
+        its group's parts, once every one of them finished before the cut-off; the group row
+        goes with its last part.
         Unfinished tasks are never touched, so claims never wait on a purge.
         """
         with self._write(durable=False) as tx:
@@ -525,6 +672,7 @@ class Store(abc.ABC):
                 ids = tx.id_list([row["task_id"] for row in rows])
                 tx.run("purge_results", {"ids": ids})
                 tx.run("purge_checkpoints", {"ids": ids})
+                tx.run("purge_attempts", {"ids": ids})  # its history (no foreign key)
                 tx.run("purge_tasks", {"ids": ids})
                 groups = sorted({row["group_id"] for row in rows if row["group_id"] is not None})
                 if groups:
@@ -556,6 +704,7 @@ class Store(abc.ABC):
             for row in tx.all("expired_leases", {"now": tx.now}):
                 reclaimed += self._requeue_all(tx, [row], row["worker_id"],
                                                ReclaimCause.EXPIRED_LEASE)
+            reclaimed += self._time_out(tx)
             self._compact(tx)
             tx.run("events_trim", {"keep": events_kept})
         return Swept(True, reclaimed, resumed_at)
@@ -579,6 +728,34 @@ class Store(abc.ABC):
         tx.run("cluster_put", {"name": "last_sweep_at", "value": tx.now})
         return resumed_at
 
+    def _time_out(self, tx: Tx) -> list[Reclaim]:
+        """Fail every attempt that has run past its ``timeout_seconds`` (not retried).
+
+        Its worker learns it from its next heartbeat or checkpoint (the lease is gone) and
+        stops the task there; a task that never checkpoints is killed by its worker.
+        """
+        ended: list[Reclaim] = []
+        events: list[dict[str, Any]] = []
+        for row in tx.all("timed_out", {"now": tx.now}):
+            error = f"timed out after {row['timeout_seconds']:g} s"
+            moved = move(tx, Move.TIME_OUT, {"task_id": row["task_id"],
+                                             "attempt": row["attempt"], "error": error,
+                                             "now": tx.now})
+            if moved:
+                _note_attempt(tx, row["task_id"], row["attempt"], row["worker_id"],
+                              AttemptKind.TIMEOUT, error)
+                ended.append(Reclaim(row["task_id"], row["worker_id"], row["attempt"],
+                                     ReclaimCause.TIMED_OUT, True, moved[0]["task_type"]))
+                events.append(_event(
+                    EventKind.TIMED_OUT.value, row["task_id"], row["worker_id"], row["attempt"],
+                    TaskStatus.FAILED.value, moved[0]["progress"],
+                    f"{error} (timeout_seconds); failed, not retried"))
+        _add_events(tx, events)
+        if ended:
+            tx.run("counter_add", {"name": ReclaimCause.TIMED_OUT.value, "value": len(ended)})
+            self._notify(tx, Channel.FINISHED)
+        return ended
+
     def _reap_dead(self, tx: Tx, silent_since: float) -> list[Reclaim]:
         reclaimed: list[Reclaim] = []
         for row in tx.all("workers_silent", {"silent_since": silent_since}):
@@ -597,9 +774,12 @@ class Store(abc.ABC):
         """The task's view; raise NotFound."""
         with self._read() as tx:
             row = tx.one("task_view", {"task_id": task_id})
+            history = tx.all("attempts_of", {"task_id": task_id}) if row is not None else []
         if row is None:
             raise NotFound(f"task {task_id} does not exist")
-        return Task.from_row(row)
+        attempts = tuple({"attempt": h["attempt"], "worker_id": h["worker_id"], "kind": h["kind"],
+                          "error": h["error"], "at": h["at"]} for h in history)
+        return dataclasses.replace(Task.from_row(row), attempts=attempts)
 
     def list_tasks(self, query: TaskQuery) -> TaskPage:
         """One page of tasks, newest first, filtered; every query walks one index.
@@ -704,8 +884,10 @@ class Store(abc.ABC):
 
         Counts per status (kept by triggers), workers (at most ``worker_rows``, live ones
         first) with their lease counts, the in-progress, next pending and last finished tasks
-        (at most ``rows`` each, by index), tasks finished since ``since`` per bucket of
-        ``bucket_seconds`` (by the finished-time index), counters and the newest events.
+        (at most ``rows`` each, by index; the pending ones are those claimable now), the
+        delayed tasks (pending until their ``run_after``; counted up to ``DELAYED_COUNTED``),
+        tasks finished since ``since`` per bucket of ``bucket_seconds`` (by the finished-time
+        index), counters and the newest events.
         """
         limit = {"limit": rows}
         with self._read() as tx:
@@ -723,6 +905,7 @@ class Store(abc.ABC):
                 buckets=[dict(row) for row in tx.all(
                     "dash_buckets", {"since": since, "bucket": bucket_seconds})],
                 counters={row["name"]: int(row["value"]) for row in tx.all("counters_all")},
+                delayed=int(tx.one("dash_delayed", {"limit": DELAYED_COUNTED})["n"]),
                 events=[Event.from_row(row) for row in tx.all(
                     "events_latest", {"task_id": None, "limit": rows})])
         return found
@@ -770,9 +953,16 @@ class Store(abc.ABC):
         completed = self._store_results(tx, worker_id, plan.results,
                                         {row["task_id"] for row in moved_rows}, outcomes)
         for report in plan.errors:
-            outcomes[id(report)] = _fail(tx, worker_id, report)
+            if _retry(tx, worker_id, report, plan.rows[report.task_id], self.MAX_RETRY_DELAY):
+                plan.retried.add(report.task_id)
+                outcomes[id(report)] = OutcomeKind.ACCEPTED
+            else:
+                outcomes[id(report)] = _fail(tx, worker_id, report)
+        if plan.retried:
+            tx.run("counter_add", {"name": "retries", "value": len(plan.retried)})
         moved = [r.task_id for r in plan.results + plan.errors
-                 if outcomes[id(r)] in (OutcomeKind.ACCEPTED, OutcomeKind.REFUSED)]
+                 if outcomes[id(r)] in (OutcomeKind.ACCEPTED, OutcomeKind.REFUSED)
+                 and r.task_id not in plan.retried]
         if moved:
             tx.run("checkpoints_drop", {"ids": tx.id_list(moved)})
             self._notify(tx, Channel.FINISHED)
@@ -799,20 +989,36 @@ class Store(abc.ABC):
         ``counts`` says whether the attempt counts as used: if so, a task that has used its
         last attempt is failed instead (given up), with the cause in its error.
         """
-        reclaimed, events = [], []
+        reclaimed, events, loops = [], [], 0
+        crash = counts and cause.crash
+        limit = self.crash_loop_limit
         for row in held:
             params = {"task_id": row["task_id"], "attempt": row["attempt"], "now": tx.now,
                       "cause": cause.value,
-                      "error": f"gave up after {row['attempt']} attempts (last: {cause.value})"}
-            moved = move(tx, Move.GIVE_UP, params) if counts else []
+                      "error": f"gave up after {row['attempt']} attempts (last: {cause.value})",
+                      "crash": 1 if crash else 0}
+            # A crash loop: K workers killed in a row without the checkpoint advancing.
+            looped = move(tx, Move.QUARANTINE, {
+                **params, "limit": limit,
+                "error": f"crash loop: killed {limit} workers at the same checkpoint"}
+            ) if crash else []
+            moved = looped or (move(tx, Move.GIVE_UP, params) if counts else [])
             given_up = bool(moved)
             moved = moved or move(tx, Move.REQUEUE, params)
             if moved:
                 reclaimed.append(Reclaim(row["task_id"], worker_id, row["attempt"], cause,
                                          given_up, moved[0]["task_type"]))
-                if cause is not ReclaimCause.RETURNED:  # prefetch bookkeeping, not news
+                loops += bool(looped)
+                if crash:
+                    _note_attempt(tx, row["task_id"], row["attempt"], worker_id,
+                                  AttemptKind.CRASH, f"crash: {cause.value}")
+                if looped:
+                    events.append(_crash_loop_event(reclaimed[-1], moved[0]["progress"], limit))
+                elif cause is not ReclaimCause.RETURNED:  # prefetch bookkeeping, not news
                     events.append(_reclaim_event(reclaimed[-1], moved[0]["progress"]))
         _add_events(tx, events)
+        if loops:
+            tx.run("counter_add", {"name": "crash_loops", "value": loops})
         if reclaimed:
             tx.run("counter_add", {"name": cause.value, "value": len(reclaimed)})
             requeued = sum(1 for r in reclaimed if not r.failed)
@@ -847,6 +1053,14 @@ def _reclaim_event(reclaim: Reclaim, progress: float) -> dict[str, Any]:
                   status.value, progress, f"{words}; {after}")
 
 
+def _crash_loop_event(reclaim: Reclaim, progress: float, limit: int) -> dict[str, Any]:
+    words = RECLAIM_WORDS.get(reclaim.cause, reclaim.cause.value.replace("_", " "))
+    return _event(EventKind.CRASH_LOOP.value, reclaim.task_id, reclaim.worker_id,
+                  reclaim.attempt, TaskStatus.FAILED.value, progress,
+                  f"{words}; failed as a crash loop: {limit} workers in a row lost it "
+                  "without its checkpoint advancing")
+
+
 def _note_resumed(tx: Tx, worker_id: str, leases: Sequence[Lease], claimed: set[int]) -> None:
     """A timeline event for each newly claimed task that an earlier attempt had started."""
     events = []
@@ -862,12 +1076,74 @@ def _note_resumed(tx: Tx, worker_id: str, leases: Sequence[Lease], claimed: set[
 
 
 def _task_row(task: NewTask, now: float) -> dict[str, Any]:
+    run_after = task.run_at
+    if task.delay_seconds is not None:
+        run_after = now + task.delay_seconds
+    if run_after is not None and run_after <= now:
+        run_after = None  # due already: claimable at once
     return {"task_type": task.task_type, "params": dumps(task.params),
             "priority": task.priority, "max_attempts": task.max_attempts,
-            "idempotency_key": task.idempotency_key, "now": now, "owner": task.owner,
-            "request_hash": task.request_hash, "group_id": task.group_id}
+            "idempotency_key": task.idempotency_key, "now": now,
+            "max_retries": task.max_retries, "retry_backoff": task.retry_backoff,
+            "timeout_seconds": task.timeout_seconds, "run_after": run_after,
+            "owner": task.owner, "request_hash": task.request_hash, "group_id": task.group_id}
 
 
+def retry_delay(backoff: float, retries: int, cap: float,
+                rand: Callable[[], float] = random.random) -> float:
+    """Seconds before retry number ``retries + 1``: exponential with "equal jitter".
+
+    ``backoff * 2**retries``, capped, of which a random half is kept: retries of many tasks
+    that failed together (a dependency down) spread out instead of coming back at once.
+    """
+    full = min(cap, backoff * 2 ** min(retries, 60))
+    return full / 2 + rand() * full / 2
+
+
+def _retry(tx: Tx, worker_id: str, report: Report, row: Row, cap: float) -> bool:
+    """Requeue an errored attempt after a backoff, if it has retries (and attempts) left."""
+    if report.refused is not None or report.final:
+        return False
+    if row["retries"] >= row["max_retries"] or row["attempt"] >= row["max_attempts"]:
+        return False
+    run_after = tx.now + retry_delay(row["retry_backoff"], row["retries"], cap)
+    moved = move(tx, Move.RETRY, {"task_id": report.task_id, "attempt": report.attempt,
+                                  "worker_id": worker_id, "error": report.error,
+                                  "run_after": run_after, "cause": REQUEUE_RETRY})
+    if not moved:
+        return False
+    _note_attempt(tx, report.task_id, report.attempt, worker_id, AttemptKind.ERROR,
+                  report.error or "")
+    _add_events(tx, [_event(
+        EventKind.RETRY.value, report.task_id, worker_id, report.attempt,
+        TaskStatus.PENDING.value, moved[0]["progress"],
+        f"raised: {_clip(report.error or '')}; retry {moved[0]['retries']} of "
+        f"{row['max_retries']} in {run_after - tx.now:.1f} s")])
+    tx.delay_until(run_after)
+    return True
+
+
+def _clip(text: str, most: int = 200) -> str:
+    """The first line of ``text``, at most ``most`` characters (for an event's detail)."""
+    line = text.strip().splitlines()[0] if text.strip() else ""
+    return line if len(line) <= most else line[:most - 1] + "…"
+
+
+def _note_attempt(tx: Tx, task_id: int, attempt: int, worker_id: str | None,
+                  kind: AttemptKind, error: str) -> None:
+    """Add one failed attempt to the task's history (shown by ``GET /task/<id>``)."""
+    tx.run("attempt_put", {"task_id": task_id, "attempt": attempt, "worker_id": worker_id,
+                           "kind": kind.value, "error": error, "now": tx.now})
+
+
+def _schedule_view(row: Row) -> dict[str, Any]:
+    view = {key: row[key] for key in row.keys()}
+    view["params"] = json.loads(view["params"])
+    return view
+
+
+DELAYED_COUNTED = 10_000
+"""The dashboard counts delayed tasks up to this many (a bounded read of tasks_due_idx)."""
 NO_ID_ABOVE = 2**63 - 1
 FAR_PAST, FAR_FUTURE = -1e300, 1e300
 
@@ -1083,9 +1359,15 @@ def _leases(tx: Tx, rows: Sequence[Row], lease_seconds: float) -> list[Lease]:
                     params=json.loads(row["params"]), attempt=row["attempt"],
                     lease_expires_at=row["lease_expires_at"], lease_seconds=lease_seconds,
                     checkpoint=checkpoints.get(row["task_id"]),
-                    requeued=_requeued(row))
+                    timeout_seconds=row["timeout_seconds"], requeued=_requeued(row))
               for row in rows]
     return sorted(leases, key=lambda lease: lease.task_id)
+
+
+REQUEUE_RETRY, REQUEUE_MANUAL_RETRY = "retry", "manual_retry"
+"""``requeue_cause`` of a task back in the queue by an error retry (``requeued_at`` is then when
+its backoff ends: the reassignment time measures the wait once claimable, not the backoff) and
+by ``POST /task/<id>/retry``; the reclaims' causes are ReclaimCause values."""
 
 
 def _requeued(row: Row) -> tuple[float, str] | None:
@@ -1104,6 +1386,7 @@ class _Plan:
         self.results: list[Report] = []  # the holder's results, to complete
         self.errors: list[Report] = []  # the holder's errors and refused results, to fail
         self.repeats: list[Report] = []  # reports for finished tasks: duplicate or stale
+        self.retried: set[int] = set()  # tasks whose error is retried (pending again)
         self._first: dict[int, Report] = {}
 
     def add(self, report: Report) -> None:
@@ -1145,6 +1428,8 @@ class _Plan:
         if row is None:
             return None
         first = self._first[report.task_id]
+        if report.task_id in self.retried:
+            return TaskStatus.PENDING
         if outcomes.get(id(first)) in (OutcomeKind.ACCEPTED, OutcomeKind.REFUSED):
             failed = first.error is not None or first.refused is not None
             return TaskStatus.FAILED if failed else TaskStatus.COMPLETED
@@ -1158,6 +1443,8 @@ def _fail(tx: Tx, worker_id: str, report: Report) -> OutcomeKind:
                                  "error": report.refused or report.error})
     if not moved:
         return OutcomeKind.STALE
+    _note_attempt(tx, report.task_id, report.attempt, worker_id, AttemptKind.ERROR,
+                  report.refused or report.error or "")
     if report.refused is not None:
         log.warning("task %s attempt %s from worker %s: result refused (%s); task failed",
                     report.task_id, report.attempt, worker_id, report.refused,

@@ -210,6 +210,9 @@ function renderHeadline(state) {
   $("h-alive").textContent = fmtInt(h.workers_alive);
   $("h-dead").textContent = fmtInt(h.workers_dead);
   $("h-pending").textContent = fmtInt(h.pending);
+  const delayed = h.delayed || 0;  // pending, but waiting for a retry's backoff or run_at
+  $("h-delayed").hidden = delayed === 0;
+  $("h-delayed").textContent = ` (${fmtInt(delayed)}${delayed >= 10000 ? "+" : ""} delayed)`;
   $("h-running").textContent = fmtInt(h.running);
   $("h-rate").textContent = h.done_per_second.toFixed(h.done_per_second < 10 ? 1 : 0);
   $("h-total").textContent = fmtInt(state.tasks.total);
@@ -367,7 +370,8 @@ function renderChart(state) {
 const EVENT_CLASS = {
   worker_dead: "dead", dead_worker: "reclaim", expired_lease: "reclaim", lost_claim: "reclaim",
   worker_restarted: "reclaim", released_on_shutdown: "released", returned_unstarted: "released",
-  resumed: "resumed", cancelled: "cancelled",
+  resumed: "resumed", cancelled: "cancelled", retry: "released", retried: "resumed",
+  crash_loop: "dead", timed_out: "dead",
 };
 
 const EVENT_TITLE = {
@@ -375,6 +379,8 @@ const EVENT_TITLE = {
   expired_lease: "reclaimed: lease expired", lost_claim: "reclaimed: lost claim",
   worker_restarted: "reclaimed: worker restarted", released_on_shutdown: "released on shutdown",
   returned_unstarted: "returned unstarted", resumed: "resumed", cancelled: "cancelled",
+  retry: "error: retry later", retried: "retried by a user", crash_loop: "failed: crash loop",
+  timed_out: "failed: timed out",
 };
 
 function eventSentence(e) {
@@ -385,6 +391,12 @@ function eventSentence(e) {
     parts.push(`Task #${e.task_id} picked up by ${e.worker_id}`);
   } else if (e.kind === "cancelled") {
     parts.push(`Task #${e.task_id} cancelled`);
+  } else if (e.kind === "retry") {
+    parts.push(`Task #${e.task_id} raised on ${e.worker_id || "?"} (attempt ${e.attempt})`);
+  } else if (e.kind === "retried") {
+    parts.push(`Task #${e.task_id} put back in the queue`);
+  } else if (e.kind === "timed_out") {
+    parts.push(`Task #${e.task_id} timed out on ${e.worker_id || "?"} (attempt ${e.attempt})`);
   } else {
     parts.push(`Task #${e.task_id} taken from ${e.worker_id || "?"}`);
     if (e.attempt) parts.push(` (attempt ${e.attempt}, at ${pct(e.progress)})`);

@@ -176,17 +176,21 @@ def test_headline_chart_cancel_retry_and_the_token(
     expect(page.locator("#h-pending")).to_have_text("2", timeout=WAIT_MS)
     cancelled = page.locator(f'#recent tr[data-task="{ids[0]}"][data-status="cancelled"]')
     expect(cancelled).to_be_visible(timeout=WAIT_MS)
-    cancelled.locator('[data-action="retry"]').click()  # 404 until a retry endpoint exists
-    expect(page.locator("#flash")).to_contain_text(re.compile("no retry endpoint|queued again"),
+    with page.expect_request(lambda r: r.url.endswith(f"/task/{ids[0]}/retry")) as sent:
+        cancelled.locator('[data-action="retry"]').click()
+    assert sent.value.method == "POST"
+    expect(page.locator("#flash")).to_contain_text(f"Task #{ids[0]} is queued again.",
                                                    timeout=WAIT_MS)
+    expect(page.locator("#h-pending")).to_have_text("3", timeout=WAIT_MS)  # it is back
     expect(page.locator("#flash")).not_to_contain_text("undefined")
 
     cluster.start_worker("w1")
     cluster.submit_many([{"task_type": "noop", "params": {"i": i}} for i in range(20)])
     expect(page.locator("#h-alive")).to_have_text("1", timeout=WAIT_MS)
+    # The 3 sleeps (the retried one too) and the 20 noops.
     expect(page.locator('#status-legend li[data-status="completed"] .count')).to_have_text(
-        "22", timeout=WAIT_MS)
-    page.wait_for_function("document.querySelector('#chart').dataset.total >= 22",
+        "23", timeout=WAIT_MS)
+    page.wait_for_function("document.querySelector('#chart').dataset.total >= 23",
                            timeout=WAIT_MS)
     assert page.locator("#chart svg rect.completed").count() >= 1
     assert float(page.locator("#h-rate").inner_text()) > 0

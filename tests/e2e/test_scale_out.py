@@ -9,6 +9,7 @@ import threading
 import time
 from pathlib import Path
 
+import psycopg
 import pytest
 import requests
 
@@ -84,7 +85,10 @@ def test_a_dead_worker_is_detected_when_its_dispatcher_died_with_it(
     assert detected < 2.0 + 1.5, detected  # HEARTBEAT_TIMEOUT + a sweep, with slack for load
     assert stats(b)["reclaims"]["dead_worker"] == 1
     cluster.start_worker("w2", env={"DISPATCHER_URL": b})
-    view = requests.get(f"{b}/task/{task_id}", params={"wait": 30}, timeout=40).json()
+    # The rest of its 30 s (and w2's start) may take longer than one long poll under load.
+    view = wait_until(lambda: (v := requests.get(f"{b}/task/{task_id}", params={"wait": 10},
+                                                 timeout=20).json())["status"]
+                      in ("completed", "failed") and v, 90, message="the task finished on w2")
     assert view["status"] == "completed" and view["attempt"] == 2
     assert view["result"]["resumed_from_seconds"] > 0  # from the checkpoint, not from scratch
 
@@ -171,3 +175,54 @@ def test_scripts_run_two_dispatchers_on_one_database(
             if proc.poll() is None:
                 proc.send_signal(signal.SIGKILL)
                 proc.wait()
+
+
+def test_a_schedule_fires_once_per_period_with_two_dispatchers(
+    make_cluster: ClusterFactory,
+) -> None:
+    cluster = make_cluster()
+    b = cluster.add_dispatcher()
+    resp = cluster.post("/schedules", {"task_type": "noop", "params": {}, "every_seconds": 1})
+    assert resp.status_code == 201
+    schedule_id = resp.json()["schedule_id"]
+
+    def runs(url: str) -> int:
+        found = requests.get(f"{url}/schedules", timeout=10).json()["schedules"]
+        return found[0]["runs"]
+
+    wait_until(lambda: runs(b) >= 4, 30, message="4 periods")
+    cluster.kill_dispatcher()  # B alone keeps the schedule going
+    before = runs(b)
+    wait_until(lambda: runs(b) >= before + 2, 30, message="2 more periods through B")
+    assert requests.delete(f"{b}/schedules/{schedule_id}", timeout=10).status_code == 200
+    with psycopg.connect(cluster.database_url) as conn:
+        keys = [row[0] for row in conn.execute(
+            "SELECT idempotency_key FROM tasks WHERE idempotency_key LIKE %s",
+            (f"schedule:{schedule_id}:%",))]
+        [(total,)] = conn.execute("SELECT runs FROM schedules").fetchall() or [(None,)]
+    periods = sorted(float(key.rsplit(":", 1)[1]) for key in keys)
+    assert len(keys) == len(set(keys)) >= 6  # one task per period, none twice
+    # Periods a whole number of seconds apart: each fired once, on its own period (a period
+    # is skipped, never doubled, if no timer got to it in time).
+    steps = [later - earlier for earlier, later in zip(periods, periods[1:])]
+    assert all(step >= 1 and abs(step - round(step)) < 1e-6 for step in steps), periods
+    assert total is None  # deleted
+
+
+def test_a_delayed_task_submitted_through_a_wakes_a_long_poll_on_b_when_due(
+    make_cluster: ClusterFactory,
+) -> None:
+    cluster = make_cluster()
+    b = cluster.add_dispatcher()
+    answer: dict = {}
+    waiter = threading.Thread(target=lambda: answer.update(resp=requests.post(
+        f"{b}/get-task", json={"worker_id": "w1", "instance_id": "i", "wait": 25}, timeout=40)))
+    waiter.start()
+    wait_until(lambda: stats(b)["claims"]["waiting"] == 1, 10, message="B's poll waits")
+    task_id = cluster.submit("noop", {}, delay_seconds=1.5)
+    waiter.join(timeout=40)
+    assert answer["resp"].status_code == 200
+    assert answer["resp"].json()["task"]["task_id"] == task_id
+    view = cluster.task(task_id)
+    due = view["created_at"] + 1.5  # the database's clock, like claimed_at
+    assert due <= view["claimed_at"] < due + 1.0

@@ -263,11 +263,14 @@ def test_out_of_attempts_fails_the_task(
 
 
 def test_error_result_marks_failed(client: FlaskClient) -> None:
-    submit(client)
+    submit(client, {**PRIMES, "max_retries": 0})
     task = claim(client).json["task"]
     body = {"worker_id": "w1", "task_id": task["task_id"], "attempt": 1, "error": "boom"}
     assert client.post("/submit-result", json=body).json["status"] == "failed"
-    assert client.get(f"/task/{task['task_id']}").json["error"] == "boom"
+    view = client.get(f"/task/{task['task_id']}").json
+    assert view["error"] == "boom" and view["retries"] == 0
+    assert [(a["attempt"], a["kind"], a["error"]) for a in view["attempts"]] == [
+        (1, "error", "boom")]
 
 
 def test_idempotency_key_returns_same_task(client: FlaskClient) -> None:

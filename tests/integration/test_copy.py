@@ -24,7 +24,7 @@ def target() -> Iterator[str]:
 
 def a_busy_queue(path: Path) -> SQLiteStore:
     """A SQLite queue with tasks in every status, a result, a checkpoint, workers, counters,
-    events and a split job."""
+    events, a failed attempt, a schedule and a split job."""
     store = SQLiteStore(path, clock=FakeClock())
     ids = [task_id for task_id, _ in store.submit([NewTask("noop", {"i": i}, i % 3, 5,
                                                            owner="0123456789ab")
@@ -37,6 +37,10 @@ def a_busy_queue(path: Path) -> SQLiteStore:
     store.release("w1", leases[3].task_id, 1, None, None, cause=ReclaimCause.RELEASED)
     store.cancel(ids[-1])
     store.heartbeat("w2", "i2", [])
+    store.add_schedule({"task_type": "noop", "params": {"p": 1}, "priority": 0,
+                        "max_attempts": 5, "max_retries": 1, "retry_backoff": 1.0,
+                        "timeout_seconds": None, "every_seconds": 60.0, "cron": None},
+                       lambda now: now + 60)
     store.submit_group("noop", {}, [NewTask("noop", {"part": i}, 0, 5, owner="0123456789ab")
                                     for i in range(2)])
     return store
@@ -48,9 +52,12 @@ def test_a_sqlite_queue_moves_to_postgresql_whole(tmp_path: Path, target: str) -
     source.close()
     copied = copy_queue(f"sqlite:///{tmp_path / 'tasks.db'}", target)
     assert copied.rows == {"task_groups": 1, "tasks": 10, "task_results": 1, "checkpoints": 1,
-                           "workers": 2, "counters": 1, "tokens": 1, "events": 2}
+                           "workers": 2, "counters": 1, "task_attempts": 1, "schedules": 1,
+                           "tokens": 1, "events": 2}
     store = PostgresStore(target)
     assert {t.task_id: t for t in store.list_tasks(TaskQuery()).tasks} == expected
+    [schedule] = store.list_schedules()
+    assert schedule["params"] == {"p": 1} and schedule["every_seconds"] == 60.0
     assert store.token("0123456789ab")["role"] == "client"  # credentials move too
     assert len(store.list_tasks(TaskQuery(owner="0123456789ab")).tasks) == 10
     assert store.group_owner(1) == "0123456789ab"

@@ -133,7 +133,7 @@ def test_state_shows_workers_running_tasks_and_throughput(
     assert state.headers["Cache-Control"] == "no-store"
     state = state.json
     assert state["headline"] == {"workers_alive": 2, "workers_dead": 0, "workers_total": 2,
-                                 "pending": 1, "running": 1,
+                                 "pending": 1, "delayed": 0, "running": 1,
                                  "done_per_second": state["headline"]["done_per_second"]}
     assert state["headline"]["done_per_second"] > 0
     assert state["tasks"]["completed"] == 1 and state["tasks"]["total"] == 3

@@ -98,12 +98,23 @@ def test_progress_and_status_follow_the_parts(client: FlaskClient) -> None:
     assert client.get(f"/task/{first['task_id']}").json["group_id"] == answer["group_id"]
 
 
-def test_a_failed_part_fails_the_group_with_its_error(client: FlaskClient) -> None:
-    answer = submit_split(client, {"limit": 10_000}, 3)
+def test_a_failed_part_fails_the_group_with_its_error(
+        client: FlaskClient, dispatcher: Dispatcher) -> None:
+    answer = client.post("/submit-task", json={
+        "task_type": "primes", "params": {"limit": 10_000}, "split": 3, "max_retries": 1,
+        "retry_backoff": 0}).json
     leases = claim_all(client, "w1", 3)
     run_and_report(client, "w1", leases[0])
-    client.post("/submit-result", json={"worker_id": "w1", "task_id": leases[1]["task_id"],
-                                        "attempt": 1, "error": "ValueError: disk on fire"})
+    # A part's error is first retried (each part takes the job's max_retries): the job goes on.
+    error = {"worker_id": "w1", "task_id": leases[1]["task_id"], "attempt": 1,
+             "error": "ValueError: disk on fire"}
+    assert client.post("/submit-result", json=error).json["status"] == "pending"
+    assert client.get(f"/group/{answer['group_id']}").json["status"] == "running"
+    dispatcher.timer.tick()  # its backoff (0 s) is over
+    [again] = claim_all(client, "w2", 1)
+    assert again["task_id"] == leases[1]["task_id"]
+    # With no retry left, the error fails the part, and so the job.
+    client.post("/submit-result", json={**error, "worker_id": "w2", "attempt": again["attempt"]})
     view = client.get(f"/group/{answer['group_id']}").json
     assert view["status"] == "failed" and view["result"] is None
     assert f"part task {leases[1]['task_id']}" in view["error"]
@@ -115,6 +126,13 @@ def test_a_failed_part_fails_the_group_with_its_error(client: FlaskClient) -> No
         "result": unsplit(leases[2]["params"])})
     assert late.status_code == 409
     assert client.get(f"/group/{answer['group_id']}").json["status"] == "failed"
+    # Retrying the failed part runs it alone: its sibling stays cancelled, no result is made
+    # (a split job is run again by submitting it again).
+    retried = client.post(f"/task/{leases[1]['task_id']}/retry", json={})
+    assert retried.status_code == 200 and retried.json["group_id"] == answer["group_id"]
+    view = client.get(f"/group/{answer['group_id']}").json
+    assert [p["status"] for p in view["tasks"]] == ["completed", "pending", "cancelled"]
+    assert view["status"] == "cancelled" and view["result"] is None
 
 
 def test_a_part_out_of_attempts_fails_the_group_and_stops_the_others(
@@ -179,3 +197,18 @@ def test_bad_split_submissions_name_the_field(client: FlaskClient, body: dict[st
     assert resp.status_code == 400, resp.json
     assert resp.json["error"]["message"].startswith(f"{field}:"), resp.json
     assert client.get("/stats").json["tasks"]["total"] == 0
+
+
+def test_every_part_takes_the_jobs_lifecycle_options(
+        client: FlaskClient, dispatcher: Dispatcher, clock: FakeClock) -> None:
+    answer = client.post("/submit-task", json={
+        "task_type": "primes", "params": {"limit": 10_000}, "split": 2, "max_retries": 2,
+        "retry_backoff": 3, "timeout_seconds": 9, "delay_seconds": 30}).json
+    views = [client.get(f"/task/{task_id}").json for task_id in answer["task_ids"]]
+    assert [(v["group_id"], v["max_retries"], v["retry_backoff"], v["timeout_seconds"],
+             v["run_after"]) for v in views] == [
+        (answer["group_id"], 2, 3, 9, clock.now + 30)] * 2
+    assert claim_all(client, "w1", 2) == []  # the parts wait together
+    clock.advance(30)
+    dispatcher.timer.tick()
+    assert sorted(t["task_id"] for t in claim_all(client, "w1", 2)) == answer["task_ids"]

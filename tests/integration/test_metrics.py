@@ -45,7 +45,8 @@ def test_metrics_agree_with_stats(client: FlaskClient, dispatcher: Dispatcher,
     tasks = claim(client, "w1", max_tasks=3).json["tasks"]
     clock.advance(2.5)  # the attempt ran 2.5 s by the store's clock
     results = [{"task_id": t["task_id"], "attempt": 1, "result": {}} for t in tasks[:2]]
-    results.append({"task_id": tasks[2]["task_id"], "attempt": 1, "error": "Boom: x"})
+    results.append({"task_id": tasks[2]["task_id"], "attempt": 1, "error": "Boom: x",
+                    "retry": False})
     assert client.post("/submit-result", json={"worker_id": "w1", "results": results}
                        ).status_code == 200
     held = claim(client, "w2").json["task"]
@@ -86,6 +87,41 @@ def test_metrics_agree_with_stats(client: FlaskClient, dispatcher: Dispatcher,
     assert value(m, "taskqueue_http_request_duration_seconds_count", route="/get-task",
                  method="POST") == 3
     assert value(m, "taskqueue_database_up") == 1
+
+
+def test_lifecycle_failures_agree_with_stats(client: FlaskClient, dispatcher: Dispatcher,
+                                             clock: FakeClock) -> None:
+    """An error retried, a timed-out attempt and a manual retry: /metrics' failure counters
+    are /stats' ``failures``; a retried error is not a failed task, and its reassignment is
+    timed from the end of its backoff."""
+    retried = client.post("/submit-task", json={"task_type": "noop", "max_retries": 2,
+                                                "retry_backoff": 1}).json["task_id"]
+    timed = client.post("/submit-task", json={"task_type": "noop", "priority": -1,
+                                              "timeout_seconds": 1}).json["task_id"]
+    first = claim(client, "w1").json["task"]
+    assert first["task_id"] == retried
+    answer = client.post("/submit-result", json={"worker_id": "w1", "task_id": retried,
+                                                 "attempt": 1, "error": "flaky"}).json
+    assert answer["status"] == "pending" and not answer["duplicate"]
+    assert claim(client, "w2").json["task"]["task_id"] == timed
+    beat = {"worker_id": "w2", "instance_id": "i1", "tasks": []}
+    run_monitor(dispatcher, clock, 2.0, beat=lambda: client.post("/heartbeat", json=beat))
+    assert client.get(f"/task/{timed}").json["status"] == "failed"
+    assert client.post(f"/task/{timed}/retry", json={}).json["status"] == "pending"
+    again = claim(client, "w3").json["task"]
+    assert again["task_id"] in (retried, timed)
+
+    failures = client.get("/stats").json["failures"]
+    assert failures == {"retries": 1, "manual_retries": 1, "crash_loops": 0, "timed_out": 1}
+    m = scrape(client)
+    for kind, count in failures.items():
+        assert value(m, "taskqueue_task_failures_total", kind=kind) == count
+    assert ("taskqueue_reclaims_total", (("cause", "timed_out"),)) not in m
+    assert ("taskqueue_tasks_failed_total", (("reason", "error"), ("task_type", "noop"))) \
+        not in m  # the error was retried: no task failed of it
+    assert value(m, "taskqueue_tasks_failed_total", task_type="noop", reason="timed_out") == 1
+    cause = "retry" if again["task_id"] == retried else "manual_retry"
+    assert value(m, "taskqueue_reassignment_seconds_count", cause=cause) == 1
 
 
 def test_oldest_pending_age_follows_the_store_clock(client: FlaskClient,

@@ -32,7 +32,8 @@ def take(client: FlaskClient, most: int = 1, worker: str = "w1") -> list[dict[st
 
 def report(client: FlaskClient, lease: dict[str, Any], error: str | None = None,
            worker: str = "w1") -> None:
-    outcome = {"error": error} if error else {"result": {"ok": lease["task_id"]}}
+    # An error is final here (no retry after a backoff): the task is failed at once.
+    outcome = {"error": error, "retry": False} if error else {"result": {"ok": lease["task_id"]}}
     resp = client.post("/submit-result", json={"worker_id": worker, "task_id": lease["task_id"],
                                                "attempt": lease["attempt"], **outcome})
     assert resp.status_code == 200, resp.json
@@ -89,6 +90,8 @@ def test_only_finished_tasks_older_than_the_ttl_are_purged_in_batches(
     assert left == {still_running["task_id"]: "in-progress", waiting: "pending",
                     recent: "completed", cancelled_recent: "cancelled"}
     assert client.get(f"/task/{old[0]}").status_code == 404
+    with purging.store._read() as tx:  # the failed task's attempt history went with it
+        assert tx.all("attempts_of", {"task_id": leases[2]["task_id"]}) == []
     assert_stats_agree_with_rows(client, purging)
     assert client.get("/stats").json["monitor"]["purged"] == 2
     metrics = client.get("/metrics").get_data(as_text=True)
@@ -140,6 +143,17 @@ def test_a_groups_parts_stay_until_the_whole_group_is_old(
     assert purging.monitor.purge() == 2
     assert client.get(f"/group/{group['group_id']}").status_code == 404
     assert_stats_agree_with_rows(client, purging)
+
+
+def test_a_retried_task_is_unfinished_again_and_stays(
+        client: FlaskClient, purging: Dispatcher, clock: FakeClock) -> None:
+    task_id = submit(client)
+    report(client, take(client)[0], error="boom")
+    clock.advance(TTL + 1)
+    retried = client.post(f"/task/{task_id}/retry", json={}).json
+    assert retried["status"] == "pending" and retried["finished_at"] is None
+    assert purging.monitor.purge() == 0
+    assert [a["error"] for a in client.get(f"/task/{task_id}").json["attempts"]] == ["boom"]
 
 
 def test_a_ttl_of_zero_keeps_everything(client: FlaskClient, dispatcher: Dispatcher,

@@ -71,8 +71,8 @@ def calls(client: FlaskClient, tokens: Tokens) -> Caller:
 
     def call(name: str | None, method: str, path: str, body: Any = None, **kw: Any) -> Any:
         headers = {**tokens.auth(name), **kw.pop("headers", {})}
-        if method == "GET":
-            return client.get(path, headers=headers, **kw)
+        if method in ("GET", "DELETE"):
+            return client.open(path, method=method, headers=headers, **kw)
         return client.post(path, json=body if body is not None else {}, headers=headers, **kw)
 
     return call
@@ -111,6 +111,8 @@ ALLOWED = {  # endpoint -> callers that get past the credentials check
     "group": {"client", "admin"}, "group_cancel": {"client", "admin"},
     "page": set(CALLERS), "dashboard": set(CALLERS), "dashboard_static": set(CALLERS),
     "dashboard_state": {"admin"}, "events": {"admin"}, "checkpoint_view": {"admin"},
+    "retry": {"client", "admin"}, "schedule_add": {"admin"}, "schedules": {"admin"},
+    "schedule_delete": {"admin"},
 }
 SPLIT = {"task_type": "primes", "params": {"limit": 1000}, "split": 4}
 
@@ -142,6 +144,10 @@ def test_auth_matrix_over_every_endpoint(secured: tuple[FlaskClient, Tokens]) ->
         "dashboard_state": ("GET", "/dashboard/state", None),
         "events": ("GET", "/events", None),
         "checkpoint_view": ("GET", f"/task/{task_id}/checkpoint", None),
+        "retry": ("POST", f"/task/{task_id}/retry", None),
+        "schedule_add": ("POST", "/schedules", {**NOOP, "every_seconds": 3600}),
+        "schedules": ("GET", "/schedules", None),
+        "schedule_delete": ("DELETE", "/schedules/999999", None),
     }
     wrong = []
     for endpoint, (method, path, body) in requests.items():
@@ -236,6 +242,8 @@ def test_clients_see_and_cancel_only_their_own_tasks(
     assert [t["task_id"] for t in call("client", "GET", "/tasks").json["tasks"]] == [mine]
     assert {t["task_id"] for t in call("admin", "GET", "/tasks").json["tasks"]} == {mine, theirs}
     assert call("admin", "POST", f"/task/{theirs}/cancel").json["status"] == "cancelled"
+    assert call("client", "POST", f"/task/{theirs}/retry").status_code == 403
+    assert call("client_b", "POST", f"/task/{theirs}/retry").json["status"] == "pending"
 
 
 def test_clients_see_and_cancel_only_their_own_split_jobs(

@@ -59,7 +59,7 @@ def a_history(client: FlaskClient, clock: FakeClock) -> dict[str, Any]:
         client.post("/submit-result", json={"worker_id": "w1", "task_id": lease["task_id"],
                                             "attempt": 1, "result": {}})
     client.post("/submit-result", json={"worker_id": "w1", "task_id": leases[3]["task_id"],
-                                        "attempt": 1, "error": "boom"})
+                                        "attempt": 1, "error": "boom", "retry": False})
     client.post(f"/task/{ids[-1]}/cancel", json={})
     return {"ids": ids, "times": times}
 

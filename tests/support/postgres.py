@@ -17,7 +17,8 @@ import pytest
 ADMIN_URL = os.environ.get("TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 REQUIRED = os.environ.get("TASKQUEUE_REQUIRE_POSTGRES") == "1"
 TABLES = ("task_results", "checkpoints", "tasks", "task_groups", "workers", "counters",
-          "cluster", "status_counts", "status_deltas", "events", "tokens")
+          "cluster", "task_attempts", "schedules", "status_counts", "status_deltas", "events",
+          "tokens")
 
 
 def unavailable(reason: str) -> None:

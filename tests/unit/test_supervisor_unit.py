@@ -25,6 +25,7 @@ def test_exit_cause_names_the_signal_or_the_code() -> None:
     assert exit_cause(-signal.SIGKILL) == "killed by SIGKILL"
     assert exit_cause(1) == "exit code 1"
     assert exit_cause(-200) == "killed by signal 200"
+    assert exit_cause(75).startswith("exit code 75 (its task ignored its timeout")
 
 
 def test_process_count_is_a_number_or_auto(tmp_path: Path) -> None:

@@ -562,7 +562,7 @@ def test_stale_and_rejected_results_are_dropped(stub, registry, make_worker, cap
         {"worker_id": "w1", "results": [{"task_id": 8, "attempt": 1,
                                          "result": {"refused": "outright"}}]},
         {"worker_id": "w1", "results": [{"task_id": 8, "attempt": 1, "error":
-            "result refused by the dispatcher (HTTP 400 bad_request: None)"}]}]
+            "result refused by the dispatcher (HTTP 400 bad_request: None)", "retry": False}]}]
     # Never re-sent on a later claim.
     assert [task_id for e in stub.of("/get-task") for task_id in carried(e)] == [1, 2]
     assert cached(worker) == []
@@ -815,3 +815,41 @@ def test_a_result_over_the_cap_is_reported_as_an_error(stub, registry, make_work
     assert "result" not in report
     assert report["error"] == ("result too large: 5011 bytes is over the limit of 4096 "
                                "(MAX_RESULT_BYTES)")
+
+
+def test_a_task_past_its_timeout_is_stopped_at_its_next_checkpoint_call() -> None:
+    now = [100.0]
+    checkpointer = Checkpointer(lambda state, progress: SendOutcome.SENT, 1000.0,
+                                should_stop=lambda: False, is_revoked=lambda: False,
+                                clock=lambda: now[0], timeout_seconds=5)
+    checkpointer({"i": 1}, 0.1)
+    now[0] = 105.5
+    with pytest.raises(TaskInterrupted):
+        checkpointer({"i": 2}, 0.2)
+    assert checkpointer.reason is InterruptReason.TIMED_OUT
+
+
+def test_the_watchdog_ends_the_process_only_past_timeout_and_grace() -> None:
+    from worker.worker import EXIT_TASK_OVERRAN, Watchdog
+
+    exits: list[int] = []
+    watchdog = Watchdog("w1", grace=2.0, exit_now=exits.append)
+    task = ClaimedTask(7, 1, "spin", {}, None, None, timeout_seconds=3.0)
+    watchdog.watch(task, started=50.0)
+    watchdog.check(54.9)
+    assert exits == []
+    watchdog.check(55.1)
+    assert exits == [EXIT_TASK_OVERRAN]
+    watchdog.clear()
+    watchdog.check(100.0)  # no task: nothing to stop
+    untimed = ClaimedTask(8, 1, "spin", {}, None, None)
+    watchdog.watch(untimed, started=0.0)
+    watchdog.check(10**6)
+    assert exits == [EXIT_TASK_OVERRAN]
+
+
+def test_a_claimed_task_reads_its_timeout() -> None:
+    raw = {"task_id": 1, "attempt": 1, "task_type": "noop", "params": {}}
+    assert ClaimedTask.from_dict({**raw, "timeout_seconds": 2.5}).timeout_seconds == 2.5
+    assert ClaimedTask.from_dict({**raw, "timeout_seconds": None}).timeout_seconds is None
+    assert ClaimedTask.from_dict({**raw, "timeout_seconds": True}).timeout_seconds is None
