@@ -20,11 +20,13 @@ unreachable or refuses the request, 3 when --wait times out, 4 when a waited tas
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
 import time
 from pathlib import Path
+from collections.abc import Iterator
 from typing import Any
 
 _REPO = Path(__file__).resolve().parent
@@ -153,41 +155,50 @@ def build_tasks(args: argparse.Namespace) -> list[dict[str, Any]]:
     return [body] * args.count
 
 
+@contextlib.contextmanager
+def cli_errors(urls: tuple[str, ...] | list[str]) -> Iterator[None]:
+    """Turn the client's connection and refusal errors into one-line :class:`CliError`\ s."""
+    try:
+        yield
+    except Unreachable:
+        raise CliError(f"cannot reach the dispatcher ({', '.join(urls)}); is it running?"
+                       ) from None
+    except RequestRefused as exc:
+        hint = ""
+        if exc.status == 401:
+            hint = " (set DISPATCHER_TOKEN to a token from python -m dispatcher.tokens)"
+        raise CliError(f"dispatcher refused the request ({exc.status}): {exc.message}{hint}"
+                       ) from None
+
+
 def run_command(args: argparse.Namespace) -> int:
     """Run a subcommand (retry, schedule, schedules, unschedule); return the exit code."""
     urls = check_dispatcher_urls(args.url, "--url") if args.url else load_config().dispatcher_urls
-    with QueueClient(urls, token=load_config().dispatcher_token) as client:
-        try:
-            if args.command == "retry":
-                views = [client.retry(task_id) for task_id in args.task_ids]
-                _show(args, {"tasks": views},
-                      [f"task {v['task_id']} is back in the queue" for v in views])
-            elif args.command == "schedule":
-                args.count = 1
-                [body] = build_tasks(args)
-                body.pop("delay_seconds", None)
-                body.pop("run_at", None)
-                when = ({"every_seconds": args.every_seconds} if args.cron is None
-                        else {"cron": args.cron})
-                view = client.add_schedule({**body, **when})
-                _show(args, view, [f"schedule {view['schedule_id']}: {_period(view)}, "
-                                   f"next run at {_clock(view['next_run_at'])}"])
-            elif args.command == "schedules":
-                views = client.schedules()
-                _show(args, {"schedules": views},
-                      [f"{v['schedule_id']:>4}  {v['task_type']:<12} {_period(v):<24} "
-                       f"next {_clock(v['next_run_at'])}  runs {v['runs']}" for v in views]
-                      or ["no schedules"])
-            else:
-                client.delete_schedule(args.schedule_id)
-                _show(args, {"schedule_id": args.schedule_id, "deleted": True},
-                      [f"schedule {args.schedule_id} deleted"])
-        except Unreachable:
-            raise CliError(f"cannot reach the dispatcher ({', '.join(urls)}); is it running?"
-                           ) from None
-        except RequestRefused as exc:
-            raise CliError(f"dispatcher refused the request ({exc.status}): {exc.message}"
-                           ) from None
+    with QueueClient(urls, token=load_config().dispatcher_token) as client, cli_errors(urls):
+        if args.command == "retry":
+            views = [client.retry(task_id) for task_id in args.task_ids]
+            _show(args, {"tasks": views},
+                  [f"task {v['task_id']} is back in the queue" for v in views])
+        elif args.command == "schedule":
+            args.count = 1
+            [body] = build_tasks(args)
+            body.pop("delay_seconds", None)
+            body.pop("run_at", None)
+            when = ({"every_seconds": args.every_seconds} if args.cron is None
+                    else {"cron": args.cron})
+            view = client.add_schedule({**body, **when})
+            _show(args, view, [f"schedule {view['schedule_id']}: {_period(view)}, "
+                               f"next run at {_clock(view['next_run_at'])}"])
+        elif args.command == "schedules":
+            views = client.schedules()
+            _show(args, {"schedules": views},
+                  [f"{v['schedule_id']:>4}  {v['task_type']:<12} {_period(v):<24} "
+                   f"next {_clock(v['next_run_at'])}  runs {v['runs']}" for v in views]
+                  or ["no schedules"])
+        else:
+            client.delete_schedule(args.schedule_id)
+            _show(args, {"schedule_id": args.schedule_id, "deleted": True},
+                  [f"schedule {args.schedule_id} deleted"])
     return 0
 
 
@@ -305,15 +316,9 @@ def run(args: argparse.Namespace) -> int:
         raise CliError(f"--split must be at least 1, got {args.split}")
     with QueueClient(urls, token=config.dispatcher_token) as client:
         if args.split is not None:
-            try:
+            with cli_errors(urls):
                 return run_split(client, args, tasks[0])
-            except Unreachable:
-                raise CliError(f"cannot reach the dispatcher ({', '.join(urls)}); is it running?"
-                               ) from None
-            except RequestRefused as exc:
-                raise CliError(f"dispatcher refused the request ({exc.status}): {exc.message}"
-                               ) from None
-        try:
+        with cli_errors(urls):
             ids = submit(client, tasks)
             if not args.json:
                 print(f"submitted {len(ids)} task(s): {' '.join(map(str, ids))}")
@@ -322,15 +327,6 @@ def run(args: argparse.Namespace) -> int:
                     print(json.dumps({"task_ids": ids}))
                 return 0
             views = wait_all(client, ids, args.timeout, quiet=args.json)
-        except Unreachable:
-            raise CliError(f"cannot reach the dispatcher ({', '.join(urls)}); is it running?"
-                           ) from None
-        except RequestRefused as exc:
-            hint = ""
-            if exc.status == 401:
-                hint = " (set DISPATCHER_TOKEN to a token from python -m dispatcher.tokens)"
-            raise CliError(f"dispatcher refused the request ({exc.status}): {exc.message}"
-                           f"{hint}") from None
     if args.json:
         print(json.dumps({"task_ids": ids, "tasks": [views[i] for i in sorted(views)]}))
     else:
