@@ -367,7 +367,8 @@ def _task_submission(components: dict[str, Any], registry: Registry) -> dict[str
             "description": task_type.description,
             "required": ["task_type", "params"] if needs_params else ["task_type"],
             "properties": {"task_type": {"const": task_type.name}, "params": params,
-                           "priority": base["priority"], "max_attempts": base["max_attempts"],
+                           **{name: schema for name, schema in base.items()
+                              if name not in ("task_type", "params", "split")},
                            **({"split": base["split"]} if task_type.splittable else {})},
         })
     components["SubmitTask"] = {"oneOf": variants,

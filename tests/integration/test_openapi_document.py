@@ -105,6 +105,10 @@ def test_submission_schema_lists_the_registered_task_types(client: FlaskClient) 
     primes = next(v for v in variants if v["properties"]["task_type"]["const"] == "primes")
     params = doc["components"]["schemas"][primes["properties"]["params"]["$ref"].rsplit("/")[-1]]
     assert params["properties"]["algorithm"]["enum"] == ["sieve", "trial_division"]
+    lifecycle = {"max_retries", "retry_backoff", "timeout_seconds", "run_at", "delay_seconds"}
+    assert lifecycle <= set(primes["properties"]) and "split" in primes["properties"]
+    noop = next(v for v in variants if v["properties"]["task_type"]["const"] == "noop")
+    assert lifecycle <= set(noop["properties"]) and "split" not in noop["properties"]
 
 
 def test_response_models_describe_real_answers(client: FlaskClient) -> None:
