@@ -15,7 +15,7 @@ status=0
 if [ $# -eq 0 ]; then
     # Everything but the chaos tests in three processes (most of them wait on real processes),
     # then the chaos tests one at a time: they measure timings that a busy machine distorts.
-    "$PYTHON" -m pytest -m "not chaos" -n 3 --dist worksteal || status=$?
+    "$PYTHON" -m pytest -m "not chaos" -n 3 --dist worksteal --durations=15 || status=$?
     "$PYTHON" -m pytest -m chaos || status=$?
 else
     "$PYTHON" -m pytest "$@" || status=$?

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import sys
 import time
 from typing import Any, TextIO
@@ -118,6 +119,9 @@ def main(argv: list[str]) -> int:
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_ERROR
+    # Ctrl-C ends --watch even when started where SIGINT is ignored (a background job of a
+    # script, a test runner's worker): Python installs no handler for an ignored SIGINT.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     with QueueClient(urls, token=config.dispatcher_token) as client:
         try:
             if args.watch is not None:

@@ -19,7 +19,7 @@ PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 MIN_WIDTH, MIN_HEIGHT = 1000, 600
 
 
-def run_module(module: str, *args: str, timeout: float = 120) -> str:
+def run_module(module: str, *args: str, timeout: float = 300) -> str:
     """Run ``python -m module args`` from the repository root; return its stdout."""
     done = subprocess.run([sys.executable, "-m", module, *args], cwd=REPO_ROOT,
                           capture_output=True, text=True, timeout=timeout, check=False)

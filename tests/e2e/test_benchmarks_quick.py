@@ -25,7 +25,7 @@ def report(tmp_path_factory: pytest.TempPathFactory) -> dict:
     done = subprocess.run(
         [sys.executable, "-m", "benchmarks.compare", "--quick", "--peers", "none",
          "--output", str(out / "result.json"), "--charts-dir", str(out / "charts")],
-        cwd=REPO_ROOT, capture_output=True, text=True, timeout=150, check=False,
+        cwd=REPO_ROOT, capture_output=True, text=True, timeout=300, check=False,
     )
     assert done.returncode == 0, done.stderr[-2000:]
     assert "\ntargets\n" in done.stdout

@@ -128,7 +128,7 @@ def test_primes_not_listed_above_cap(algorithm: str) -> None:
     assert result["prime_count"] == len(reference_primes())
 
 
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=25, deadline=None)
 @given(
     limit=st.integers(0, PRIMES_LIST_CAP),
     start_fraction=st.floats(0, 1),
@@ -417,7 +417,7 @@ def test_sieve_known_values_at_a_billion() -> None:
     )
 
 
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=25, deadline=None)
 @given(
     limit=st.integers(0, PRIMES_LIST_CAP),
     start_fraction=st.floats(0, 1),
