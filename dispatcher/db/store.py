@@ -146,11 +146,15 @@ class Tx:
 
 @dataclass(frozen=True)
 class Claimed:
-    """What one claim transaction did: leases handed out, reclaims it caused, reports recorded."""
+    """What one claim transaction did: leases handed out, reclaims it caused, reports recorded.
+
+    ``idle`` says the answer came from a read that found the worker idle (``Look.idle``).
+    """
 
     leases: list[Lease]
     reclaims: list[Reclaim]
     outcomes: list[Outcome]
+    idle: bool = False
 
 
 @dataclass(frozen=True)
@@ -395,6 +399,10 @@ class Store(abc.ABC):
         self._beats.seen(worker_id, tx.now)
         return [task_id for task_id, attempt in held if (task_id, attempt) not in current]
 
+    def note_alive(self, worker_id: str) -> None:
+        """Note a sign of life of a worker known to be alive; the next sweep writes it."""
+        self._beats.seen(worker_id, self.now())
+
     def mark_worker(self, worker_id: str, status: WorkerStatus) -> None:
         """Set a worker's status ('stopped' when it says it is leaving)."""
         with self._write() as tx:
@@ -425,7 +433,7 @@ class Store(abc.ABC):
         look = self._look(worker_id, instance_id)
         if look.idle:
             self._beats.seen(worker_id, look.at)
-            return Claimed([], [], outcomes)
+            return Claimed([], [], outcomes, idle=True)
         with self._write(durable=False) as tx:
             reclaimed = [] if look.known else self._free_other_instances(tx, worker_id,
                                                                          instance_id)
