@@ -1,0 +1,83 @@
+"""The idle fleet on an injected clock: what it trusts, for how long, and what forgets it."""
+
+from __future__ import annotations
+
+import pytest
+
+from dispatcher.idle import IDLE_TRUST_SECONDS, IdleFleet
+from tests.conftest import FakeClock
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+@pytest.fixture
+def fleet(clock: FakeClock) -> IdleFleet:
+    return IdleFleet(clock)
+
+
+def test_a_worker_read_idle_is_trusted_as_that_instance_at_that_generation(
+        fleet: IdleFleet, clock: FakeClock) -> None:
+    fleet.remember("w1", "i1", clock.now, generation=7)
+    assert fleet.trusts("w1", "i1", 7)
+    assert fleet.trusts("w1", "i1")  # a heartbeat does not care about pending tasks
+    assert not fleet.trusts("w1", "i2", 7)  # a restarted worker
+    assert not fleet.trusts("w1", None)
+    assert not fleet.trusts("w2", "i1", 7)
+
+
+def test_a_new_generation_is_not_trusted_for_claims(fleet: IdleFleet, clock: FakeClock) -> None:
+    fleet.remember("w1", "i1", clock.now, generation=7)
+    assert not fleet.trusts("w1", "i1", 8)
+    assert fleet.trusts("w1", "i1")
+
+
+def test_trust_ends_after_the_window_counted_from_before_the_read(
+        fleet: IdleFleet, clock: FakeClock) -> None:
+    read_at = clock.now
+    clock.advance(0.25)  # the read took this long
+    fleet.remember("w1", "i1", read_at, generation=0)
+    clock.advance(IDLE_TRUST_SECONDS - 0.25)
+    assert fleet.trusts("w1", "i1", 0)
+    clock.advance(0.001)
+    assert not fleet.trusts("w1", "i1", 0)
+    assert not fleet.trusts("w1", "i1")
+
+
+def test_a_clock_set_back_ends_the_trust(fleet: IdleFleet, clock: FakeClock) -> None:
+    fleet.remember("w1", "i1", clock.now, generation=0)
+    clock.now -= 60
+    assert not fleet.trusts("w1", "i1", 0)
+
+
+def test_a_forgotten_worker_is_not_trusted(fleet: IdleFleet, clock: FakeClock) -> None:
+    fleet.remember("w1", "i1", clock.now, generation=0)
+    fleet.remember("w2", "i2", clock.now, generation=0)
+    fleet.forget("w1")
+    fleet.forget(None)  # a reclaim naming no worker
+    assert not fleet.trusts("w1", "i1")
+    assert fleet.trusts("w2", "i2")
+
+
+def test_a_read_begun_before_the_worker_was_forgotten_is_not_remembered(
+        fleet: IdleFleet, clock: FakeClock) -> None:
+    read_at = clock.now
+    clock.advance(0.01)
+    fleet.forget("w1")  # a concurrent request changed the worker meanwhile
+    fleet.remember("w1", "i1", read_at, generation=0)
+    assert not fleet.trusts("w1", "i1")
+    fleet.remember("w1", "i1", clock.now, generation=0)  # a read begun after it
+    assert fleet.trusts("w1", "i1")
+
+
+def test_entries_past_the_window_are_dropped(fleet: IdleFleet, clock: FakeClock) -> None:
+    for n in range(100):
+        fleet.remember(f"w{n}", "i", clock.now, generation=0)
+        fleet.forget(f"x{n}")
+    assert len(fleet) == 200
+    clock.advance(IDLE_TRUST_SECONDS + 0.1)
+    fleet.remember("fresh", "i", clock.now, generation=0)
+    assert len(fleet) == 1
+    assert fleet.trusts("fresh", "i", 0)
