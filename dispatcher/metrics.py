@@ -10,7 +10,8 @@ Two kinds, and the difference matters when several dispatchers share one databas
 - **Process metrics**, counted by this dispatcher since it started: requests and their
   latency, tasks submitted, claimed, completed and failed through it, task durations and
   reassignment times observed in its claims and results, storage errors, monitor sweeps,
-  finished tasks purged (RESULT_TTL), claims waiting. ``sum`` them across dispatchers.
+  finished tasks purged (RESULT_TTL), claims waiting, idle workers answered from memory.
+  ``sum`` them across dispatchers.
 
 Each app has its own :class:`~prometheus_client.CollectorRegistry` (never the global default),
 so several apps in one process (tests) do not collide.
@@ -99,6 +100,9 @@ class Metrics:
                                       "full, seen by this dispatcher (request: answered 503; "
                                       "scrape: /metrics could not read the cluster state)",
                                       ["where"], registry=r)
+        self.idle_answers = Counter(f"{PREFIX}_idle_answers", "Claims and heartbeats of idle "
+                                    "workers this dispatcher answered from a recent read "
+                                    "instead of a new one", ["kind"], registry=r)
 
     def render(self) -> bytes:
         """The exposition text of every metric."""
@@ -144,6 +148,10 @@ class Metrics:
             if reclaim.failed:
                 reason = "timed_out" if reclaim.cause is ReclaimCause.TIMED_OUT else "gave_up"
                 self.failed.labels(reclaim.task_type or "unknown", reason).inc()
+
+    def on_idle_answer(self, kind: str) -> None:
+        """Count a ``claim`` or ``heartbeat`` answered from the idle fleet, without a read."""
+        self.idle_answers.labels(kind).inc()
 
     def on_request(self, route: str | None, method: str, status: int, seconds: float) -> None:
         """Count one answered request and its latency under its route rule."""
