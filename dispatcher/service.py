@@ -2,7 +2,8 @@
 
 Routes call exactly one method here per request. Every lease and liveness decision is made by
 the store against its one clock (the dispatcher's with SQLite, the database's with
-PostgreSQL); waits here use ``time.monotonic``.
+PostgreSQL); waits here use ``time.monotonic``. An idle worker's polls and beats are answered
+from the idle fleet (``idle.py``) for a moment after a read found it idle.
 """
 
 from __future__ import annotations
@@ -13,9 +14,10 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from dispatcher.db import StorageUnavailable, Store
+from dispatcher.db import Claimed, StorageUnavailable, Store
 from dispatcher.feed import DashboardFeed
 from dispatcher.heartbeat_monitor import HeartbeatMonitor
+from dispatcher.idle import IdleFleet
 from dispatcher.metrics import Metrics
 from dispatcher.models import (
     FAILURE_COUNTERS,
@@ -63,6 +65,7 @@ class Dispatcher:
         self.started = time.monotonic()
         self.tasks_available = Notifier()
         self.tasks_finished = Notifier()
+        self.idle = IdleFleet(store.now)
         interval = min(config.monitor_interval, config.heartbeat_timeout / 4)
         self.monitor = HeartbeatMonitor(
             store=store,
@@ -137,25 +140,56 @@ class Dispatcher:
         wait_seconds: float,
         reports: Sequence[Report] = (),
     ) -> tuple[list[Lease], list[Outcome]]:
-        """Record ``reports``, then lease up to ``limit`` tasks, waiting up to ``wait_seconds``."""
+        """Record ``reports``, then lease up to ``limit`` tasks, waiting up to ``wait_seconds``.
+
+        An idle worker's claim is answered from the idle fleet while it vouches for the
+        worker (no read); a wait that runs out unwoken ends without a last read.
+        """
         deadline = time.monotonic() + min(wait_seconds, self.config.max_wait_seconds)
         outcomes: list[Outcome] = []
         woken = False
         while True:
             seen = self.tasks_available.generation
-            claimed = self.store.claim(
-                worker_id, instance_id, limit, self.config.lease_duration, reports,
-                on_commit=self.tasks_finished.notify if reports else None, woken=woken,
-            )
-            if reports:
-                outcomes, reports = claimed.outcomes, ()
-                self._after_results(worker_id, outcomes)
-            self._after_reclaim(claimed.reclaims)
+            leases: list[Lease] = []
+            if (reports or woken or limit <= 0
+                    or not self._answer_idle(worker_id, instance_id, seen, "claim")):
+                claimed = self._claim_once(worker_id, instance_id, limit, reports, woken, seen)
+                if reports:
+                    outcomes, reports = claimed.outcomes, ()
+                leases = claimed.leases
             remaining = deadline - time.monotonic()
-            if claimed.leases or remaining <= 0 or limit <= 0:
-                self._count_claim(worker_id, claimed.leases)
-                return claimed.leases, outcomes
+            if leases or remaining <= 0 or limit <= 0:
+                self._count_claim(worker_id, leases)
+                return leases, outcomes
             woken = self._wait_for_tasks(seen, min(remaining, RECHECK_SECONDS))
+            if not woken and time.monotonic() >= deadline:
+                return [], outcomes
+
+    def _claim_once(self, worker_id: str, instance_id: str | None, limit: int,
+                    reports: Sequence[Report], woken: bool, seen: int) -> Claimed:
+        """One store claim; an idle answer is remembered, any other forgets the worker."""
+        read_at = self.store.now()
+        claimed = self.store.claim(
+            worker_id, instance_id, limit, self.config.lease_duration, reports,
+            on_commit=self.tasks_finished.notify if reports else None, woken=woken,
+        )
+        if reports:
+            self._after_results(worker_id, claimed.outcomes)
+        self._after_reclaim(claimed.reclaims)
+        if claimed.idle:
+            self.idle.remember(worker_id, instance_id, read_at, seen)
+        else:
+            self.idle.forget(worker_id)
+        return claimed
+
+    def _answer_idle(self, worker_id: str, instance_id: str | None, generation: int | None,
+                     kind: str) -> bool:
+        """True when the idle fleet vouches for the worker; its liveness is then noted."""
+        if not self.idle.trusts(worker_id, instance_id, generation):
+            return False
+        self.store.note_alive(worker_id)
+        self.metrics.on_idle_answer(kind)
+        return True
 
     def _wait_for_tasks(self, seen: int, seconds: float) -> bool:
         with self._counts_lock:
@@ -170,13 +204,21 @@ class Dispatcher:
         self, worker_id: str, instance_id: str | None, held: Sequence[tuple[int, int]],
         stopping: bool = False,
     ) -> list[int]:
-        """Record a heartbeat; return the held task ids that are no longer this worker's."""
+        """Record a heartbeat; return the held task ids that are no longer this worker's.
+
+        An idle worker's heartbeat that lists no task is answered from the idle fleet while it
+        vouches for the worker (nothing revoked, no read).
+        """
+        if not held and not stopping and self._answer_idle(worker_id, instance_id, None,
+                                                           "heartbeat"):
+            return []
         revoked, reclaimed = self.store.heartbeat(
             worker_id, instance_id, held, self.unlisted_grace
         )
         self._after_reclaim(reclaimed)
         if stopping:
             self.store.mark_worker(worker_id, WorkerStatus.STOPPED)
+        self.idle.forget(worker_id)
         attempts = dict(held)
         for task_id in revoked:
             log.info("heartbeat from worker %s: task %s is no longer its lease", worker_id,
@@ -187,10 +229,12 @@ class Dispatcher:
         self, worker_id: str, task_id: int, attempt: int, state: dict[str, Any], progress: float
     ) -> float:
         """Save a checkpoint and renew the lease; return the new expiry."""
-        return self.store.checkpoint(
+        expires = self.store.checkpoint(
             worker_id, task_id, attempt, state, progress, self.config.lease_duration,
             self.registry.check_checkpoint,
         )
+        self.idle.forget(worker_id)
+        return expires
 
     def release(
         self, worker_id: str, task_id: int, attempt: int, state: dict[str, Any] | None,
@@ -200,6 +244,7 @@ class Dispatcher:
         reclaim = self.store.release(
             worker_id, task_id, attempt, state, progress, self.registry.check_checkpoint, cause
         )
+        self.idle.forget(worker_id)
         self.metrics.on_reclaims([reclaim])
         log.info("worker %s released task %s (attempt %s, %s)", worker_id, task_id, attempt,
                  cause.value, extra=task_fields(task_id, worker_id, attempt))
@@ -209,6 +254,7 @@ class Dispatcher:
     def complete(self, worker_id: str, items: Sequence[Report]) -> list[Outcome]:
         """Record results durably; waiting readers are woken before the fsync."""
         outcomes = self.store.complete(worker_id, items, on_commit=self.tasks_finished.notify)
+        self.idle.forget(worker_id)
         self._after_results(worker_id, outcomes)
         return outcomes
 
@@ -381,6 +427,8 @@ class Dispatcher:
     def _after_reclaim(self, reclaimed: list[Reclaim]) -> None:
         if not reclaimed:
             return
+        for reclaim in reclaimed:
+            self.idle.forget(reclaim.worker_id)
         self.metrics.on_reclaims(reclaimed)
         self._stop_failed_groups([r.task_id for r in reclaimed if r.failed])
         if any(not r.failed for r in reclaimed):
