@@ -5,7 +5,8 @@ each used to cost a database read that answered "nothing for you". :class:`IdleF
 remembers, per worker, the last read that found it *idle*: known and alive as this very
 instance, holding no lease, with no task pending (``Look.idle`` of the store). For
 ``IDLE_TRUST_SECONDS`` after that read the dispatcher answers the worker from memory: a claim
-goes straight to waiting, a heartbeat that lists no task is answered "nothing revoked". Either
+goes straight to waiting (until the trust ends at the latest), a heartbeat that lists no task
+is answered "nothing revoked". Either
 way the worker's liveness is noted in the store (``Store.note_alive``) and written by the next
 sweep, exactly as heartbeats answered from a read are, so the monitor sees the same fleet.
 
@@ -76,16 +77,18 @@ class IdleFleet:
             self._idle[worker_id] = _Sighting(instance_id, at, generation)
             self._prune()
 
-    def trusts(self, worker_id: str, instance_id: str | None,
-               generation: int | None = None) -> bool:
-        """True when a recent read found this instance idle (and, given one, at ``generation``)."""
+    def trusted_for(self, worker_id: str, instance_id: str | None,
+                    generation: int | None = None) -> float:
+        """Seconds a recent read still vouches for this instance as idle (and, given one, at
+        ``generation``); 0.0 when none does."""
         with self._lock:
             sighting = self._idle.get(worker_id)
         if sighting is None or instance_id is None or sighting.instance_id != instance_id:
-            return False
+            return 0.0
         if generation is not None and generation != sighting.generation:
-            return False
-        return 0.0 <= self.clock() - sighting.at <= self.trust_seconds
+            return 0.0
+        age = self.clock() - sighting.at
+        return self.trust_seconds - age if 0.0 <= age < self.trust_seconds else 0.0
 
     def forget(self, worker_id: str | None) -> None:
         """The worker's state may have changed: its next poll or beat reads the store."""

@@ -151,8 +151,9 @@ class Dispatcher:
         while True:
             seen = self.tasks_available.generation
             leases: list[Lease] = []
-            if (reports or woken or limit <= 0
-                    or not self._answer_idle(worker_id, instance_id, seen, "claim")):
+            trusted = 0.0 if reports or woken or limit <= 0 else self._answer_idle(
+                worker_id, instance_id, seen, "claim")
+            if not trusted:
                 claimed = self._claim_once(worker_id, instance_id, limit, reports, woken, seen)
                 if reports:
                     outcomes, reports = claimed.outcomes, ()
@@ -161,7 +162,8 @@ class Dispatcher:
             if leases or remaining <= 0 or limit <= 0:
                 self._count_claim(worker_id, leases)
                 return leases, outcomes
-            woken = self._wait_for_tasks(seen, min(remaining, RECHECK_SECONDS))
+            # An answer from memory is good only while the memory is: look again after that.
+            woken = self._wait_for_tasks(seen, min(remaining, trusted or RECHECK_SECONDS))
             if not woken and time.monotonic() >= deadline:
                 return [], outcomes
 
@@ -183,13 +185,14 @@ class Dispatcher:
         return claimed
 
     def _answer_idle(self, worker_id: str, instance_id: str | None, generation: int | None,
-                     kind: str) -> bool:
-        """True when the idle fleet vouches for the worker; its liveness is then noted."""
-        if not self.idle.trusts(worker_id, instance_id, generation):
-            return False
-        self.store.note_alive(worker_id)
-        self.metrics.on_idle_answer(kind)
-        return True
+                     kind: str) -> float:
+        """Seconds the idle fleet still vouches for the worker (0.0: it does not); when it
+        does, the worker's liveness is noted."""
+        trusted = self.idle.trusted_for(worker_id, instance_id, generation)
+        if trusted:
+            self.store.note_alive(worker_id)
+            self.metrics.on_idle_answer(kind)
+        return trusted
 
     def _wait_for_tasks(self, seen: int, seconds: float) -> bool:
         with self._counts_lock:

@@ -65,7 +65,7 @@ def idle_worker(dispatcher: Dispatcher, worker: str = "w1", instance: str = "i1"
     """Register the worker (a write), then let a claim find it idle (a read, remembered)."""
     assert claim(dispatcher, worker, instance) == []
     assert claim(dispatcher, worker, instance) == []
-    assert dispatcher.idle.trusts(worker, instance, dispatcher.tasks_available.generation)
+    assert dispatcher.idle.trusted_for(worker, instance, dispatcher.tasks_available.generation)
 
 
 def worker_row(store: Store, worker: str) -> dict[str, Any]:
@@ -109,7 +109,7 @@ def test_a_task_submitted_after_the_memo_is_claimed_by_the_next_claim(
     idle_worker(dispatcher)
     [(task_id, _)] = dispatcher.submit([NOOP])
     assert [lease.task_id for lease in claim(dispatcher)] == [task_id]
-    assert not dispatcher.idle.trusts("w1", "i1")
+    assert not dispatcher.idle.trusted_for("w1", "i1")
 
 
 def test_a_task_announced_nowhere_waits_at_most_the_trust_window(
@@ -120,6 +120,22 @@ def test_a_task_announced_nowhere_waits_at_most_the_trust_window(
     assert claim(dispatcher) == []
     clock.advance(IDLE_TRUST_SECONDS + 0.01)
     assert [lease.task_id for lease in claim(dispatcher)] == [task_id]
+
+
+def test_a_claim_answered_from_memory_waits_no_longer_than_the_memory_holds(
+        dispatcher: Dispatcher, clock: FakeClock, monkeypatch: pytest.MonkeyPatch) -> None:
+    idle_worker(dispatcher)
+    clock.advance(IDLE_TRUST_SECONDS - 0.1)
+    waits: list[float] = []
+    wait = dispatcher._wait_for_tasks
+
+    def recorded(seen: int, seconds: float) -> bool:
+        waits.append(seconds)
+        return wait(seen, seconds)
+
+    monkeypatch.setattr(dispatcher, "_wait_for_tasks", recorded)
+    assert claim(dispatcher, wait=0.3) == []
+    assert waits and max(waits) == pytest.approx(0.1)
 
 
 def test_a_waiting_claim_woken_by_a_submission_takes_the_task_at_once(
@@ -161,7 +177,7 @@ def test_a_reclaim_naming_the_worker_forgets_it(
     dispatcher.store.claim("w1", "i1", 1, 60.0)  # through another dispatcher; then silence
     reclaims = run_monitor(dispatcher, clock, dispatcher.config.heartbeat_timeout + 1)
     assert [r.worker_id for r in reclaims] == ["w1"]
-    assert not dispatcher.idle.trusts("w1", "i1")
+    assert not dispatcher.idle.trusted_for("w1", "i1")
     _, used = transactions.during(lambda: beat(dispatcher))
     assert used["_write"] == 1
     assert worker_row(dispatcher.store, "w1")["status"] == WorkerStatus.ALIVE.value
@@ -173,7 +189,7 @@ def test_a_heartbeat_listing_a_held_task_always_reads_the_store(
     revoked, used = transactions.during(lambda: beat(dispatcher, held=[(12345, 1)]))
     assert revoked == [12345]
     assert used
-    assert not dispatcher.idle.trusts("w1", "i1")
+    assert not dispatcher.idle.trusted_for("w1", "i1")
 
 
 def test_another_instance_and_a_stopping_heartbeat_go_to_the_store(
@@ -185,4 +201,4 @@ def test_another_instance_and_a_stopping_heartbeat_go_to_the_store(
     _, used = transactions.during(lambda: beat(dispatcher, instance="i2", stopping=True))
     assert used["_write"] >= 1
     assert worker_row(dispatcher.store, "w1")["status"] == WorkerStatus.STOPPED.value
-    assert not dispatcher.idle.trusts("w1", "i2")
+    assert not dispatcher.idle.trusted_for("w1", "i2")

@@ -21,17 +21,17 @@ def fleet(clock: FakeClock) -> IdleFleet:
 def test_a_worker_read_idle_is_trusted_as_that_instance_at_that_generation(
         fleet: IdleFleet, clock: FakeClock) -> None:
     fleet.remember("w1", "i1", clock.now, generation=7)
-    assert fleet.trusts("w1", "i1", 7)
-    assert fleet.trusts("w1", "i1")  # a heartbeat does not care about pending tasks
-    assert not fleet.trusts("w1", "i2", 7)  # a restarted worker
-    assert not fleet.trusts("w1", None)
-    assert not fleet.trusts("w2", "i1", 7)
+    assert fleet.trusted_for("w1", "i1", 7)
+    assert fleet.trusted_for("w1", "i1")  # a heartbeat does not care about pending tasks
+    assert not fleet.trusted_for("w1", "i2", 7)  # a restarted worker
+    assert not fleet.trusted_for("w1", None)
+    assert not fleet.trusted_for("w2", "i1", 7)
 
 
 def test_a_new_generation_is_not_trusted_for_claims(fleet: IdleFleet, clock: FakeClock) -> None:
     fleet.remember("w1", "i1", clock.now, generation=7)
-    assert not fleet.trusts("w1", "i1", 8)
-    assert fleet.trusts("w1", "i1")
+    assert not fleet.trusted_for("w1", "i1", 8)
+    assert fleet.trusted_for("w1", "i1")
 
 
 def test_trust_ends_after_the_window_counted_from_before_the_read(
@@ -39,17 +39,18 @@ def test_trust_ends_after_the_window_counted_from_before_the_read(
     read_at = clock.now
     clock.advance(0.25)  # the read took this long
     fleet.remember("w1", "i1", read_at, generation=0)
-    clock.advance(IDLE_TRUST_SECONDS - 0.25)
-    assert fleet.trusts("w1", "i1", 0)
-    clock.advance(0.001)
-    assert not fleet.trusts("w1", "i1", 0)
-    assert not fleet.trusts("w1", "i1")
+    assert fleet.trusted_for("w1", "i1", 0) == pytest.approx(IDLE_TRUST_SECONDS - 0.25)
+    clock.advance(IDLE_TRUST_SECONDS - 0.5)
+    assert fleet.trusted_for("w1", "i1") == pytest.approx(0.25)
+    clock.advance(0.25)
+    assert fleet.trusted_for("w1", "i1", 0) == 0.0
+    assert fleet.trusted_for("w1", "i1") == 0.0
 
 
 def test_a_clock_set_back_ends_the_trust(fleet: IdleFleet, clock: FakeClock) -> None:
     fleet.remember("w1", "i1", clock.now, generation=0)
     clock.now -= 60
-    assert not fleet.trusts("w1", "i1", 0)
+    assert not fleet.trusted_for("w1", "i1", 0)
 
 
 def test_a_forgotten_worker_is_not_trusted(fleet: IdleFleet, clock: FakeClock) -> None:
@@ -57,8 +58,8 @@ def test_a_forgotten_worker_is_not_trusted(fleet: IdleFleet, clock: FakeClock) -
     fleet.remember("w2", "i2", clock.now, generation=0)
     fleet.forget("w1")
     fleet.forget(None)  # a reclaim naming no worker
-    assert not fleet.trusts("w1", "i1")
-    assert fleet.trusts("w2", "i2")
+    assert not fleet.trusted_for("w1", "i1")
+    assert fleet.trusted_for("w2", "i2")
 
 
 def test_a_read_begun_before_the_worker_was_forgotten_is_not_remembered(
@@ -67,9 +68,9 @@ def test_a_read_begun_before_the_worker_was_forgotten_is_not_remembered(
     clock.advance(0.01)
     fleet.forget("w1")  # a concurrent request changed the worker meanwhile
     fleet.remember("w1", "i1", read_at, generation=0)
-    assert not fleet.trusts("w1", "i1")
+    assert not fleet.trusted_for("w1", "i1")
     fleet.remember("w1", "i1", clock.now, generation=0)  # a read begun after it
-    assert fleet.trusts("w1", "i1")
+    assert fleet.trusted_for("w1", "i1")
 
 
 def test_entries_past_the_window_are_dropped(fleet: IdleFleet, clock: FakeClock) -> None:
@@ -80,4 +81,4 @@ def test_entries_past_the_window_are_dropped(fleet: IdleFleet, clock: FakeClock)
     clock.advance(IDLE_TRUST_SECONDS + 0.1)
     fleet.remember("fresh", "i", clock.now, generation=0)
     assert len(fleet) == 1
-    assert fleet.trusts("fresh", "i", 0)
+    assert fleet.trusted_for("fresh", "i", 0)
