@@ -6,9 +6,9 @@ remembers, per worker, the last read that found it *idle*: known and alive as th
 instance, holding no lease, with no task pending (``Look.idle`` of the store). For
 ``IDLE_TRUST_SECONDS`` after that read the dispatcher answers the worker from memory: a claim
 goes straight to waiting (until the trust ends at the latest), a heartbeat that lists no task
-is answered "nothing revoked". Either
-way the worker's liveness is noted in the store (``Store.note_alive``) and written by the next
-sweep, exactly as heartbeats answered from a read are, so the monitor sees the same fleet.
+is answered "nothing revoked". Either way the worker's liveness is noted in the store
+(``Store.note_alive``) and written by the next sweep, exactly as heartbeats answered from a
+read are, so the monitor sees the same fleet.
 
 What is trusted, and for how long:
 
