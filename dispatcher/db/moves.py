@@ -36,6 +36,9 @@ class Move(enum.Enum):
     QUARANTINE = ("move_quarantine", frozenset({_R}), _F)  # it killed K workers in a row
     TIME_OUT = ("move_time_out", frozenset({_R}), _F)  # it ran past its timeout_seconds
     RERUN = ("move_rerun", frozenset({_F, _X}), _P)  # a user put a failed/cancelled task back
+    # One-statement forms (only backends with Store._at_once have them: PostgreSQL)
+    CLAIM_AT_ONCE = ("move_claim_at_once", frozenset({_P}), _R)  # a known, idle worker's
+    COMPLETE_AT_ONCE = ("move_complete_at_once", frozenset({_R}), _C)  # results, rows and all
 
     @property
     def query(self) -> str:
@@ -63,6 +66,9 @@ def check_allowed(
             raise RuntimeError(f"move {item.name}: {illegal} -> {item.target.value} is not "
                                "an allowed transition (models.TRANSITIONS)")
 
+
+AT_ONCE = frozenset({Move.CLAIM_AT_ONCE, Move.COMPLETE_AT_ONCE})
+"""Moves only a backend with one-statement transactions provides (``Store._at_once``)."""
 
 check_allowed(Move, TRANSITIONS)
 

@@ -34,7 +34,7 @@ from dispatcher.db.schema import (
     migrations_missed,
 )
 from dispatcher.db.store import (
-    OLDEST_PENDING, Channel, Clock, Dialect, OnCommit, Store, Tx,
+    OLDEST_PENDING, Channel, Clock, Dialect, OnCommit, Store, Tx, task_columns,
 )
 
 log = logging.getLogger(__name__)
@@ -121,6 +121,91 @@ QUERIES: dict[str, str] = {
                                      WHERE c.task_id = tasks.task_id), 0)
          WHERE task_id = %(task_id)s AND status IN ('failed', 'cancelled')
         RETURNING task_id, task_type, progress""",
+    # -- one-statement forms of the hot operations (Store._at_once): each one round trip --
+    "submit_one_at_once": """
+        WITH added AS (
+            INSERT INTO tasks (task_type, params, priority, max_attempts, created_at,
+                               max_retries, retry_backoff, timeout_seconds, owner, group_id)
+            VALUES (%(task_type)s, %(params)s, %(priority)s, %(max_attempts)s, %(now)s,
+                    %(max_retries)s, %(retry_backoff)s, %(timeout_seconds)s, %(owner)s,
+                    %(group_id)s)
+            RETURNING task_id),
+        hint AS (SELECT pg_notify(%(channel)s, %(payload)s))
+        SELECT added.task_id FROM added, hint""",
+    "submit_at_once": """
+        WITH added AS (
+            INSERT INTO tasks (task_type, params, priority, max_attempts, created_at,
+                               max_retries, retry_backoff, timeout_seconds, run_after, owner,
+                               group_id)
+            SELECT * FROM unnest(%(task_types)s::text[], %(params)s::text[],
+                                 %(priorities)s::int[], %(max_attempts)s::int[],
+                                 %(nows)s::float8[], %(max_retries)s::int[],
+                                 %(retry_backoffs)s::float8[], %(timeouts)s::float8[],
+                                 %(run_afters)s::float8[], %(owners)s::text[],
+                                 %(group_ids)s::bigint[])
+            RETURNING task_id),
+        hint AS (SELECT pg_notify(%(channel)s, %(payload)s))
+        SELECT added.task_id FROM added, hint""",
+    # A claim only for a worker known and alive as this instance that holds no lease (else
+    # nothing is claimed and known_idle is false: the ordinary path registers it or hands
+    # back a lease whose answer was lost). Always one row at least, for known_idle. Like
+    # every claim it commits without waiting for the WAL flush (SET LOCAL, in the statement).
+    "move_claim_at_once": """
+        WITH no_flush_wait AS (SELECT set_config('synchronous_commit', 'off', true)),
+        guard AS (
+            SELECT EXISTS (SELECT 1 FROM workers w WHERE w.worker_id = %(worker_id)s
+                              AND w.instance_id = %(instance_id)s AND w.status = 'alive')
+               AND NOT EXISTS (SELECT 1 FROM tasks h WHERE h.status = 'in-progress'
+                                  AND h.worker_id = %(worker_id)s
+                                  AND h.worker_instance = %(instance_id)s) AS known_idle),
+        next AS (
+            SELECT task_id FROM tasks WHERE status = 'pending' AND run_after IS NULL
+               AND (SELECT known_idle FROM guard)
+             ORDER BY priority DESC, task_id LIMIT %(limit)s
+               FOR UPDATE SKIP LOCKED),
+        claimed AS (
+            UPDATE tasks t
+               SET status = 'in-progress', attempt = t.attempt + 1, worker_id = %(worker_id)s,
+                   worker_instance = %(instance_id)s, lease_expires_at = %(lease_expires_at)s,
+                   claimed_at = %(now)s, started_at = COALESCE(t.started_at, %(now)s),
+                   timeout_at = %(now)s + t.timeout_seconds
+              FROM next WHERE t.task_id = next.task_id
+            RETURNING t.task_id, t.task_type, t.params, t.attempt, t.lease_expires_at,
+                      t.timeout_seconds, t.requeued_at, t.requeue_cause)
+        SELECT g.known_idle, c.*, cp.state AS cp_state, cp.progress AS cp_progress,
+               cp.attempt AS cp_attempt, cp.saved_at AS cp_saved_at
+          FROM no_flush_wait, guard g LEFT JOIN claimed c ON true
+          LEFT JOIN checkpoints cp ON cp.task_id = c.task_id""",
+    # Results of the lease holder: the same fenced move as move_complete, the result rows,
+    # the checkpoints dropped, the worker's count, the wake-up; returns the state before
+    # (with the result already recorded, to judge a repeated report) and what moved. Task
+    # rows are locked before the worker's row, as in every transaction here.
+    "move_complete_at_once": """
+        WITH before AS (
+            SELECT t.task_id, t.status, t.attempt, t.worker_id, t.task_type, t.error,
+                   t.claimed_at, r.attempt AS kept_attempt, r.worker_id AS kept_worker,
+                   r.result AS kept_result
+              FROM tasks t LEFT JOIN task_results r USING (task_id)
+             WHERE t.task_id = ANY(%(ids)s)),
+        moved AS (
+            UPDATE tasks t SET status = 'completed', progress = 1.0, lease_expires_at = NULL,
+                   finished_at = %(now)s
+              FROM unnest(%(ids)s::bigint[], %(attempts)s::int[]) AS r (task_id, attempt)
+             WHERE t.task_id = r.task_id AND t.attempt = r.attempt
+               AND t.status = 'in-progress' AND t.worker_id = %(worker_id)s
+            RETURNING t.task_id, t.attempt),
+        stored AS (
+            INSERT INTO task_results (task_id, attempt, worker_id, result, created_at)
+            SELECT m.task_id, m.attempt, %(worker_id)s, r.result, %(now)s
+              FROM moved m JOIN unnest(%(ids)s::bigint[], %(results)s::text[])
+                                AS r (task_id, result) USING (task_id)),
+        dropped AS (DELETE FROM checkpoints WHERE task_id IN (SELECT task_id FROM moved)),
+        counted AS (
+            UPDATE workers SET tasks_completed = tasks_completed + (SELECT COUNT(*) FROM moved)
+             WHERE worker_id = %(worker_id)s AND EXISTS (SELECT 1 FROM moved)),
+        hint AS (SELECT pg_notify(%(channel)s, %(payload)s) WHERE EXISTS (SELECT 1 FROM moved))
+        SELECT b.*, m.task_id IS NOT NULL AS moved
+          FROM before b LEFT JOIN moved m USING (task_id) LEFT JOIN hint ON true""",
     "insert_task": """
         INSERT INTO tasks (task_type, params, priority, max_attempts, idempotency_key, created_at,
                            max_retries, retry_backoff, timeout_seconds, run_after, owner,
@@ -199,7 +284,13 @@ QUERIES: dict[str, str] = {
         UPDATE tokens SET revoked_at = %(now)s
          WHERE token_id = %(token_id)s AND revoked_at IS NULL RETURNING token_id""",
     "task_view": """
-        SELECT t.*, r.result FROM tasks t LEFT JOIN task_results r USING (task_id)
+        SELECT t.*, r.result,
+               (SELECT json_agg(json_build_object('attempt', a.attempt,
+                                                  'worker_id', a.worker_id, 'kind', a.kind,
+                                                  'error', a.error, 'at', a.at)
+                                ORDER BY a.attempt)
+                  FROM task_attempts a WHERE a.task_id = t.task_id)::text AS history
+          FROM tasks t LEFT JOIN task_results r USING (task_id)
          WHERE t.task_id = %(task_id)s""",
     # The task list: one query per index; ids bound the walk, times only filter within it.
     "task_page": """
@@ -450,6 +541,7 @@ class PostgresStore(Store):
 
     DIALECT = Dialect(QUERIES, list, lambda cursor, script: cursor.execute(script),
                       pipelined=True)
+    CLAIM_FIRST = True
 
     def __init__(self, url: str, pool_size: int = 10, clock: Clock | None = None,
                  pool_timeout: float = 10.0) -> None:
@@ -535,23 +627,23 @@ class PostgresStore(Store):
         with _storage_errors(), self._pool.connection() as conn:
             yield Tx(conn.cursor(), self.DIALECT, self.now())
 
+    @contextmanager
+    def _at_once(self) -> Iterator[Tx]:
+        """Statements on an autocommit connection: each its own durable transaction."""
+        with _storage_errors(), self._pool.connection() as conn:
+            yield Tx(conn.cursor(), self.DIALECT, self.now())
+
     def _insert_tasks(self, tx: Tx, rows: list[dict[str, Any]]) -> list[int]:
-        found = tx.all("insert_tasks", {
-            "task_types": [r["task_type"] for r in rows], "params": [r["params"] for r in rows],
-            "priorities": [r["priority"] for r in rows],
-            "max_attempts": [r["max_attempts"] for r in rows], "nows": [r["now"] for r in rows],
-            "max_retries": [r["max_retries"] for r in rows],
-            "retry_backoffs": [r["retry_backoff"] for r in rows],
-            "timeouts": [r["timeout_seconds"] for r in rows],
-            "run_afters": [r["run_after"] for r in rows],
-            "owners": [r["owner"] for r in rows],
-            "group_ids": [r["group_id"] for r in rows]})
+        found = tx.all("insert_tasks", task_columns(rows))
         # Identity values are drawn in insertion order, so sorted ids follow the input order.
         return sorted(row["task_id"] for row in found)
 
+    def _hint(self, count: int) -> str:
+        return f"{self.origin}:{count}"
+
     def _notify(self, tx: Tx, channel: str, count: int = 1) -> None:
         if count > 0:
-            tx.run("notify", {"channel": channel, "payload": f"{self.origin}:{count}"})
+            tx.run("notify", {"channel": channel, "payload": self._hint(count)})
 
     def _notify_due(self, tx: Tx, at: float) -> None:
         tx.run("notify", {"channel": Channel.DUE, "payload": f"{self.origin}:{at!r}"})

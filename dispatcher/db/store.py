@@ -194,6 +194,9 @@ class Store(abc.ABC):
     """The task store. Subclasses provide connections, transactions, the dialect and the clock."""
 
     DIALECT: Dialect
+    CLAIM_FIRST = False
+    """Every claim starts by claiming at once, not only a woken one: where a claim is one
+    statement (PostgreSQL) it costs about what the look it replaces costs."""
     MAX_RETRY_DELAY = 3600.0
     """The longest backoff between two retries of an error, however many came before."""
 
@@ -224,6 +227,19 @@ class Store(abc.ABC):
     @abc.abstractmethod
     def _read(self) -> AbstractContextManager[Tx]:
         """A read-only transaction (one consistent snapshot)."""
+
+    def _at_once(self) -> AbstractContextManager[Tx] | None:
+        """A Tx in which every statement is a durable transaction of its own, one round trip
+        each, for operations that fit in one statement; None if the backend has none.
+
+        PostgreSQL has them (autocommit; data-modifying CTEs let one statement write several
+        tables): the hot operations (a plain submission, a claim, a batch of results, a task
+        read) then cost one round trip instead of a pipelined BEGIN ... COMMIT, whose waits
+        and statements cost the dispatcher about twice the CPU (docs/performance.md). SQLite
+        has none: its statements write one table each, so those operations run as ordinary
+        transactions.
+        """
+        return None
 
     @abc.abstractmethod
     def _insert_tasks(self, tx: Tx, rows: list[dict[str, Any]]) -> list[int]:
@@ -266,6 +282,13 @@ class Store(abc.ABC):
         IdempotencyConflict, and nothing of the batch is stored). With ``pending_cap``, an
         owner with that many pending tasks (counting these) gets QuotaExceeded.
         """
+        if tasks and all(task.idempotency_key is None for task in tasks) and (
+                pending_cap is None or tasks[0].owner is None):
+            ids = self._submit_at_once(tasks)
+            if ids is not None:
+                if on_commit is not None:
+                    on_commit()
+                return [(task_id, True) for task_id in ids]
         with self._write(on_commit=on_commit) as tx:
             if pending_cap is not None and tasks and tasks[0].owner is not None:
                 _check_pending(tx, tasks[0].owner, pending_cap, len(tasks))
@@ -283,6 +306,29 @@ class Store(abc.ABC):
             self._announce_due(tx)
         self._after_write(tx)
         return created
+
+    def _submit_at_once(self, tasks: Sequence[NewTask]) -> list[int] | None:
+        """Insert tasks claimable now, and wake other dispatchers, in one statement; their ids
+        in order. None (nothing done) if the backend has no such statement or a task asks to
+        run later."""
+        if any(task.run_at is not None or task.delay_seconds is not None for task in tasks):
+            return None
+        at_once = self._at_once()
+        if at_once is None:
+            return None
+        with at_once as tx:
+            rows = [_task_row(task, tx.now) for task in tasks]
+            hint = {"channel": Channel.TASKS, "payload": self._hint(len(rows))}
+            if len(rows) == 1:  # plain parameters: adapting eleven arrays costs more
+                found = tx.all("submit_one_at_once", {**rows[0], **hint})
+            else:
+                found = tx.all("submit_at_once", {**task_columns(rows), **hint})
+        # Identity values are drawn in insertion order, so sorted ids follow the input order.
+        return sorted(row["task_id"] for row in found)
+
+    def _hint(self, count: int) -> str:
+        """The payload of a wake-up hint to other dispatchers (who sent it, how many)."""
+        return str(count)
 
     def _announce_due(self, tx: Tx) -> None:
         """Tell other dispatchers' due timers when this transaction's delayed tasks come due."""
@@ -421,15 +467,15 @@ class Store(abc.ABC):
         needs no flush. A known worker's claim that finds nothing is answered from one read,
         its liveness noted for the next sweep. ``woken`` says a task was just announced:
         then the claim is tried at once, with the worker's state read alongside (one round
-        trip on PostgreSQL).
+        trip on PostgreSQL, where every claim starts that way: ``CLAIM_FIRST``).
         """
         outcomes = self.complete(worker_id, reports, on_commit) if reports else []
         if limit <= 0:
             return Claimed([], [], outcomes)
-        if woken and not reports:
+        if (woken and not reports) or self.CLAIM_FIRST:
             claimed = self._claim_at_once(worker_id, instance_id, limit, lease_seconds)
             if claimed is not None:
-                return claimed
+                return dataclasses.replace(claimed, outcomes=outcomes)
         look = self._look(worker_id, instance_id)
         if look.idle:
             self._beats.seen(worker_id, look.at)
@@ -453,6 +499,20 @@ class Store(abc.ABC):
                        lease_seconds: float) -> Claimed | None:
         """Claim without looking first; None (nothing done) unless the worker is known, alive
         and holds no lease (then the ordinary path handles registration or re-delivery)."""
+        at_once = self._at_once()
+        if at_once is not None:
+            with at_once as tx:
+                rows = move(tx, Move.CLAIM_AT_ONCE, _claim_params(
+                    tx, worker_id, instance_id, limit, lease_seconds))
+                if not rows or not rows[0]["known_idle"]:
+                    return None  # nothing was claimed
+                claimed_rows = [row for row in rows if row["task_id"] is not None]
+                leases = _leases(tx, claimed_rows, lease_seconds)
+                # The timeline event commits after the claim: a crash in between loses a
+                # line of the timeline, never a lease.
+                _note_resumed(tx, worker_id, leases, {row["task_id"] for row in claimed_rows})
+            self._beats.seen(worker_id, tx.now)
+            return Claimed(leases, [], [])
         try:
             with self._write(durable=False) as tx:
                 found, claimed_rows = tx.pair(
@@ -515,6 +575,12 @@ class Store(abc.ABC):
         is a duplicate; anything else is stale and changes nothing. A refused result fails
         its task with the reason.
         """
+        if reports and all(r.error is None and r.refused is None for r in reports):
+            outcomes = self._complete_at_once(worker_id, reports)
+            if outcomes is not None:
+                if on_commit is not None:
+                    on_commit()
+                return outcomes
         with self._write(on_commit=on_commit) as tx:
             outcomes, completed = self._record(tx, worker_id, reports)
             if completed:
@@ -523,6 +589,37 @@ class Store(abc.ABC):
             self._announce_due(tx)
         self._after_write(tx)
         return outcomes
+
+    def _complete_at_once(self, worker_id: str, reports: Sequence[Report]
+                          ) -> list[Outcome] | None:
+        """Record a batch of results (no errors) in one statement; None if the backend has no
+        such statement. The same fenced move, result rows, checkpoint clean-up, worker count
+        and wake-up as :meth:`_record`, with the state before read by the same statement."""
+        at_once = self._at_once()
+        if at_once is None:
+            return None
+        firsts = list({r.task_id: r for r in reversed(reports)}.values())
+        with at_once as tx:
+            found = move(tx, Move.COMPLETE_AT_ONCE, {
+                "worker_id": worker_id, "now": tx.now,
+                "ids": tx.id_list([r.task_id for r in firsts]),
+                "attempts": tx.id_list([r.attempt for r in firsts]),
+                "results": [r.result_json for r in firsts],
+                "channel": Channel.FINISHED, "payload": self._hint(1)})
+        plan = _Plan(worker_id, {row["task_id"]: row for row in found})
+        for report in reports:
+            plan.add(report)
+        outcomes: dict[int, OutcomeKind] = dict(plan.decided)
+        moved = {row["task_id"] for row in found if row["moved"]}
+        for report in plan.results:
+            outcomes[id(report)] = (OutcomeKind.ACCEPTED if report.task_id in moved
+                                    else OutcomeKind.STALE)
+        if plan.repeats:
+            _judge_repeats(worker_id, plan, outcomes, {
+                row["task_id"]: {"attempt": row["kept_attempt"], "worker_id": row["kept_worker"],
+                                 "result": row["kept_result"]}
+                for row in found if row["kept_attempt"] is not None})
+        return [plan.outcome(r, outcomes, tx.now) for r in reports]
 
     def cancel(self, task_id: int) -> Task:
         """Cancel a task that has not finished; raise StaleLease if it already has."""
@@ -782,9 +879,12 @@ class Store(abc.ABC):
         """The task's view; raise NotFound."""
         with self._read() as tx:
             row = tx.one("task_view", {"task_id": task_id})
-            history = tx.all("attempts_of", {"task_id": task_id}) if row is not None else []
-        if row is None:
-            raise NotFound(f"task {task_id} does not exist")
+            if row is None:
+                raise NotFound(f"task {task_id} does not exist")
+            if "history" in row.keys():  # PostgreSQL's view carries it, as JSON: no 2nd query
+                history = json.loads(row["history"] or "[]")
+            else:
+                history = tx.all("attempts_of", {"task_id": task_id})
         attempts = tuple({"attempt": h["attempt"], "worker_id": h["worker_id"], "kind": h["kind"],
                           "error": h["error"], "at": h["at"]} for h in history)
         return dataclasses.replace(Task.from_row(row), attempts=attempts)
@@ -975,7 +1075,9 @@ class Store(abc.ABC):
             tx.run("checkpoints_drop", {"ids": tx.id_list(moved)})
             self._notify(tx, Channel.FINISHED)
         if plan.repeats:
-            _judge_repeats(tx, worker_id, plan, outcomes)
+            ids = tx.id_list(sorted({r.task_id for r in plan.repeats}))
+            _judge_repeats(worker_id, plan, outcomes, {
+                row["task_id"]: row for row in tx.all("results_of", {"ids": ids})})
         return [plan.outcome(r, outcomes, tx.now) for r in reports], completed
 
     def _store_results(self, tx: Tx, worker_id: str, results: list[Report], moved: set[int],
@@ -1095,6 +1197,18 @@ def _task_row(task: NewTask, now: float) -> dict[str, Any]:
             "max_retries": task.max_retries, "retry_backoff": task.retry_backoff,
             "timeout_seconds": task.timeout_seconds, "run_after": run_after,
             "owner": task.owner, "request_hash": task.request_hash, "group_id": task.group_id}
+
+
+def task_columns(rows: list[dict[str, Any]]) -> dict[str, list[Any]]:
+    """Task rows as one list per column: the parameters of an insert of many rows at once."""
+    return {"task_types": [r["task_type"] for r in rows], "params": [r["params"] for r in rows],
+            "priorities": [r["priority"] for r in rows],
+            "max_attempts": [r["max_attempts"] for r in rows], "nows": [r["now"] for r in rows],
+            "max_retries": [r["max_retries"] for r in rows],
+            "retry_backoffs": [r["retry_backoff"] for r in rows],
+            "timeouts": [r["timeout_seconds"] for r in rows],
+            "run_afters": [r["run_after"] for r in rows], "owners": [r["owner"] for r in rows],
+            "group_ids": [r["group_id"] for r in rows]}
 
 
 def retry_delay(backoff: float, retries: int, cap: float,
@@ -1461,11 +1575,13 @@ def _fail(tx: Tx, worker_id: str, report: Report) -> OutcomeKind:
     return OutcomeKind.ACCEPTED
 
 
-def _judge_repeats(tx: Tx, worker_id: str, plan: _Plan, outcomes: dict[int, OutcomeKind]
-                   ) -> None:
-    """Reports for finished tasks: a duplicate if it is the one recorded, else stale."""
-    ids = tx.id_list(sorted({r.task_id for r in plan.repeats}))
-    stored = {row["task_id"]: row for row in tx.all("results_of", {"ids": ids})}
+def _judge_repeats(worker_id: str, plan: _Plan, outcomes: dict[int, OutcomeKind],
+                   stored: Mapping[int, Mapping[str, Any]]) -> None:
+    """Reports for finished tasks: a duplicate if it is the one recorded, else stale.
+
+    ``stored`` holds the recorded result (attempt, worker_id, result) of each repeated task
+    that has one.
+    """
     for report in plan.repeats:
         row, kept = plan.rows[report.task_id], stored.get(report.task_id)
         if report.error is None and report.refused is None:

@@ -190,3 +190,26 @@ def test_the_committed_data_survives_reopening_without_close(tmp_path: Path) -> 
     assert [other.get_task(i).task_id for i in ids] == ids
     other.close()
     store.close()
+
+
+def test_a_batch_of_results_is_judged_report_by_report(store: Store) -> None:
+    """Results only (PostgreSQL records them in one statement): the holder's first report of
+    a task is accepted, the same report again is a duplicate, another one stale, an unknown
+    task not found; the result, the dropped checkpoint and the worker's count follow."""
+    ids = [task_id for task_id, _ in store.submit([NOOP, NOOP, NOOP])]
+    leases = store.claim("w1", "i1", 2, 100.0).leases
+    first, second = (lease.task_id for lease in leases)
+    store.checkpoint("w1", first, 1, {"at": 1}, 0.5, 100.0)
+    reports = [Report(first, 1, '{"n": 1}'), Report(first, 1, '{"n": 1}'),
+               Report(first, 1, '{"n": 2}'), Report(ids[2], 1, '{"n": 3}'),
+               Report(10**9, 1, "{}"), Report(second, 2, "{}")]
+    outcomes = store.complete("w1", reports)
+    assert [o.outcome.value for o in outcomes] == [
+        "accepted", "duplicate", "stale", "stale", "not_found", "stale"]
+    assert store.get_task(first).result == {"n": 1}
+    assert store.latest_checkpoint(first) is None
+    assert store.get_task(second).status is TaskStatus.IN_PROGRESS
+    again = store.complete("w1", [Report(first, 1, '{"n": 1}'), Report(first, 1, '{"n": 9}')])
+    assert [o.outcome.value for o in again] == ["duplicate", "stale"]
+    [worker] = [w for w in store.stats()["workers"] if w["worker_id"] == "w1"]
+    assert worker["tasks_completed"] == 1
