@@ -148,7 +148,8 @@ class Tx:
 class Claimed:
     """What one claim transaction did: leases handed out, reclaims it caused, reports recorded.
 
-    ``idle`` says the answer came from a read that found the worker idle (``Look.idle``).
+    ``idle`` says the answer came from a read that found the worker idle (``Look.idle``, or a
+    one-statement claim of a known worker holding no lease that found nothing to claim).
     """
 
     leases: list[Lease]
@@ -512,7 +513,7 @@ class Store(abc.ABC):
                 # line of the timeline, never a lease.
                 _note_resumed(tx, worker_id, leases, {row["task_id"] for row in claimed_rows})
             self._beats.seen(worker_id, tx.now)
-            return Claimed(leases, [], [])
+            return Claimed(leases, [], [], idle=not leases)  # known, holding and finding none
         try:
             with self._write(durable=False) as tx:
                 found, claimed_rows = tx.pair(

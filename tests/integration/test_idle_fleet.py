@@ -25,18 +25,21 @@ NOOP = NewTask("noop", {}, 0, 3)
 
 
 class Transactions:
-    """Counts the store's read and write transactions from now on."""
+    """Counts the store's transactions from now on: reads, writes and (PostgreSQL) statements
+    that are transactions of their own (``_at_once``)."""
 
     def __init__(self, store: Store) -> None:
         self.counts: Counter[str] = Counter()
-        for name in ("_read", "_write"):
+        for name in ("_read", "_write", "_at_once"):
             setattr(store, name, self._counting(name, getattr(store, name)))
 
-    def _counting(self, name: str, method: Callable[..., AbstractContextManager[Any]]
-                  ) -> Callable[..., AbstractContextManager[Any]]:
-        def counted(*args: Any, **kwargs: Any) -> AbstractContextManager[Any]:
-            self.counts[name] += 1
-            return method(*args, **kwargs)
+    def _counting(self, name: str, method: Callable[..., AbstractContextManager[Any] | None]
+                  ) -> Callable[..., AbstractContextManager[Any] | None]:
+        def counted(*args: Any, **kwargs: Any) -> AbstractContextManager[Any] | None:
+            opened = method(*args, **kwargs)
+            if opened is not None:  # SQLite has no one-statement transactions
+                self.counts[name] += 1
+            return opened
         return counted
 
     def during(self, action: Callable[[], Any]) -> tuple[Any, Counter[str]]:
@@ -44,6 +47,12 @@ class Transactions:
         before = self.counts.copy()
         result = action()
         return result, self.counts - before
+
+
+def looks(used: Counter[str]) -> int:
+    """How many times a claim looked at the store: a read, or on PostgreSQL the one-statement
+    claim of a known worker holding nothing (which, finding nothing, writes nothing)."""
+    return used["_read"] + used["_at_once"]
 
 
 @pytest.fixture
@@ -99,7 +108,7 @@ def test_past_the_trust_window_the_next_poll_reads_again(
     _, used = transactions.during(lambda: beat(dispatcher))
     assert used["_read"] == 1
     _, used = transactions.during(lambda: claim(dispatcher))
-    assert used["_read"] == 1  # and remembered again
+    assert looks(used) == 1 and not used["_write"]  # and remembered again
     _, used = transactions.during(lambda: claim(dispatcher))
     assert not used
 
@@ -154,7 +163,7 @@ def test_a_wait_that_runs_out_ends_without_another_read(
         dispatcher: Dispatcher, transactions: Transactions) -> None:
     claim(dispatcher)  # registered: the next claim's read finds it idle
     _, used = transactions.during(lambda: claim(dispatcher, wait=0.05))
-    assert used == Counter({"_read": 1})
+    assert looks(used) == 1 and not used["_write"]
 
 
 def test_a_worker_another_dispatcher_declared_dead_is_registered_again_after_the_window(
