@@ -162,8 +162,9 @@ class Dispatcher:
             if leases or remaining <= 0 or limit <= 0:
                 self._count_claim(worker_id, leases)
                 return leases, outcomes
-            # An answer from memory is good only while the memory is: look again after that.
-            woken = self._wait_for_tasks(seen, min(remaining, trusted or RECHECK_SECONDS))
+            # Every claim, one answered from memory too, looks again after RECHECK_SECONDS
+            # (not when the memory runs out, which is one moment for the whole fleet).
+            woken = self._wait_for_tasks(seen, min(remaining, RECHECK_SECONDS))
             if not woken and time.monotonic() >= deadline:
                 return [], outcomes
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from dispatcher.idle import IDLE_TRUST_SECONDS, IdleFleet
+from dispatcher.idle import IDLE_TRUST_SECONDS, WORKER_TRUST_SECONDS, IdleFleet
 from tests.conftest import FakeClock
 
 
@@ -40,11 +40,24 @@ def test_trust_ends_after_the_window_counted_from_before_the_read(
     clock.advance(0.25)  # the read took this long
     fleet.remember("w1", "i1", read_at, generation=0)
     assert fleet.trusted_for("w1", "i1", 0) == pytest.approx(IDLE_TRUST_SECONDS - 0.25)
-    clock.advance(IDLE_TRUST_SECONDS - 0.5)
-    assert fleet.trusted_for("w1", "i1") == pytest.approx(0.25)
-    clock.advance(0.25)
-    assert fleet.trusted_for("w1", "i1", 0) == 0.0
-    assert fleet.trusted_for("w1", "i1") == 0.0
+    assert fleet.trusted_for("w1", "i1") == pytest.approx(WORKER_TRUST_SECONDS - 0.25)
+    clock.advance(IDLE_TRUST_SECONDS - 0.25)
+    assert fleet.trusted_for("w1", "i1", 0) == 0.0  # a claim must look for pending tasks
+    assert fleet.trusted_for("w1", "i1") == pytest.approx(WORKER_TRUST_SECONDS - IDLE_TRUST_SECONDS)
+    clock.advance(WORKER_TRUST_SECONDS - IDLE_TRUST_SECONDS)
+    assert fleet.trusted_for("w1", "i1") == 0.0  # and a heartbeat at the worker
+
+
+def test_any_workers_idle_read_vouches_for_the_queue_for_every_claim(
+        fleet: IdleFleet, clock: FakeClock) -> None:
+    fleet.remember("w1", "i1", clock.now, generation=3)
+    clock.advance(IDLE_TRUST_SECONDS - 0.1)
+    fleet.remember("w2", "i2", clock.now, generation=3)  # another worker's read, later
+    clock.advance(0.5)  # w1's own read is past the queue's window, w2's is not
+    assert fleet.trusted_for("w1", "i1", 3) == pytest.approx(IDLE_TRUST_SECONDS - 0.5)
+    assert not fleet.trusted_for("w1", "i1", 4)  # something was announced since
+    fleet.remember("w3", "i3", clock.now - 5.0, generation=3)  # an older read changes nothing
+    assert fleet.trusted_for("w1", "i1", 3) == pytest.approx(IDLE_TRUST_SECONDS - 0.5)
 
 
 def test_a_clock_set_back_ends_the_trust(fleet: IdleFleet, clock: FakeClock) -> None:
@@ -78,7 +91,7 @@ def test_entries_past_the_window_are_dropped(fleet: IdleFleet, clock: FakeClock)
         fleet.remember(f"w{n}", "i", clock.now, generation=0)
         fleet.forget(f"x{n}")
     assert len(fleet) == 200
-    clock.advance(IDLE_TRUST_SECONDS + 0.1)
+    clock.advance(WORKER_TRUST_SECONDS + 0.1)
     fleet.remember("fresh", "i", clock.now, generation=0)
     assert len(fleet) == 1
     assert fleet.trusted_for("fresh", "i", 0)
