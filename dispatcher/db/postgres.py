@@ -122,16 +122,33 @@ QUERIES: dict[str, str] = {
          WHERE task_id = %(task_id)s AND status IN ('failed', 'cancelled')
         RETURNING task_id, task_type, progress""",
     # -- one-statement forms of the hot operations (Store._at_once): each one round trip --
+    # One task, with or without an idempotency key, within its client's pending cap: inserted
+    # (created) or, for a key already stored, that task (with its request hash to compare).
+    # No row: over the cap, or the key is being inserted by another transaction right now;
+    # the transaction path then decides (and raises QuotaExceeded).
     "submit_one_at_once": """
-        WITH added AS (
-            INSERT INTO tasks (task_type, params, priority, max_attempts, created_at,
-                               max_retries, retry_backoff, timeout_seconds, owner, group_id)
-            VALUES (%(task_type)s, %(params)s, %(priority)s, %(max_attempts)s, %(now)s,
-                    %(max_retries)s, %(retry_backoff)s, %(timeout_seconds)s, %(owner)s,
-                    %(group_id)s)
+        WITH room AS (
+            SELECT %(cap)s::int IS NULL OR (
+                SELECT COUNT(*) FROM (SELECT 1 FROM tasks WHERE owner = %(owner)s
+                                         AND status = 'pending' LIMIT %(cap)s) AS mine
+                ) < %(cap)s AS ok),
+        added AS (
+            INSERT INTO tasks (task_type, params, priority, max_attempts, idempotency_key,
+                               created_at, max_retries, retry_backoff, timeout_seconds, owner,
+                               request_hash, group_id)
+            SELECT %(task_type)s, %(params)s, %(priority)s, %(max_attempts)s,
+                   %(idempotency_key)s, %(now)s, %(max_retries)s, %(retry_backoff)s,
+                   %(timeout_seconds)s, %(owner)s, %(request_hash)s, %(group_id)s
+              FROM room WHERE room.ok
+            ON CONFLICT (idempotency_key) DO NOTHING
             RETURNING task_id),
-        hint AS (SELECT pg_notify(%(channel)s, %(payload)s))
-        SELECT added.task_id FROM added, hint""",
+        hint AS (SELECT pg_notify(%(channel)s, %(payload)s) FROM added)
+        SELECT a.task_id, true AS created, NULL::text AS request_hash
+          FROM added a LEFT JOIN hint ON true
+        UNION ALL
+        SELECT t.task_id, false, t.request_hash FROM tasks t, room
+         WHERE t.idempotency_key = %(idempotency_key)s AND room.ok
+           AND NOT EXISTS (SELECT 1 FROM added)""",
     "submit_at_once": """
         WITH added AS (
             INSERT INTO tasks (task_type, params, priority, max_attempts, created_at,

@@ -283,13 +283,11 @@ class Store(abc.ABC):
         IdempotencyConflict, and nothing of the batch is stored). With ``pending_cap``, an
         owner with that many pending tasks (counting these) gets QuotaExceeded.
         """
-        if tasks and all(task.idempotency_key is None for task in tasks) and (
-                pending_cap is None or tasks[0].owner is None):
-            ids = self._submit_at_once(tasks)
-            if ids is not None:
-                if on_commit is not None:
-                    on_commit()
-                return [(task_id, True) for task_id in ids]
+        done = self._submit_at_once(tasks, pending_cap) if tasks else None
+        if done is not None:
+            if on_commit is not None and any(created for _, created in done):
+                on_commit()
+            return done
         with self._write(on_commit=on_commit) as tx:
             if pending_cap is not None and tasks and tasks[0].owner is not None:
                 _check_pending(tx, tasks[0].owner, pending_cap, len(tasks))
@@ -308,11 +306,17 @@ class Store(abc.ABC):
         self._after_write(tx)
         return created
 
-    def _submit_at_once(self, tasks: Sequence[NewTask]) -> list[int] | None:
-        """Insert tasks claimable now, and wake other dispatchers, in one statement; their ids
-        in order. None (nothing done) if the backend has no such statement or a task asks to
-        run later."""
+    def _submit_at_once(self, tasks: Sequence[NewTask], pending_cap: int | None
+                        ) -> list[tuple[int, bool]] | None:
+        """:meth:`submit` in one statement, with the wake-up of other dispatchers; None (nothing
+        done) if the backend has no such statement, a task asks to run later, a batch has
+        keys or a cap, or the single task's statement could not decide (over the cap, or its
+        key inserted concurrently): the transaction path then does it all."""
         if any(task.run_at is not None or task.delay_seconds is not None for task in tasks):
+            return None
+        cap = pending_cap if tasks[0].owner is not None else None
+        if len(tasks) > 1 and (cap is not None
+                               or any(task.idempotency_key is not None for task in tasks)):
             return None
         at_once = self._at_once()
         if at_once is None:
@@ -321,11 +325,18 @@ class Store(abc.ABC):
             rows = [_task_row(task, tx.now) for task in tasks]
             hint = {"channel": Channel.TASKS, "payload": self._hint(len(rows))}
             if len(rows) == 1:  # plain parameters: adapting eleven arrays costs more
-                found = tx.all("submit_one_at_once", {**rows[0], **hint})
+                found = tx.all("submit_one_at_once", {**rows[0], **hint, "cap": cap})
             else:
                 found = tx.all("submit_at_once", {**task_columns(rows), **hint})
-        # Identity values are drawn in insertion order, so sorted ids follow the input order.
-        return sorted(row["task_id"] for row in found)
+        if len(rows) > 1:
+            # Identity values are drawn in insertion order: sorted ids follow the input order.
+            return [(task_id, True) for task_id in sorted(row["task_id"] for row in found)]
+        if not found:
+            return None
+        [got] = found
+        if not got["created"]:
+            _same_request(got["request_hash"], rows[0]["request_hash"], f"task {got['task_id']}")
+        return [(got["task_id"], bool(got["created"]))]
 
     def _hint(self, count: int) -> str:
         """The payload of a wake-up hint to other dispatchers (who sent it, how many)."""
