@@ -49,7 +49,8 @@ log = logging.getLogger(__name__)
 THROUGHPUT_WINDOW_SECONDS = 60.0
 RECHECK_SECONDS = 1.0
 """A waiting request looks again at least this often, so a lost wake-up (another dispatcher's
-notification that never arrived) delays it by at most this much, and never loses it."""
+notification that never arrived) delays it by at most this much (a claim: plus the
+``IDLE_TRUST_SECONDS`` for which the idle fleet trusts an empty queue), and never loses it."""
 
 
 class Dispatcher:
