@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import http.client
+import signal
 import socket
 import time
 
@@ -32,3 +34,19 @@ def test_health_answers_within_a_second_while_200_requests_hang_half_open(
     finally:
         for sock in sockets:
             sock.close()
+
+
+def test_sigterm_closes_idle_kept_alive_connections_at_once(cluster: LocalCluster) -> None:
+    conn = http.client.HTTPConnection("127.0.0.1", cluster.port, timeout=5)
+    try:
+        conn.request("GET", "/health")
+        answer = conn.getresponse()
+        assert answer.status == 200 and not answer.will_close
+        answer.read()  # the connection is now idle, kept alive
+        cluster.dispatcher.send_signal(signal.SIGTERM)
+        # Not after the 1 s that requests in flight are given: nothing is in flight here.
+        conn.sock.settimeout(0.8)
+        assert conn.sock.recv(1) == b""
+    finally:
+        conn.close()
+    assert cluster.dispatcher.wait(timeout=10) == 0
