@@ -74,6 +74,7 @@ class Dispatcher:
             result_ttl=config.result_ttl,
         )
         self._stop = threading.Event()
+        self._stopping = threading.Event()
         self._monitor_thread: threading.Thread | None = None
         self._timer_thread: threading.Thread | None = None
         self.timer = DueTimer(store, on_ready=self.tasks_available.notify)
@@ -99,6 +100,11 @@ class Dispatcher:
             self._timer_thread = self.timer.start(self._stop)
             self.store.listen(on_tasks=self._tasks_elsewhere,
                               on_finished=self.tasks_finished.notify, on_due=self.timer.poke)
+
+    def stop_waiting(self) -> None:
+        """Answer every claim waiting for tasks now, and later ones without waiting (stopping)."""
+        self._stopping.set()
+        self.tasks_available.notify()
 
     def close(self) -> None:
         """Stop the monitor and close the store."""
@@ -152,7 +158,7 @@ class Dispatcher:
                 self._after_results(worker_id, outcomes)
             self._after_reclaim(claimed.reclaims)
             remaining = deadline - time.monotonic()
-            if claimed.leases or remaining <= 0 or limit <= 0:
+            if claimed.leases or remaining <= 0 or limit <= 0 or self._stopping.is_set():
                 self._count_claim(worker_id, claimed.leases)
                 return claimed.leases, outcomes
             woken = self._wait_for_tasks(seen, min(remaining, RECHECK_SECONDS))
