@@ -43,7 +43,7 @@ from shared.cluster import LocalCluster, WaitTimeout, wait_until  # noqa: E402
 
 DEFAULTS = {"dead_workers": 0, "workers": 8, "num_tasks": 24, "task_size": 10**10,
             "kill_at": [0.5], "repeats": 3, "checkpoint_interval": None}
-QUICK = {"dead_workers": 1, "workers": 2, "num_tasks": 4, "task_size": 10**10,
+QUICK = {"dead_workers": 1, "workers": 2, "num_tasks": 4, "task_size": 2 * 10**9,
          "kill_at": [0.3], "repeats": 1, "checkpoint_interval": 0.3}
 
 

@@ -95,8 +95,13 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     server = make_server(app, config.dispatcher_host, config.dispatcher_port,
                          config.max_connections)
+
+    def stop() -> None:
+        app.extensions["taskqueue"].stop_waiting()  # idle workers' long polls end now
+        server.stop(1.0)
+
     for signum in (signal.SIGTERM, signal.SIGINT):
-        gevent.signal_handler(signum, lambda: gevent.spawn(server.stop, 1.0))
+        gevent.signal_handler(signum, lambda: gevent.spawn(stop))
     log.info("dispatcher listening on http://%s:%s (database %s, credentials %s); "
              "task types: %s", config.dispatcher_host, config.dispatcher_port,
              _redacted(config.database_url),

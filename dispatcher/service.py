@@ -78,6 +78,7 @@ class Dispatcher:
             result_ttl=config.result_ttl,
         )
         self._stop = threading.Event()
+        self._stopping = threading.Event()
         self._monitor_thread: threading.Thread | None = None
         self._timer_thread: threading.Thread | None = None
         self.timer = DueTimer(store, on_ready=self.tasks_available.notify)
@@ -103,6 +104,11 @@ class Dispatcher:
             self._timer_thread = self.timer.start(self._stop)
             self.store.listen(on_tasks=self._tasks_elsewhere,
                               on_finished=self.tasks_finished.notify, on_due=self.timer.poke)
+
+    def stop_waiting(self) -> None:
+        """Answer every claim waiting for tasks now, and later ones without waiting (stopping)."""
+        self._stopping.set()
+        self.tasks_available.notify()
 
     def close(self) -> None:
         """Stop the monitor and close the store."""
@@ -160,7 +166,7 @@ class Dispatcher:
                     outcomes, reports = claimed.outcomes, ()
                 leases = claimed.leases
             remaining = deadline - time.monotonic()
-            if leases or remaining <= 0 or limit <= 0:
+            if leases or remaining <= 0 or limit <= 0 or self._stopping.is_set():
                 self._count_claim(worker_id, leases)
                 return leases, outcomes
             # Every claim, one answered from memory too, looks again after RECHECK_SECONDS

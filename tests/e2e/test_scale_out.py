@@ -73,9 +73,10 @@ def test_a_dead_worker_is_detected_when_its_dispatcher_died_with_it(
     cluster = make_cluster(CHECKPOINT_INTERVAL="0.5")
     a = cluster.url
     b = cluster.add_dispatcher()
-    task_id = cluster.submit("sleep", {"seconds": 30})
+    # Long enough to be under way when w1 dies; w2 then sleeps only what is left of it.
+    task_id = cluster.submit("sleep", {"seconds": 8})
     cluster.start_worker("w1", env={"DISPATCHER_URL": a})  # knows only A
-    wait_until(lambda: cluster.task(task_id)["progress"] > 0.05, 30, message="task under way")
+    wait_until(lambda: cluster.task(task_id)["progress"] > 0.1, 30, message="task under way")
     cluster.kill_worker("w1")
     cluster.kill_dispatcher_at(a)
     killed = time.monotonic()
@@ -85,7 +86,7 @@ def test_a_dead_worker_is_detected_when_its_dispatcher_died_with_it(
     assert detected < 2.0 + 1.5, detected  # HEARTBEAT_TIMEOUT + a sweep, with slack for load
     assert stats(b)["reclaims"]["dead_worker"] == 1
     cluster.start_worker("w2", env={"DISPATCHER_URL": b})
-    # The rest of its 30 s (and w2's start) may take longer than one long poll under load.
+    # The rest of its 8 s (and w2's start) may take longer than one long poll under load.
     view = wait_until(lambda: (v := requests.get(f"{b}/task/{task_id}", params={"wait": 10},
                                                  timeout=20).json())["status"]
                       in ("completed", "failed") and v, 90, message="the task finished on w2")

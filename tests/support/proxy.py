@@ -151,6 +151,12 @@ class BlackholeProxy:
 
 
 def _close(sock: socket.socket) -> None:
+    # shutdown() first: close() alone leaves a socket that another thread is blocked reading
+    # open, so its peer would only notice at its own timeout.
+    try:
+        sock.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass
     try:
         sock.close()
     except OSError:
