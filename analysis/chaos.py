@@ -71,6 +71,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+STORM_ENV = {"CHECKPOINT_INTERVAL": "0.5", "CRASH_LOOP_LIMIT": "1000"}
+"""Random kills can take three workers in a row from one task before its next checkpoint:
+not the crash loop the breaker (tested on its own) fails a task for."""
+
+
 def _raise_exit(signum: int, frame: FrameType | None) -> None:
     raise SystemExit(128 + signum)
 
@@ -78,7 +83,7 @@ def _raise_exit(signum: int, frame: FrameType | None) -> None:
 def run_storm(workdir: Path, rng: random.Random, seconds: float, workers: int,
               interval: float) -> dict[str, Any]:
     """The kill storm for ``seconds``, the queue kept topped up, then drained and audited."""
-    with LocalCluster(workdir, {"CHECKPOINT_INTERVAL": "0.5"}) as cluster:
+    with LocalCluster(workdir, STORM_ENV) as cluster:
         cluster.start_dispatcher()
 
         def top_up() -> list[dict[str, Any]]:
@@ -95,7 +100,7 @@ def run_storm(workdir: Path, rng: random.Random, seconds: float, workers: int,
 
 def run_crashes(workdir: Path, rng: random.Random, seconds: float) -> dict[str, Any]:
     """Dispatcher crashes for ``seconds`` under continuous submissions, then audited."""
-    with LocalCluster(workdir, {"CHECKPOINT_INTERVAL": "0.5", "BACKOFF_MAX": "1"}) as cluster:
+    with LocalCluster(workdir, {**STORM_ENV, "BACKOFF_MAX": "1"}) as cluster:
         cluster.start_dispatcher()
         return DispatcherCrash(cluster, rng).run(seconds=seconds, drain_timeout=300).summary()
 
@@ -105,7 +110,7 @@ def run_scale_out(workdir: Path, rng: random.Random, seconds: float, server: str
     """Three dispatchers on a fresh PostgreSQL database, six workers, kills; then audited."""
     database_url = postgres.create_database(server)
     try:
-        env = {"CHECKPOINT_INTERVAL": "0.5", "BACKOFF_MAX": "1", "DATABASE_URL": database_url}
+        env = {**STORM_ENV, "BACKOFF_MAX": "1", "DATABASE_URL": database_url}
         with LocalCluster(workdir, env) as cluster:
             cluster.start_dispatcher()
             return ScaleOutChaos(cluster, rng).run(seconds, drain_timeout=300).summary()

@@ -39,14 +39,7 @@ from dispatcher.db.store import (
 
 log = logging.getLogger(__name__)
 
-QUERIES: dict[str, str] = {
-    # -- moves (dispatcher/db/moves.py): the only statements that change a task's status --
-    "move_claim": """
-        WITH next AS (
-            SELECT task_id FROM tasks WHERE status = 'pending' AND run_after IS NULL
-             ORDER BY priority DESC, task_id LIMIT %(limit)s
-               FOR UPDATE SKIP LOCKED),
-        claimed AS (
+_LEASE_NEXT = """        claimed AS (
             UPDATE tasks t
                SET status = 'in-progress', attempt = t.attempt + 1, worker_id = %(worker_id)s,
                    worker_instance = %(instance_id)s, lease_expires_at = %(lease_expires_at)s,
@@ -55,7 +48,17 @@ QUERIES: dict[str, str] = {
               FROM next WHERE t.task_id = next.task_id
             RETURNING t.task_id, t.task_type, t.params, t.attempt, t.lease_expires_at,
                       t.timeout_seconds, t.requeued_at, t.requeue_cause)
-        SELECT c.*, cp.state AS cp_state, cp.progress AS cp_progress,
+"""
+"""The lease both claims write: the rows of the preceding ``next`` CTE, to this worker."""
+
+QUERIES: dict[str, str] = {
+    # -- moves (dispatcher/db/moves.py): the only statements that change a task's status --
+    "move_claim": """
+        WITH next AS (
+            SELECT task_id FROM tasks WHERE status = 'pending' AND run_after IS NULL
+             ORDER BY priority DESC, task_id LIMIT %(limit)s
+               FOR UPDATE SKIP LOCKED),
+""" + _LEASE_NEXT + """        SELECT c.*, cp.state AS cp_state, cp.progress AS cp_progress,
                cp.attempt AS cp_attempt, cp.saved_at AS cp_saved_at
           FROM claimed c LEFT JOIN checkpoints cp USING (task_id)""",
     "move_complete": """
@@ -180,16 +183,7 @@ QUERIES: dict[str, str] = {
                AND (SELECT known_idle FROM guard)
              ORDER BY priority DESC, task_id LIMIT %(limit)s
                FOR UPDATE SKIP LOCKED),
-        claimed AS (
-            UPDATE tasks t
-               SET status = 'in-progress', attempt = t.attempt + 1, worker_id = %(worker_id)s,
-                   worker_instance = %(instance_id)s, lease_expires_at = %(lease_expires_at)s,
-                   claimed_at = %(now)s, started_at = COALESCE(t.started_at, %(now)s),
-                   timeout_at = %(now)s + t.timeout_seconds
-              FROM next WHERE t.task_id = next.task_id
-            RETURNING t.task_id, t.task_type, t.params, t.attempt, t.lease_expires_at,
-                      t.timeout_seconds, t.requeued_at, t.requeue_cause)
-        SELECT g.known_idle, c.*, cp.state AS cp_state, cp.progress AS cp_progress,
+""" + _LEASE_NEXT + """        SELECT g.known_idle, c.*, cp.state AS cp_state, cp.progress AS cp_progress,
                cp.attempt AS cp_attempt, cp.saved_at AS cp_saved_at
           FROM no_flush_wait, guard g LEFT JOIN claimed c ON true
           LEFT JOIN checkpoints cp ON cp.task_id = c.task_id""",

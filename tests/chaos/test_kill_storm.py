@@ -18,12 +18,15 @@ TASKS = 150
 """Tasks at the start: on a 2-core machine more work than the 20 s storm gets through, so they
 drain after it, well within the drain timeout. A faster machine gets more (``top_up``)."""
 TOP_UP = 20
+RANDOM_KILLS = {"CRASH_LOOP_LIMIT": "1000"}
+"""The storm kills whichever worker holds a task, so a long task can lose three workers in a
+row before its next checkpoint: what the crash-loop breaker (tested on its own) would fail."""
 
 
 def test_kill_storm_loses_nothing_and_reassigns_within_3s(
     make_cluster: ClusterFactory, rng: random.Random
 ) -> None:
-    cluster = make_cluster(CHECKPOINT_INTERVAL="0.5")
+    cluster = make_cluster(CHECKPOINT_INTERVAL="0.5", **RANDOM_KILLS)
     submitted = prime_tasks(rng, TASKS)
 
     def top_up() -> list[dict[str, Any]]:
