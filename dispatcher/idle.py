@@ -120,7 +120,7 @@ class IdleFleet:
             return len(self._idle) + len(self._forgotten)
 
     def _prune(self) -> None:
-        """Drop, about once per trust window, what is too old to matter (lock held)."""
+        """Drop, about once per worker window, what is too old to matter (lock held)."""
         now = self.clock()
         if 0.0 <= now - self._pruned_at < self.worker_seconds:
             return
