@@ -240,7 +240,7 @@ class KillStorm:
             self._kill_one()
 
     def _kill_with_idle_workers(self, timeout: float) -> None:
-        """One 10^9 sieve on a drained queue; kill its worker once it checkpointed; let it finish."""
+        """One 10^10 sieve on a drained queue; kill its worker once it checkpointed; let it finish."""
         [task_id] = self.cluster.submit_many(prime_tasks_of(10**10, 1))
 
         def checkpointed() -> bool:
