@@ -552,7 +552,7 @@ class PostgresStore(Store):
 
     DIALECT = Dialect(QUERIES, list, lambda cursor, script: cursor.execute(script),
                       pipelined=True)
-    CLAIM_FIRST = True
+    AT_ONCE = True
 
     def __init__(self, url: str, pool_size: int = 10, clock: Clock | None = None,
                  pool_timeout: float = 10.0) -> None:

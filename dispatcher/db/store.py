@@ -195,9 +195,10 @@ class Store(abc.ABC):
     """The task store. Subclasses provide connections, transactions, the dialect and the clock."""
 
     DIALECT: Dialect
-    CLAIM_FIRST = False
-    """Every claim starts by claiming at once, not only a woken one: where a claim is one
-    statement (PostgreSQL) it costs about what the look it replaces costs."""
+    AT_ONCE = False
+    """The backend has one-statement transactions (:meth:`_at_once`). Then every claim also
+    starts with the one-statement claim, not only a woken one: it costs about what the look
+    it replaces costs."""
     MAX_RETRY_DELAY = 3600.0
     """The longest backoff between two retries of an error, however many came before."""
 
@@ -229,9 +230,9 @@ class Store(abc.ABC):
     def _read(self) -> AbstractContextManager[Tx]:
         """A read-only transaction (one consistent snapshot)."""
 
-    def _at_once(self) -> AbstractContextManager[Tx] | None:
+    def _at_once(self) -> AbstractContextManager[Tx]:
         """A Tx in which every statement is a durable transaction of its own, one round trip
-        each, for operations that fit in one statement; None if the backend has none.
+        each, for operations that fit in one statement (only where ``AT_ONCE``).
 
         PostgreSQL has them (autocommit; data-modifying CTEs let one statement write several
         tables): the hot operations (a plain submission, a claim, a batch of results, a task
@@ -240,7 +241,7 @@ class Store(abc.ABC):
         has none: its statements write one table each, so those operations run as ordinary
         transactions.
         """
-        return None
+        raise NotImplementedError("this backend has no one-statement transactions")
 
     @abc.abstractmethod
     def _insert_tasks(self, tx: Tx, rows: list[dict[str, Any]]) -> list[int]:
@@ -312,16 +313,14 @@ class Store(abc.ABC):
         done) if the backend has no such statement, a task asks to run later, a batch has
         keys or a cap, or the single task's statement could not decide (over the cap, or its
         key inserted concurrently): the transaction path then does it all."""
-        if any(task.run_at is not None or task.delay_seconds is not None for task in tasks):
+        if not self.AT_ONCE or any(task.run_at is not None or task.delay_seconds is not None
+                                   for task in tasks):
             return None
         cap = pending_cap if tasks[0].owner is not None else None
         if len(tasks) > 1 and (cap is not None
                                or any(task.idempotency_key is not None for task in tasks)):
             return None
-        at_once = self._at_once()
-        if at_once is None:
-            return None
-        with at_once as tx:
+        with self._at_once() as tx:
             rows = [_task_row(task, tx.now) for task in tasks]
             hint = {"channel": Channel.TASKS, "payload": self._hint(len(rows))}
             if len(rows) == 1:  # plain parameters: adapting eleven arrays costs more
@@ -479,12 +478,12 @@ class Store(abc.ABC):
         needs no flush. A known worker's claim that finds nothing is answered from one read,
         its liveness noted for the next sweep. ``woken`` says a task was just announced:
         then the claim is tried at once, with the worker's state read alongside (one round
-        trip on PostgreSQL, where every claim starts that way: ``CLAIM_FIRST``).
+        trip on PostgreSQL, where every claim starts that way: ``AT_ONCE``).
         """
         outcomes = self.complete(worker_id, reports, on_commit) if reports else []
         if limit <= 0:
             return Claimed([], [], outcomes)
-        if (woken and not reports) or self.CLAIM_FIRST:
+        if (woken and not reports) or self.AT_ONCE:
             claimed = self._claim_at_once(worker_id, instance_id, limit, lease_seconds)
             if claimed is not None:
                 return dataclasses.replace(claimed, outcomes=outcomes)
@@ -511,9 +510,8 @@ class Store(abc.ABC):
                        lease_seconds: float) -> Claimed | None:
         """Claim without looking first; None (nothing done) unless the worker is known, alive
         and holds no lease (then the ordinary path handles registration or re-delivery)."""
-        at_once = self._at_once()
-        if at_once is not None:
-            with at_once as tx:
+        if self.AT_ONCE:
+            with self._at_once() as tx:
                 rows = move(tx, Move.CLAIM_AT_ONCE, _claim_params(
                     tx, worker_id, instance_id, limit, lease_seconds))
                 if not rows or not rows[0]["known_idle"]:
@@ -607,11 +605,10 @@ class Store(abc.ABC):
         """Record a batch of results (no errors) in one statement; None if the backend has no
         such statement. The same fenced move, result rows, checkpoint clean-up, worker count
         and wake-up as :meth:`_record`, with the state before read by the same statement."""
-        at_once = self._at_once()
-        if at_once is None:
+        if not self.AT_ONCE:
             return None
         firsts = list({r.task_id: r for r in reversed(reports)}.values())
-        with at_once as tx:
+        with self._at_once() as tx:
             found = move(tx, Move.COMPLETE_AT_ONCE, {
                 "worker_id": worker_id, "now": tx.now,
                 "ids": tx.id_list([r.task_id for r in firsts]),
@@ -622,10 +619,7 @@ class Store(abc.ABC):
         for report in reports:
             plan.add(report)
         outcomes: dict[int, OutcomeKind] = dict(plan.decided)
-        moved = {row["task_id"] for row in found if row["moved"]}
-        for report in plan.results:
-            outcomes[id(report)] = (OutcomeKind.ACCEPTED if report.task_id in moved
-                                    else OutcomeKind.STALE)
+        _judge_results(plan.results, {row["task_id"] for row in found if row["moved"]}, outcomes)
         if plan.repeats:
             _judge_repeats(worker_id, plan, outcomes, {
                 row["task_id"]: {"attempt": row["kept_attempt"], "worker_id": row["kept_worker"],
@@ -1099,9 +1093,7 @@ class Store(abc.ABC):
         tx.many("result_put", [{"task_id": r.task_id, "attempt": r.attempt,
                                 "worker_id": worker_id, "result": r.result_json, "now": tx.now}
                                for r in stored])
-        for report in results:
-            outcomes[id(report)] = (OutcomeKind.ACCEPTED if report.task_id in moved
-                                    else OutcomeKind.STALE)
+        _judge_results(results, moved, outcomes)
         return len(stored)
 
     def _requeue_all(self, tx: Tx, held: Sequence[Row], worker_id: str | None,
@@ -1585,6 +1577,14 @@ def _fail(tx: Tx, worker_id: str, report: Report) -> OutcomeKind:
                     extra=task_fields(report.task_id, worker_id, report.attempt))
         return OutcomeKind.REFUSED
     return OutcomeKind.ACCEPTED
+
+
+def _judge_results(results: Sequence[Report], moved: set[int],
+                   outcomes: dict[int, OutcomeKind]) -> None:
+    """The holder's results: accepted where the fenced move completed the task, else stale."""
+    for report in results:
+        outcomes[id(report)] = (OutcomeKind.ACCEPTED if report.task_id in moved
+                                else OutcomeKind.STALE)
 
 
 def _judge_repeats(worker_id: str, plan: _Plan, outcomes: dict[int, OutcomeKind],

@@ -33,13 +33,11 @@ class Transactions:
         for name in ("_read", "_write", "_at_once"):
             setattr(store, name, self._counting(name, getattr(store, name)))
 
-    def _counting(self, name: str, method: Callable[..., AbstractContextManager[Any] | None]
-                  ) -> Callable[..., AbstractContextManager[Any] | None]:
-        def counted(*args: Any, **kwargs: Any) -> AbstractContextManager[Any] | None:
-            opened = method(*args, **kwargs)
-            if opened is not None:  # SQLite has no one-statement transactions
-                self.counts[name] += 1
-            return opened
+    def _counting(self, name: str, method: Callable[..., AbstractContextManager[Any]]
+                  ) -> Callable[..., AbstractContextManager[Any]]:
+        def counted(*args: Any, **kwargs: Any) -> AbstractContextManager[Any]:
+            self.counts[name] += 1
+            return method(*args, **kwargs)
         return counted
 
     def during(self, action: Callable[[], Any]) -> tuple[Any, Counter[str]]:
