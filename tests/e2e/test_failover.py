@@ -27,6 +27,10 @@ def total(cluster: LocalCluster) -> int:
     return cluster.get("/stats").json()["tasks"]["total"]
 
 
+def alive_workers(cluster: LocalCluster) -> set[str]:
+    return {w["worker_id"] for w in cluster.client.stats()["workers"]["details"] if w["alive"]}
+
+
 def dead_url() -> str:
     return f"http://127.0.0.1:{free_port()}"
 
@@ -65,6 +69,10 @@ def test_workers_with_a_dead_dispatcher_in_their_list_complete_tasks(
     on_live = next(n for n in names if home_index(n, 2) == 1)
     for name in (on_dead, on_live):
         cluster.start_worker(name)
+    # Both registered (the one homed on the dead dispatcher through the other) before the
+    # tasks go in: a fast drain could otherwise end before the slower worker starts.
+    wait_until(lambda: alive_workers(cluster) == {on_dead, on_live}, 30,
+               message="both workers registered")
     ids = cluster.client.submit_many(
         [{"task_type": "primes", "params": {"limit": 10**6}}] * 6
         + [{"task_type": "noop", "params": {"n": i}} for i in range(50)])
@@ -76,8 +84,7 @@ def test_workers_with_a_dead_dispatcher_in_their_list_complete_tasks(
     switched = f"dispatcher {dead} unreachable (ConnectionRefusedError), using {cluster.url}"
     assert cluster.worker_log(on_dead).count(switched) == 1, "a failover is logged once"
     assert switched not in cluster.worker_log(on_live)
-    alive = {w["worker_id"] for w in cluster.client.stats()["workers"]["details"] if w["alive"]}
-    assert alive == {on_dead, on_live}
+    assert alive_workers(cluster) == {on_dead, on_live}  # neither declared dead meanwhile
 
 
 def test_add_task_with_a_list_submits_and_waits(cluster: LocalCluster) -> None:
