@@ -11,6 +11,14 @@ the worker's part). Either way the worker's liveness is noted in the store
 (``Store.note_alive``) and written by the next sweep, exactly as heartbeats answered from a read
 are, so the monitor sees the same fleet.
 
+PostgreSQL's one-statement claim says two more things when it leases tasks: that the worker
+held nothing before (so the leases are all it holds), and whether it left anything pending. A
+claim that took the last pending task is a read that found the queue empty (after it); a worker
+whose results then complete every task that claim gave it is idle again, as of that read. So
+the claim a worker sends with the result of the last task needs no read either: a worker
+running one short task after another on a queue it keeps empty costs one claim statement and
+one results statement per task, not two claims.
+
 What is trusted, and for how long:
 
 - that no task is pending: for ``IDLE_TRUST_SECONDS`` after the newest idle read of *any*
@@ -23,9 +31,11 @@ What is trusted, and for how long:
   from the moment before its own read, on the store's clock (the one liveness is judged by).
   Only the worker's own requests change that here, and each forgets it (below).
 
-What forgets a worker at once: any answer of the store to it that was not an idle claim (a
-claim that leased or wrote, a heartbeat that went to the store, ``stopping``), a reclaim that
-names it, a checkpoint, release or result of its. A forgotten worker is not remembered again
+What forgets a worker at once: any answer of the store to it that was not an idle claim or a
+claim of all it holds (a claim that leased more or wrote, a heartbeat that went to the store,
+``stopping``), a reclaim that names it, a checkpoint, release or result of its sent on its own
+(``POST /submit-result``); results sent with its next claim forget only the tasks they
+completed. A forgotten worker is not remembered again
 from a read that began before it was forgotten, so a slow read cannot bring back what a
 concurrent request invalidated.
 
@@ -42,7 +52,7 @@ window, before ``unlisted_grace``.
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 IDLE_TRUST_SECONDS = 1.0
@@ -57,7 +67,7 @@ so a lease whose claim answer was lost is still handed back first."""
 
 @dataclass(frozen=True)
 class _Sighting:
-    instance_id: str
+    instance_id: str | None  # None: a read that found nothing pending, of no worker in particular
     at: float  # the store's clock just before the read
     generation: int  # tasks_available.generation just before the read
 
@@ -73,7 +83,9 @@ class IdleFleet:
         self.worker_seconds = max(worker_seconds, trust_seconds)
         self._lock = threading.Lock()
         self._idle: dict[str, _Sighting] = {}
-        self._empty: _Sighting | None = None  # the newest idle read of any worker
+        # Workers a read found holding nothing, then leased these tasks (idle again once done).
+        self._holding: dict[str, tuple[_Sighting, frozenset[int]]] = {}
+        self._empty: _Sighting | None = None  # the newest read that found nothing pending
         self._forgotten: dict[str, float] = {}  # worker id -> when it was last forgotten
         self._pruned_at = clock()
 
@@ -90,6 +102,41 @@ class IdleFleet:
             if self._empty is None or at >= self._empty.at:
                 self._empty = sighting
             self._prune()
+
+    def remember_leases(self, worker_id: str, instance_id: str | None, at: float,
+                        generation: int, task_ids: Sequence[int]) -> None:
+        """Note a read begun at ``at`` that found the worker holding nothing and leased it
+        ``task_ids``: once its results have finished all of them (:meth:`finished`) it is idle
+        again, as of that read."""
+        if instance_id is None:
+            return
+        with self._lock:
+            if at < self._forgotten.get(worker_id, at):
+                return
+            self._idle.pop(worker_id, None)
+            self._holding[worker_id] = (_Sighting(instance_id, at, generation),
+                                        frozenset(task_ids))
+            self._prune()
+
+    def finished(self, worker_id: str, task_ids: Sequence[int]) -> None:
+        """The worker's results completed ``task_ids``; if that is all it was leased, it holds
+        nothing again."""
+        with self._lock:
+            held = self._holding.get(worker_id)
+            if held is None:
+                return
+            sighting, left = held[0], held[1].difference(task_ids)
+            if left:
+                self._holding[worker_id] = (sighting, left)
+            else:
+                del self._holding[worker_id]
+                self._idle[worker_id] = sighting
+
+    def saw_empty(self, at: float, generation: int) -> None:
+        """Note a read begun at ``at`` (and ``generation``) that left nothing pending."""
+        with self._lock:
+            if self._empty is None or at >= self._empty.at:
+                self._empty = _Sighting(None, at, generation)
 
     def trusted_for(self, worker_id: str, instance_id: str | None,
                     generation: int | None = None) -> float:
@@ -112,12 +159,13 @@ class IdleFleet:
             return
         with self._lock:
             self._idle.pop(worker_id, None)
+            self._holding.pop(worker_id, None)
             self._forgotten[worker_id] = self.clock()
             self._prune()
 
     def __len__(self) -> int:
         with self._lock:
-            return len(self._idle) + len(self._forgotten)
+            return len(self._idle) + len(self._holding) + len(self._forgotten)
 
     def _prune(self) -> None:
         """Drop, about once per worker window, what is too old to matter (lock held)."""
@@ -128,6 +176,7 @@ class IdleFleet:
         # A read begun before ``since`` is too old to be trusted anyway; times ahead of now
         # are left by a clock set back (the wall clock of SQLite).
         self._idle = {w: s for w, s in self._idle.items() if since <= s.at <= now}
+        self._holding = {w: h for w, h in self._holding.items() if since <= h[0].at <= now}
         self._forgotten = {w: at for w, at in self._forgotten.items() if since <= at <= now}
         self._pruned_at = now
 

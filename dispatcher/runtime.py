@@ -32,3 +32,11 @@ def offload(fn: Callable[..., T], *args: object) -> T:
 
         return gevent.get_hub().threadpool.apply(fn, args)
     return fn(*args)
+
+
+def let_others_run() -> None:
+    """Under gevent, let the greenlets that are ready run before going on (threads need not)."""
+    if on_gevent():
+        import gevent
+
+        gevent.sleep(0)

@@ -3,7 +3,8 @@
 Routes call exactly one method here per request. Every lease and liveness decision is made by
 the store against its one clock (the dispatcher's with SQLite, the database's with
 PostgreSQL); waits here use ``time.monotonic``. An idle worker's polls and beats are answered
-from the idle fleet (``idle.py``) for a moment after a read found it idle.
+from the idle fleet (``idle.py``) for a moment after a read found it idle; a request waiting for
+a task is spared the reads whose answer this dispatcher knows (``waits.py``).
 """
 
 from __future__ import annotations
@@ -38,8 +39,10 @@ from dispatcher.models import (
     TaskStatus,
     WorkerStatus,
 )
+from dispatcher.runtime import let_others_run
 from dispatcher.scheduler import DueTimer, first_run
 from dispatcher.utils import Notifier
+from dispatcher.waits import TaskWaits
 from shared.config import Config
 from shared.utils import task_fields
 from tasks.registry import Registry
@@ -67,6 +70,7 @@ class Dispatcher:
         self.tasks_available = Notifier()
         self.tasks_finished = Notifier()
         self.idle = IdleFleet(store.now)
+        self.waits = TaskWaits()
         interval = min(config.monitor_interval, config.heartbeat_timeout / 4)
         self.monitor = HeartbeatMonitor(
             store=store,
@@ -132,10 +136,14 @@ class Dispatcher:
         now = self.store.now()
         ready = sum(1 for t in tasks if t.delay_seconds is None
                     and (t.run_at is None or t.run_at <= now))
+        finished_seen = self.tasks_finished.generation  # before: nothing of theirs finished yet
         created = self.store.submit(
             tasks, on_commit=(lambda: self.tasks_available.notify(ready)) if ready else None,
             pending_cap=pending_cap,
         )
+        for task_id, new in created:
+            if new:
+                self.waits.created(task_id, finished_seen)
         self.metrics.on_submit(tasks, created)
         return created
 
@@ -158,13 +166,12 @@ class Dispatcher:
         while True:
             seen = self.tasks_available.generation
             leases: list[Lease] = []
-            trusted = 0.0 if reports or woken or limit <= 0 else self._answer_idle(
+            if reports:
+                outcomes, reports = self._record_results(worker_id, reports), ()
+            trusted = 0.0 if woken or limit <= 0 else self._answer_idle(
                 worker_id, instance_id, seen, "claim")
-            if not trusted:
-                claimed = self._claim_once(worker_id, instance_id, limit, reports, woken, seen)
-                if reports:
-                    outcomes, reports = claimed.outcomes, ()
-                leases = claimed.leases
+            if not trusted and limit > 0:
+                leases = self._claim_once(worker_id, instance_id, limit, woken, seen).leases
             remaining = deadline - time.monotonic()
             if leases or remaining <= 0 or limit <= 0 or self._stopping.is_set():
                 self._count_claim(worker_id, leases)
@@ -175,21 +182,43 @@ class Dispatcher:
             if not woken and time.monotonic() >= deadline:
                 return [], outcomes
 
-    def _claim_once(self, worker_id: str, instance_id: str | None, limit: int,
-                    reports: Sequence[Report], woken: bool, seen: int) -> Claimed:
-        """One store claim; an idle answer is remembered, any other forgets the worker."""
+    def _record_results(self, worker_id: str, reports: Sequence[Report]) -> list[Outcome]:
+        """Record the results a worker sends with its next claim.
+
+        The requests waiting for them are woken when they commit, and answer before the claim
+        is read: the worker's next task is not what anyone is waiting for. A worker whose
+        results completed all it was leased is idle again for the idle fleet.
+        """
+        outcomes = self.store.complete(worker_id, reports, on_commit=self.tasks_finished.notify,
+                                       watchers=self.waits)
+        self._after_results(worker_id, outcomes)
+        self.idle.finished(worker_id, [o.task_id for o in outcomes
+                                       if o.outcome is OutcomeKind.ACCEPTED
+                                       and o.status is TaskStatus.COMPLETED])
+        let_others_run()
+        return outcomes
+
+    def _claim_once(self, worker_id: str, instance_id: str | None, limit: int, woken: bool,
+                    seen: int) -> Claimed:
+        """One store claim; what it says of the worker and the queue goes to the idle fleet.
+
+        An idle answer is remembered; leases that are all the worker holds are remembered as
+        such; any other answer forgets the worker. A claim that left nothing pending tells
+        the fleet so.
+        """
         read_at = self.store.now()
-        claimed = self.store.claim(
-            worker_id, instance_id, limit, self.config.lease_duration, reports,
-            on_commit=self.tasks_finished.notify if reports else None, woken=woken,
-        )
-        if reports:
-            self._after_results(worker_id, claimed.outcomes)
+        claimed = self.store.claim(worker_id, instance_id, limit, self.config.lease_duration,
+                                   woken=woken)
         self._after_reclaim(claimed.reclaims)
         if claimed.idle:
             self.idle.remember(worker_id, instance_id, read_at, seen)
+        elif claimed.sole and claimed.leases:
+            self.idle.remember_leases(worker_id, instance_id, read_at, seen,
+                                      [lease.task_id for lease in claimed.leases])
         else:
             self.idle.forget(worker_id)
+        if claimed.drained:
+            self.idle.saw_empty(read_at, seen)
         return claimed
 
     def _answer_idle(self, worker_id: str, instance_id: str | None, generation: int | None,
@@ -264,7 +293,8 @@ class Dispatcher:
 
     def complete(self, worker_id: str, items: Sequence[Report]) -> list[Outcome]:
         """Record results durably; waiting readers are woken before the fsync."""
-        outcomes = self.store.complete(worker_id, items, on_commit=self.tasks_finished.notify)
+        outcomes = self.store.complete(worker_id, items, on_commit=self.tasks_finished.notify,
+                                       watchers=self.waits)
         self.idle.forget(worker_id)
         self._after_results(worker_id, outcomes)
         return outcomes
@@ -293,15 +323,27 @@ class Dispatcher:
         self.store.delete_schedule(schedule_id)
 
     def get_task(self, task_id: int, wait_seconds: float = 0.0) -> Task:
-        """The task's view; with a wait, answer as soon as it finishes (or the wait ends)."""
+        """The task's view; with a wait, answer as soon as it finishes (or the wait ends).
+
+        A waiting request reads only what it cannot know: not a task created here that nothing
+        can have finished yet, nor one whose finished view the results handed it.
+        """
         deadline = time.monotonic() + min(wait_seconds, self.config.max_wait_seconds)
-        while True:
-            seen = self.tasks_finished.generation
-            task = self.store.get_task(task_id)
-            remaining = deadline - time.monotonic()
-            if task.status.finished or remaining <= 0:
-                return task
-            self.tasks_finished.wait(seen, min(remaining, RECHECK_SECONDS))
+        if wait_seconds <= 0:
+            return self.store.get_task(task_id)
+        with self.waits.watch(task_id) as slot:
+            read = not self.waits.surely_unfinished(task_id, self.tasks_finished.generation)
+            while True:
+                seen = self.tasks_finished.generation
+                if slot.view is not None:
+                    return slot.view
+                remaining = deadline - time.monotonic()
+                if read or remaining <= 0:
+                    task = self.store.get_task(task_id)
+                    if task.status.finished or remaining <= 0:
+                        return task
+                read = True
+                self.tasks_finished.wait(seen, min(remaining, RECHECK_SECONDS))
 
     def list_tasks(self, query: TaskQuery) -> TaskPage:
         """A page of tasks, newest first, filtered."""

@@ -18,7 +18,7 @@ import threading
 from collections.abc import Callable, Mapping, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from dispatcher.db.errors import IdempotencyConflict, NotFound, QuotaExceeded, StaleLease
 from dispatcher.db.moves import Move, move, move_after_read
@@ -56,6 +56,18 @@ Held = tuple[int, int]  # (task_id, attempt)
 CheckpointCheck = Callable[[str, dict[str, Any], "dict[str, Any] | None"], None]
 """Called as check(task_type, new_state, previous_state); raises to refuse a checkpoint."""
 OnCommit = Callable[[], None] | None
+
+
+class Watchers(Protocol):
+    """Requests waiting for tasks to finish: a store that finishes one of the watched tasks
+    may hand them its view, read by the statement that finished it (no read of their own)."""
+
+    def watched(self) -> Sequence[int]:
+        """The ids of the tasks waited for now."""
+
+    def deliver(self, views: Mapping[int, Task]) -> None:
+        """Hand over finished views (before the waiters are woken)."""
+
 
 OLDEST_PENDING = """
     WITH RECURSIVE levels(priority) AS (
@@ -150,12 +162,16 @@ class Claimed:
 
     ``idle`` says the answer came from a read that found the worker idle (``Look.idle``, or a
     one-statement claim of a known worker holding no lease that found nothing to claim).
+    ``sole`` says the worker held nothing before, so the leases are all it holds; ``drained``
+    that no other task was pending (both from PostgreSQL's one-statement claim only).
     """
 
     leases: list[Lease]
     reclaims: list[Reclaim]
     outcomes: list[Outcome]
     idle: bool = False
+    sole: bool = False
+    drained: bool = False
 
 
 @dataclass(frozen=True)
@@ -522,7 +538,9 @@ class Store(abc.ABC):
                 # line of the timeline, never a lease.
                 _note_resumed(tx, worker_id, leases, {row["task_id"] for row in claimed_rows})
             self._beats.seen(worker_id, tx.now)
-            return Claimed(leases, [], [], idle=not leases)  # known, holding and finding none
+            # Known and holding nothing before: idle if it found none, else holding just these.
+            return Claimed(leases, [], [], idle=not leases, sole=True,
+                           drained=bool(rows[0]["drained"]))
         try:
             with self._write(durable=False) as tx:
                 found, claimed_rows = tx.pair(
@@ -577,16 +595,17 @@ class Store(abc.ABC):
                                        worker_id, cause, counts=False)
         return done
 
-    def complete(self, worker_id: str, reports: Sequence[Report], on_commit: OnCommit = None
-                 ) -> list[Outcome]:
+    def complete(self, worker_id: str, reports: Sequence[Report], on_commit: OnCommit = None,
+                 watchers: Watchers | None = None) -> list[Outcome]:
         """Record reports in one durable transaction.
 
         Accepted only from the current (task, attempt, worker); the same report posted again
         is a duplicate; anything else is stale and changes nothing. A refused result fails
-        its task with the reason.
+        its task with the reason. ``watchers`` may be handed the views of the tasks this
+        finishes (before ``on_commit``); those it is not handed, they read.
         """
         if reports and all(r.error is None and r.refused is None for r in reports):
-            outcomes = self._complete_at_once(worker_id, reports)
+            outcomes = self._complete_at_once(worker_id, reports, watchers)
             if outcomes is not None:
                 if on_commit is not None:
                     on_commit()
@@ -600,21 +619,33 @@ class Store(abc.ABC):
         self._after_write(tx)
         return outcomes
 
-    def _complete_at_once(self, worker_id: str, reports: Sequence[Report]
-                          ) -> list[Outcome] | None:
+    def _complete_at_once(self, worker_id: str, reports: Sequence[Report],
+                          watchers: Watchers | None = None) -> list[Outcome] | None:
         """Record a batch of results (no errors) in one statement; None if the backend has no
         such statement. The same fenced move, result rows, checkpoint clean-up, worker count
-        and wake-up as :meth:`_record`, with the state before read by the same statement."""
+        and wake-up as :meth:`_record`, with the state before read by the same statement, and
+        the finished views of the watched tasks handed to ``watchers``."""
         if not self.AT_ONCE:
             return None
         firsts = list({r.task_id: r for r in reversed(reports)}.values())
+        watched = set(watchers.watched()) if watchers is not None else set()
         with self._at_once() as tx:
             found = move(tx, Move.COMPLETE_AT_ONCE, {
                 "worker_id": worker_id, "now": tx.now,
                 "ids": tx.id_list([r.task_id for r in firsts]),
                 "attempts": tx.id_list([r.attempt for r in firsts]),
                 "results": [r.result_json for r in firsts],
+                # Never empty (0 is no task's id): a plan made for an empty list would leave the
+                # views out, and PostgreSQL would then plan every execution anew.
+                "watched": tx.id_list([0] + [r.task_id for r in firsts if r.task_id in watched]),
                 "channel": Channel.FINISHED, "payload": self._hint(1)})
+        if watchers is not None:
+            results = {r.task_id: r.result_json for r in firsts}
+            views = {row["task_id"]: task_view(
+                {**json.loads(row["view"]), "result": results[row["task_id"]]},
+                json.loads(row["view_history"] or "[]")) for row in found if row["view"]}
+            if views:
+                watchers.deliver(views)
         plan = _Plan(worker_id, {row["task_id"]: row for row in found})
         for report in reports:
             plan.add(report)
@@ -891,9 +922,7 @@ class Store(abc.ABC):
                 history = json.loads(row["history"] or "[]")
             else:
                 history = tx.all("attempts_of", {"task_id": task_id})
-        attempts = tuple({"attempt": h["attempt"], "worker_id": h["worker_id"], "kind": h["kind"],
-                          "error": h["error"], "at": h["at"]} for h in history)
-        return dataclasses.replace(Task.from_row(row), attempts=attempts)
+        return task_view(row, history)
 
     def list_tasks(self, query: TaskQuery) -> TaskPage:
         """One page of tasks, newest first, filtered; every query walks one index.
@@ -1201,6 +1230,13 @@ def _task_row(task: NewTask, now: float) -> dict[str, Any]:
             "max_retries": task.max_retries, "retry_backoff": task.retry_backoff,
             "timeout_seconds": task.timeout_seconds, "run_after": run_after,
             "owner": task.owner, "request_hash": task.request_hash, "group_id": task.group_id}
+
+
+def task_view(row: Any, history: Sequence[Any]) -> Task:
+    """A task's view from its row (the ``tasks`` columns plus ``result``) and attempt rows."""
+    attempts = tuple({"attempt": h["attempt"], "worker_id": h["worker_id"], "kind": h["kind"],
+                      "error": h["error"], "at": h["at"]} for h in history)
+    return dataclasses.replace(Task.from_row(row), attempts=attempts)
 
 
 def task_columns(rows: list[dict[str, Any]]) -> dict[str, list[Any]]:

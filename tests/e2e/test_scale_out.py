@@ -67,6 +67,38 @@ def test_a_long_poll_on_b_wakes_when_a_task_is_submitted_through_a(
     assert statistics.median(delays) < 0.25, delays
 
 
+def test_a_wait_on_a_wakes_when_the_task_a_created_is_finished_through_b(
+    make_cluster: ClusterFactory,
+) -> None:
+    """A waits without reading a task it has just created; the result posted through B
+    still wakes it at once (B's announcement), with the result, not at its next re-check."""
+    cluster = make_cluster()
+    b = cluster.add_dispatcher()
+    delays = []
+    for i in range(5):
+        task_id = cluster.submit("noop", {"i": i})
+        answer: dict = {}
+        waiter = threading.Thread(target=lambda: answer.update(
+            view=requests.get(f"{cluster.url}/task/{task_id}?wait=20", timeout=30).json(),
+            at=time.monotonic()))
+        waiter.start()
+        [lease] = requests.post(f"{b}/get-task", json={
+            "worker_id": "w", "instance_id": "i", "max_tasks": 1}, timeout=10).json()["tasks"]
+        assert lease["task_id"] == task_id
+        wait_until(lambda: stats(cluster.url)["tasks"].get("in-progress") == 1, 10,
+                   message="A sees the lease")
+        finished = time.monotonic()
+        resp = requests.post(f"{b}/submit-result", json={
+            "worker_id": "w", "task_id": task_id, "attempt": lease["attempt"], "result": i},
+            timeout=10)
+        assert resp.status_code == 200
+        waiter.join(timeout=25)
+        assert answer["view"]["status"] == "completed" and answer["view"]["result"] == i
+        delays.append(answer["at"] - finished)
+    # A lost notification would leave the wait to its re-check, a second later.
+    assert statistics.median(delays) < 0.5, delays
+
+
 def test_a_dead_worker_is_detected_when_its_dispatcher_died_with_it(
     make_cluster: ClusterFactory,
 ) -> None:

@@ -16,7 +16,7 @@ import pytest
 
 from dispatcher.db import Store
 from dispatcher.idle import IDLE_TRUST_SECONDS, WORKER_TRUST_SECONDS, IdleFleet
-from dispatcher.models import Lease, NewTask, WorkerStatus
+from dispatcher.models import Lease, NewTask, Report, WorkerStatus
 from dispatcher.service import Dispatcher
 from shared.cluster import wait_until
 from tests.conftest import FakeClock, run_monitor
@@ -177,6 +177,31 @@ def test_a_waiting_claim_woken_by_a_submission_takes_the_task_at_once(
     [(task_id, _)] = dispatcher.submit([NOOP])
     waiter.join(timeout=10)
     assert [[lease.task_id for lease in leases] for leases in got] == [[task_id]]
+
+
+def test_the_claim_sent_with_the_results_of_the_last_task_reads_nothing(
+        dispatcher: Dispatcher, transactions: Transactions) -> None:
+    """PostgreSQL's claim says it took the last pending task and that the worker held nothing
+    else: the claim that comes with that task's result is answered from memory. A claim that
+    left tasks pending, or results of a worker that holds more, read as before (both stores)."""
+    idle_worker(dispatcher)
+    [(task_id, _)] = dispatcher.submit([NOOP])
+    [lease] = claim(dispatcher)
+    report = Report(task_id, lease.attempt, "1")
+    (leases, outcomes), used = transactions.during(
+        lambda: dispatcher.claim("w1", "i1", 1, 0.0, [report]))
+    assert leases == [] and [o.outcome.value for o in outcomes] == ["accepted"]
+    # One transaction records the result; on PostgreSQL that is all.
+    if dispatcher.store.AT_ONCE:
+        assert sum(used.values()) == 1 and idle_answers(dispatcher, "claim") == 1
+    else:
+        assert sum(used.values()) == 2  # SQLite's claim does not say what it left pending
+    ids = [task_id for task_id, _ in dispatcher.submit([NOOP, NOOP])]
+    [lease] = claim(dispatcher)
+    (leases, _), used = transactions.during(lambda: dispatcher.claim(
+        "w1", "i1", 1, 0.0, [Report(lease.task_id, lease.attempt, "1")]))
+    assert [lease.task_id for lease in leases] == ids[1:]  # one was left: the claim read it
+    assert sum(used.values()) >= 2
 
 
 def test_a_wait_that_runs_out_ends_without_another_read(

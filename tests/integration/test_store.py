@@ -6,6 +6,7 @@ import os
 import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -190,6 +191,51 @@ def test_the_committed_data_survives_reopening_without_close(tmp_path: Path) -> 
     assert [other.get_task(i).task_id for i in ids] == ids
     other.close()
     store.close()
+
+
+class _Watching:
+    """A waiter registry for the store: watches ``ids`` and keeps what it is handed."""
+
+    def __init__(self, ids: list[int]) -> None:
+        self.ids = ids
+        self.views: dict[int, Any] = {}
+
+    def watched(self) -> list[int]:
+        return self.ids
+
+    def deliver(self, views: Any) -> None:
+        self.views.update(views)
+
+
+def test_results_hand_watched_tasks_the_view_a_read_finds(store: Store, clock: FakeClock
+                                                          ) -> None:
+    """The statement that records results (PostgreSQL) returns the finished view of each
+    watched task, history included, and nothing for the others; it is what a read finds.
+    A store that records results otherwise hands nothing over (its waiters read)."""
+    retried = NewTask("noop", {}, 0, 3, max_retries=1)
+    ids = [task_id for task_id, _ in store.submit([retried, NOOP, NOOP])]
+    [first] = store.claim("w1", "i1", 1, 100.0).leases
+    store.complete("w1", [Report(first.task_id, 1, None, error="boom")])  # in its history
+    clock.advance(3600)  # past its retry's backoff
+    store.promote_due()
+    leases = store.claim("w2", "i2", 3, 100.0).leases
+    assert sorted((lease.task_id, lease.attempt) for lease in leases) == [
+        (ids[0], 2), (ids[1], 1), (ids[2], 1)]
+    watching = _Watching([ids[0], ids[1], 10**9])
+    outcomes = store.complete("w2", [Report(ids[0], 2, '{"n": 1}'), Report(ids[1], 1, "[2]"),
+                                     Report(ids[2], 1, "3")], watchers=watching)
+    assert {o.outcome.value for o in outcomes} == {"accepted"}
+    if not store.AT_ONCE:
+        assert watching.views == {}
+        return
+    assert sorted(watching.views) == [ids[0], ids[1]]
+    for task_id in (ids[0], ids[1]):
+        assert watching.views[task_id].to_dict() == store.get_task(task_id).to_dict()
+    assert watching.views[ids[0]].result == {"n": 1}
+    assert [a["kind"] for a in watching.views[ids[0]].attempts] == ["error"]
+    again = _Watching([ids[2]])  # a duplicate report finishes nothing: nothing handed over
+    store.complete("w2", [Report(ids[2], 1, "3")], watchers=again)
+    assert again.views == {}
 
 
 def test_a_batch_of_results_is_judged_report_by_report(store: Store) -> None:

@@ -13,6 +13,7 @@ from dispatcher.db import postgres as pg_backend
 from dispatcher.db import sqlite as sqlite_backend
 from shared.config import Config
 from tests.conftest import FakeClock
+from tests.support.postgres import generic_plan
 
 NOOP = {"task_type": "noop", "params": {}}
 PRIMES = {"task_type": "primes", "params": {"limit": 10}}
@@ -183,6 +184,8 @@ def postgres_plans(url: str) -> dict[str, str]:
             params = {**PARAMS, "before": 5000.0} if name == "purge_candidates" else PARAMS
             rows = cursor.execute("EXPLAIN " + pg_backend.QUERIES[name], params).fetchall()
             plans[name] = "\n".join(row[0] for row in rows)
+            # And the generic plan, the one the dispatcher's connections run.
+            plans[f"{name} (generic)"] = generic_plan(conn, pg_backend.QUERIES[name], params)
         return plans
 
 
@@ -202,7 +205,8 @@ def test_every_page_query_walks_an_index(client: FlaskClient, config: Config) ->
             assert "Seq Scan on tasks" not in plan, (name, plan)
             assert "Index" in plan, (name, plan)
         for name in ("task_page", "task_page_status", "task_page_type_status",
-                     "task_page_owner"):
+                     "task_page_owner", "task_page (generic)", "task_page_status (generic)",
+                     "task_page_type_status (generic)", "task_page_owner (generic)"):
             # The walk starts at the cursor inside the index (a keyset, not an offset).
             assert "Index Cond: (" in plans[name] and "task_id <" in plans[name], plans[name]
         assert "tasks_status_id_idx" in plans["task_page_status"]

@@ -8,6 +8,7 @@ cannot be reached, the PostgreSQL cases are skipped with the reason, except wher
 from __future__ import annotations
 
 import os
+import re
 import secrets
 from urllib.parse import urlsplit, urlunsplit
 
@@ -61,3 +62,24 @@ def empty(url: str) -> None:
         tables = [t for t in TABLES if t in present]
         if tables:
             conn.execute(f"TRUNCATE {', '.join(tables)} RESTART IDENTITY CASCADE")
+
+
+def generic_plan(conn: psycopg.Connection, sql: str, params: dict) -> str:
+    """The plan the dispatcher runs ``sql`` on: its connections prepare statements and force
+    one generic plan (``plan_cache_mode``), made without the parameters' values."""
+    names: list[str] = []
+
+    def numbered(match: re.Match[str]) -> str:
+        if match.group(1) not in names:
+            names.append(match.group(1))
+        return f"${names.index(match.group(1)) + 1}"
+
+    conn.execute("SET plan_cache_mode = force_generic_plan")
+    conn.execute("PREPARE planned AS " + re.sub(r"%\((\w+)\)s", numbered, sql))
+    try:
+        arguments = f"({', '.join(['%s'] * len(names))})" if names else ""
+        rows = psycopg.ClientCursor(conn).execute(
+            "EXPLAIN EXECUTE planned" + arguments, [params[name] for name in names]).fetchall()
+    finally:
+        conn.execute("DEALLOCATE planned")
+    return "\n".join(row[0] for row in rows)

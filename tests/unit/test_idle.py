@@ -95,3 +95,47 @@ def test_entries_past_the_window_are_dropped(fleet: IdleFleet, clock: FakeClock)
     fleet.remember("fresh", "i", clock.now, generation=0)
     assert len(fleet) == 1
     assert fleet.trusted_for("fresh", "i", 0)
+
+
+def test_a_worker_leased_tasks_from_idle_is_idle_again_once_all_are_completed(
+        fleet: IdleFleet, clock: FakeClock) -> None:
+    fleet.remember("w1", "i1", clock.now, generation=2)
+    read_at = clock.now
+    fleet.remember_leases("w1", "i1", read_at, 2, [10, 11])
+    assert not fleet.trusted_for("w1", "i1")  # it holds tasks
+    fleet.finished("w1", [10])
+    assert not fleet.trusted_for("w1", "i1")  # still 11
+    fleet.finished("w2", [11])  # another worker's results say nothing of w1
+    assert not fleet.trusted_for("w1", "i1")
+    clock.advance(0.5)
+    fleet.finished("w1", [11])
+    assert fleet.trusted_for("w1", "i1") == pytest.approx(WORKER_TRUST_SECONDS - 0.5)
+    assert not fleet.trusted_for("w1", "i2")
+
+
+def test_leases_are_forgotten_like_idle_reads(fleet: IdleFleet, clock: FakeClock) -> None:
+    fleet.remember_leases("w1", "i1", clock.now, 0, [10])
+    fleet.forget("w1")  # a heartbeat that went to the store, a reclaim, a checkpoint
+    fleet.finished("w1", [10])
+    assert not fleet.trusted_for("w1", "i1")
+    before = clock.now
+    clock.advance(0.1)
+    fleet.forget("w1")
+    fleet.remember_leases("w1", "i1", before, 0, [12])  # a read begun before the forgetting
+    fleet.finished("w1", [12])
+    assert not fleet.trusted_for("w1", "i1")
+    fleet.remember_leases("w1", "i1", clock.now, 0, [13])
+    clock.advance(WORKER_TRUST_SECONDS)
+    fleet.finished("w1", [13])  # done, but the read that leased it is too old to vouch
+    assert not fleet.trusted_for("w1", "i1")
+
+
+def test_a_claim_that_left_nothing_pending_vouches_for_the_queue(
+        fleet: IdleFleet, clock: FakeClock) -> None:
+    fleet.remember("w1", "i1", clock.now - 3.0, generation=5)  # w1's own read, long ago
+    assert not fleet.trusted_for("w1", "i1", 5)  # too old to vouch for the queue
+    fleet.saw_empty(clock.now, generation=5)
+    assert fleet.trusted_for("w1", "i1", 5) == pytest.approx(IDLE_TRUST_SECONDS)
+    assert not fleet.trusted_for("w1", "i1", 6)
+    fleet.saw_empty(clock.now - 0.5, generation=6)  # an older read changes nothing
+    assert not fleet.trusted_for("w1", "i1", 6)
