@@ -39,11 +39,11 @@ from dispatcher.db.store import (
 
 log = logging.getLogger(__name__)
 
-_HISTORY = """(SELECT json_agg(json_build_object('attempt', a.attempt,
-                                                  'worker_id', a.worker_id, 'kind', a.kind,
-                                                  'error', a.error, 'at', a.at)
-                                ORDER BY a.attempt)
-                  FROM task_attempts a WHERE a.task_id = {task})::text"""
+_ATTEMPTS = """json_agg(json_build_object('attempt', a.attempt, 'worker_id', a.worker_id,
+                                          'kind', a.kind, 'error', a.error, 'at', a.at)
+                        ORDER BY a.attempt)"""
+"""The attempt rows ``a`` of one task as a JSON array (an aggregate)."""
+_HISTORY = "(SELECT " + _ATTEMPTS + " FROM task_attempts a WHERE a.task_id = {task})::text"
 """A task's attempt history as JSON text (the ``history`` of a task view)."""
 
 _LEASE_NEXT = """        claimed AS (
@@ -233,11 +233,7 @@ QUERIES: dict[str, str] = {
              WHERE worker_id = %(worker_id)s AND EXISTS (SELECT 1 FROM moved)),
         hint AS (SELECT pg_notify(%(channel)s, %(payload)s) WHERE EXISTS (SELECT 1 FROM moved)),
         history AS (
-            SELECT a.task_id, json_agg(json_build_object('attempt', a.attempt,
-                                                         'worker_id', a.worker_id,
-                                                         'kind', a.kind, 'error', a.error,
-                                                         'at', a.at)
-                                       ORDER BY a.attempt)::text AS view_history
+            SELECT a.task_id, """ + _ATTEMPTS + """::text AS view_history
               FROM task_attempts a WHERE a.task_id = ANY(%(watched)s::bigint[])
              GROUP BY a.task_id)
         SELECT b.*, m.task_id IS NOT NULL AS moved, m.view, h.view_history
@@ -569,18 +565,6 @@ CLOCK_KEEP_SECONDS = 5.0
 """A clock reading is replaced by a later one with a slower round trip after this long."""
 
 
-def _configure(conn: psycopg.Connection[Any]) -> None:
-    """Set up a new pooled connection: every prepared statement runs on one generic plan.
-
-    Left to choose (``auto``), PostgreSQL planned the hot statements anew at every execution:
-    their plans for the array and limit values at hand always looked cheaper than a generic
-    one, and planning them cost 0.14 to 0.29 ms each, as much as running some of them. Every
-    statement here selects by key, by a literal status on a partial index, or by a range that
-    a parameter bounds, so one plan serves every value.
-    """
-    conn.execute("SET plan_cache_mode = force_generic_plan")
-
-
 class PostgresStore(Store):
     """The task store on a PostgreSQL database shared by any number of dispatchers."""
 
@@ -602,7 +586,7 @@ class PostgresStore(Store):
         self._pool = ConnectionPool(
             url, min_size=min(2, pool_size), max_size=pool_size, timeout=pool_timeout,
             kwargs={"autocommit": True, "row_factory": dict_row}, open=False,
-            name="taskqueue", configure=_configure)
+            name="taskqueue")
         try:
             self._pool.open(wait=True, timeout=pool_timeout)
         except PoolTimeout as exc:

@@ -635,9 +635,7 @@ class Store(abc.ABC):
                 "ids": tx.id_list([r.task_id for r in firsts]),
                 "attempts": tx.id_list([r.attempt for r in firsts]),
                 "results": [r.result_json for r in firsts],
-                # Never empty (0 is no task's id): a plan made for an empty list would leave the
-                # views out, and PostgreSQL would then plan every execution anew.
-                "watched": tx.id_list([0] + [r.task_id for r in firsts if r.task_id in watched]),
+                "watched": tx.id_list([r.task_id for r in firsts if r.task_id in watched]),
                 "channel": Channel.FINISHED, "payload": self._hint(1)})
         if watchers is not None:
             results = {r.task_id: r.result_json for r in firsts}

@@ -353,7 +353,7 @@ def test_the_claim_stays_on_its_index(
             conn.execute("ANALYZE tasks")
             conn.execute("SET enable_seqscan = off")
             plan = " ".join(row[0] for row in conn.execute("EXPLAIN " + sql, params))
-            generic = generic_plan(conn, sql, params)  # the one the dispatcher runs
+            generic = generic_plan(conn, sql, params)  # prepared, it may run on this
             conn.rollback()
         assert any(index in generic for index in indexes), generic
         assert "Seq Scan" not in generic, generic

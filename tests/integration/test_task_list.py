@@ -184,7 +184,7 @@ def postgres_plans(url: str) -> dict[str, str]:
             params = {**PARAMS, "before": 5000.0} if name == "purge_candidates" else PARAMS
             rows = cursor.execute("EXPLAIN " + pg_backend.QUERIES[name], params).fetchall()
             plans[name] = "\n".join(row[0] for row in rows)
-            # And the generic plan, the one the dispatcher's connections run.
+            # And the generic plan, which a prepared statement may settle on.
             plans[f"{name} (generic)"] = generic_plan(conn, pg_backend.QUERIES[name], params)
         return plans
 

@@ -65,8 +65,9 @@ def empty(url: str) -> None:
 
 
 def generic_plan(conn: psycopg.Connection, sql: str, params: dict) -> str:
-    """The plan the dispatcher runs ``sql`` on: its connections prepare statements and force
-    one generic plan (``plan_cache_mode``), made without the parameters' values."""
+    """The generic plan of ``sql``, made without the parameters' values: psycopg prepares a
+    statement after five executions, and PostgreSQL then keeps such a plan whenever it costs
+    no more than the plans for the values at hand."""
     names: list[str] = []
 
     def numbered(match: re.Match[str]) -> str:
